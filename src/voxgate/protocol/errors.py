@@ -121,9 +121,7 @@ class AuthError(FatalSessionError):
     """Missing, malformed, forged or expired credential: error event then close 3000."""
 
     def __init__(self, message: str, *, code: str | None = "invalid_api_key") -> None:
-        super().__init__(
-            message, code=code, close_code=CloseCode.AUTH, error_type=INVALID_REQUEST
-        )
+        super().__init__(message, code=code, close_code=CloseCode.AUTH, error_type=INVALID_REQUEST)
 
 
 class UpstreamError(VoxgateError):
@@ -136,5 +134,5 @@ class UpstreamError(VoxgateError):
         self.retryable = retryable
 
 
-class InvalidState(VoxgateError, AssertionError):  # noqa: N818 - mirrors websockets' name
+class InvalidState(VoxgateError, AssertionError):
     """A state machine was used in a way its contract forbids (a voxgate bug)."""

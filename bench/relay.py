@@ -1,0 +1,927 @@
+"""Relay benchmark: N concurrent real-time voice sessions through a relay pinned to one core.
+
+For every session count N it measures, in one invocation and against the same echo upstream:
+
+* ``direct``  -- the load generator talking straight to the echo upstream (the floor);
+* ``pipe``    -- the minimal aiohttp pipe (``bench/pipe_baseline.py``);
+* ``json``    -- the naive stdlib-json relay (``bench/json_relay_baseline.py``);
+* ``voxgate`` -- ``python -m voxgate serve --backend openai`` relaying to the echo upstream.
+
+Each relay runs as its own process pinned to the first allowed core (``taskset -c``); the load
+generator (this process) and the echo upstream share the second. Every session sends one
+20 ms PCM16 24 kHz frame (960 bytes, 1280 base64 chars in ``input_audio_buffer.append``) every
+20 ms on a shared clock, staggered evenly across the 20 ms period, and gets it back as
+``response.output_audio.delta``. The first 18 bytes of each frame carry the session index,
+a sequence number and the monotonic send time, so echoes are matched without parsing JSON.
+
+Reported per relay and N: round-trip p50/p99, added p50/p99 (relay percentile minus the
+direct percentile at the same N), frames lost (sent - received after a drain), relay CPU % of
+one core and CPU µs per relayed frame (both directions counted) from /proc/<pid>/stat,
+RSS per session ((VmRSS with N open - idle VmRSS) / N), and whether the point passes
+(added p99 <= 20 ms, nothing lost, every session connected). Sessions per core is the
+largest passing N; the estimate 0.8 / (CPU per session) is printed beside it.
+
+    .venv/bin/python bench/relay.py                      # full sweep, about 5 minutes
+    .venv/bin/python bench/relay.py --quick              # 100 sessions, 3 s each, < 60 s
+    .venv/bin/python bench/relay.py --relays pipe --sessions 5 --duration 2   # smoke
+    .venv/bin/python bench/relay.py --json               # also write bench/results/*.json
+
+See bench/README.md for the method and how to read the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import gc
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+FRAME_NS = 20_000_000  # 20 ms
+FRAME_BYTES = 960  # 20 ms of PCM16 mono at 24 kHz
+HEADER = struct.Struct("<IIQ2x")  # session index, seq, monotonic send ns, pad to 18 bytes
+HEADER_B64 = 24  # 18 bytes -> exactly 24 base64 chars, so the rest encodes independently
+CLIENT_KEY = "vk-bench"
+UPSTREAM_KEY = "sk-bench-upstream"
+P99_LIMIT_MS = 20.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+ALL_RELAYS = ("pipe", "json", "voxgate")
+FULL_SESSIONS = (50, 100, 200, 250, 300)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Every live process in a process group (a relay may fork workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # field 5 (pgrp); fields[0] is field 3 (state)
+            pids.append(int(entry))
+    return pids
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime of the given processes, all threads, in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
+    return ticks / CLK_TCK
+
+
+def rss_kib(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total
+
+
+def core_seconds(cores: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """(busy, irq + softirq) seconds per core from /proc/stat; busy excludes idle and iowait.
+
+    Loopback packet delivery runs as softirq work on the sending core and is accounted there,
+    not to any process's utime/stime, so it is reported separately.
+    """
+    out: dict[int, tuple[float, float]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *vals = line.split()
+            core = int(name[3:])
+            if core in cores:
+                v = [int(x) for x in vals]
+                out[core] = ((sum(v[:8]) - v[3] - v[4]) / CLK_TCK, (v[5] + v[6]) / CLK_TCK)
+    return out
+
+
+class Proc:
+    """A child process in its own process group, stopped with the whole group."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=REPO_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def pids(self) -> list[int]:
+        return group_pids(self.pid) or [self.pid]
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+        # Reap anything left in the group (forked workers) as well.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def pinned(argv: list[str], core: int | None) -> list[str]:
+    return ["taskset", "-c", str(core), *argv] if core is not None else argv
+
+
+async def wait_healthy(url: str, proc: Proc | None, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            if proc is not None and proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited early:\n{proc.log_tail()}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                tail = proc.log_tail() if proc else ""
+                raise RuntimeError(f"{url} not healthy after {limit_s:.0f}s\n{tail}")
+            await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- relays
+
+
+@dataclass
+class RelaySpec:
+    name: str
+    describe: str
+    command: Callable[[int, str], tuple[list[str], dict[str, str]]]  # (port, upstream url)
+
+
+def _script(script: str) -> Callable[[int, str], tuple[list[str], dict[str, str]]]:
+    def command(port: int, upstream: str) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, str(BENCH_DIR / script), "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--upstream", upstream]
+        return argv, {**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY}
+
+    return command
+
+
+def voxgate_command(port: int, upstream: str) -> tuple[list[str], dict[str, str]]:
+    """How voxgate is started for the benchmark (the OpenAI backend, relaying to the echo)."""
+    argv = [sys.executable, "-m", "voxgate", "serve", "--backend", "openai"]
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        **os.environ,
+        "VOXGATE_OPENAI_URL": upstream,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "VOXGATE_API_KEYS": CLIENT_KEY,
+        "VOXGATE_LOG_LEVEL": "warning",
+    }
+    return argv, env
+
+
+RELAYS = {
+    "pipe": RelaySpec(
+        "pipe", "minimal aiohttp pipe (bench/pipe_baseline.py)", _script("pipe_baseline.py")
+    ),
+    "json": RelaySpec(
+        "json",
+        "stdlib-json parsing relay (bench/json_relay_baseline.py)",
+        _script("json_relay_baseline.py"),
+    ),
+    "voxgate": RelaySpec("voxgate", "python -m voxgate serve --backend openai", voxgate_command),
+}
+
+
+def voxgate_available() -> tuple[bool, str]:
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "voxgate", "serve", "--help"],
+            cwd=REPO_DIR,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "`python -m voxgate serve --help` timed out"
+    if out.returncode != 0:
+        err = (out.stderr or out.stdout).decode(errors="replace").strip().splitlines()
+        return False, err[-1] if err else f"exit status {out.returncode}"
+    return True, ""
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+@dataclass
+class Session:
+    idx: int
+    ws: aiohttp.ClientWebSocketResponse
+    sent: int = 0
+    received: int = 0
+    expect: int = 0
+    out_of_order: int = 0
+    misrouted: int = 0
+    other_events: int = 0
+    errors: int = 0
+    closed_early: bool = False
+
+
+@dataclass
+class RunResult:
+    target: str
+    sessions: int
+    duration_s: float
+    connected: int = 0
+    connect_failed: int = 0
+    connect_s: float = 0.0
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    out_of_order: int = 0
+    misrouted: int = 0
+    error_events: int = 0
+    closed_early: int = 0
+    samples: int = 0
+    rtt_p50_ms: float = float("nan")
+    rtt_p99_ms: float = float("nan")
+    rtt_max_ms: float = float("nan")
+    added_p50_ms: float = float("nan")
+    added_p99_ms: float = float("nan")
+    send_lag_p99_ms: float = float("nan")
+    window_s: float = 0.0
+    frames_in_window: int = 0
+    relay_cpu_pct: float = float("nan")
+    relay_cpu_us_per_frame: float = float("nan")
+    relay_idle_rss_kib: int = 0
+    relay_rss_kib: int = 0
+    rss_per_session_kib: float = float("nan")
+    echo_cpu_pct: float = float("nan")
+    loadgen_cpu_pct: float = float("nan")
+    relay_core_busy_pct: float = float("nan")
+    relay_core_irq_pct: float = float("nan")
+    relay_core_other_pct: float = float("nan")
+    load_core_busy_pct: float = float("nan")
+    estimate_sessions: float = float("nan")
+    passed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _frame_parts() -> tuple[str, str]:
+    """The JSON text around the 24-char header: the audio after the header is constant."""
+    rest = bytes((i * 37) & 0xFF for i in range(FRAME_BYTES - HEADER.size))
+    prefix = '{"type":"input_audio_buffer.append","audio":"'
+    suffix = base64.b64encode(rest).decode() + '"}'
+    return prefix, suffix
+
+
+async def _connect(http: aiohttp.ClientSession, url: str, idx: int, wait_s: float) -> Session | str:
+    try:
+        ws = await http.ws_connect(
+            url,
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+            compress=0,
+            max_msg_size=16 * 1024 * 1024,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+        )
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return f"connect: {type(exc).__name__}: {exc}"
+    try:
+        msg = await ws.receive(timeout=wait_s)
+    except TimeoutError:
+        await ws.close()
+        return "no session.created within timeout"
+    if msg.type is not aiohttp.WSMsgType.TEXT or '"session.created"' not in msg.data:
+        await ws.close()
+        return f"first event was not session.created: {str(msg.data)[:120]}"
+    return Session(idx, ws)
+
+
+async def run_load(
+    target: str,
+    url: str,
+    n: int,
+    duration: float,
+    warmup: float,
+    relay_pids: Callable[[], list[int]] | None,
+    echo_pids: Callable[[], list[int]],
+    relay_core: int | None,
+    load_core: int | None,
+    drain_timeout: float = 3.0,
+) -> RunResult:
+    """Open n sessions to url, stream for `duration` seconds, and measure."""
+    res = RunResult(target=target, sessions=n, duration_s=duration)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        # ---- connect (bounded concurrency so a relay's accept backlog is not the test)
+        sem = asyncio.Semaphore(32)
+        t_conn = time.monotonic()
+
+        async def one(i: int) -> Session | str:
+            async with sem:
+                return await _connect(http, url, i, wait_s=15.0)
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(n)))
+        res.connect_s = time.monotonic() - t_conn
+        sessions = [o for o in outcomes if isinstance(o, Session)]
+        failures = [o for o in outcomes if isinstance(o, str)]
+        res.connected, res.connect_failed = len(sessions), len(failures)
+        if failures:
+            res.notes.append(f"{len(failures)} sessions failed to connect, e.g. {failures[0]}")
+        for i, s in enumerate(sessions):
+            s.idx = i
+        m = len(sessions)
+        if m == 0:
+            return res
+
+        lats: list[int] = []
+        lags: list[int] = []
+        prefix, suffix = _frame_parts()
+        win_start_ns = 1 << 62  # set by the driver when the measurement window opens
+
+        async def receive(s: Session) -> None:
+            ws = s.ws
+            idx = s.idx
+            unpack = HEADER.unpack_from
+            b64decode = base64.b64decode
+            clock = time.monotonic_ns
+            append = lats.append
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                data: str = msg.data
+                i = data.find('"delta"')
+                if i < 0:
+                    s.other_events += 1
+                    if '"error"' in data[:40]:
+                        s.errors += 1
+                    continue
+                q = data.index('"', i + 8) + 1
+                sid, seq, ts = unpack(b64decode(data[q : q + HEADER_B64]))
+                now = clock()
+                s.received += 1
+                if sid != idx:
+                    s.misrouted += 1
+                if seq != s.expect:
+                    s.out_of_order += 1
+                s.expect = seq + 1
+                if ts >= win_start_ns:
+                    append(now - ts)
+            s.closed_early = True
+
+        receivers = [asyncio.create_task(receive(s)) for s in sessions]
+        gc.collect()
+        gc.freeze()
+
+        def snapshot() -> dict[str, Any]:
+            rp = relay_pids() if relay_pids else []
+            return {
+                "t": time.monotonic(),
+                "relay": cpu_seconds(rp),
+                "echo": cpu_seconds(echo_pids()),
+                "self": cpu_seconds([os.getpid()]),
+                "cores": core_seconds([c for c in (relay_core, load_core) if c is not None]),
+                "sent": sum(s.sent for s in sessions),
+                "received": sum(s.received for s in sessions),
+            }
+
+        # ---- drive: the j-th send overall is session j % m, due at t0 + j * period / m
+        step = FRAME_NS / m
+        t0 = time.monotonic_ns() + 50_000_000
+        win_open_ns = t0 + int(warmup * 1e9)
+        end_ns = t0 + int(duration * 1e9)
+        snap0: dict[str, Any] | None = None
+        hdr = bytearray(HEADER.size)
+        pack_into = HEADER.pack_into
+        b64encode = base64.b64encode
+        clock = time.monotonic_ns
+        j = 0
+        while True:
+            now = clock()
+            if now >= end_ns:
+                break
+            if snap0 is None and now >= win_open_ns:
+                win_start_ns = now
+                snap0 = snapshot()
+            due = t0 + int(j * step)
+            if due > now:
+                await asyncio.sleep((due - now) / 1e9)
+                continue
+            lags.append(now - due)
+            while due <= now:
+                s = sessions[j % m]
+                if not s.closed_early:
+                    pack_into(hdr, 0, s.idx, s.sent, clock())
+                    try:
+                        await s.ws.send_str(prefix + b64encode(hdr).decode() + suffix)
+                        s.sent += 1
+                    except (aiohttp.ClientError, ConnectionError):
+                        s.closed_early = True
+                j += 1
+                due = t0 + int(j * step)
+        snap1 = snapshot()
+        rp = relay_pids() if relay_pids else []
+        res.relay_rss_kib = rss_kib(rp)
+
+        # ---- drain: wait for outstanding echoes
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline:
+            if all(s.received >= s.sent or s.closed_early for s in sessions):
+                break
+            await asyncio.sleep(0.02)
+        gc.unfreeze()
+
+        # ---- close
+        for task in receivers:
+            task.cancel()
+        await asyncio.gather(*receivers, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(s.ws.close() for s in sessions), return_exceptions=True), 10
+            )
+
+    # ---- results
+    res.sent = sum(s.sent for s in sessions)
+    res.received = sum(s.received for s in sessions)
+    res.lost = res.sent - res.received  # after the drain
+    res.out_of_order = sum(s.out_of_order for s in sessions)
+    res.misrouted = sum(s.misrouted for s in sessions)
+    res.error_events = sum(s.errors for s in sessions)
+    res.closed_early = sum(1 for s in sessions if s.closed_early)
+    if lats:
+        arr = np.asarray(lats, dtype=np.float64) / 1e6
+        res.samples = int(arr.size)
+        res.rtt_p50_ms, res.rtt_p99_ms = (float(x) for x in np.percentile(arr, [50, 99]))
+        res.rtt_max_ms = float(arr.max())
+    if lags:
+        res.send_lag_p99_ms = float(np.percentile(np.asarray(lags) / 1e6, 99))
+    if snap0 is not None:
+        window = snap1["t"] - snap0["t"]
+        res.window_s = window
+        res.frames_in_window = (snap1["sent"] - snap0["sent"]) + (
+            snap1["received"] - snap0["received"]
+        )
+        res.echo_cpu_pct = 100 * (snap1["echo"] - snap0["echo"]) / window
+        res.loadgen_cpu_pct = 100 * (snap1["self"] - snap0["self"]) / window
+        if relay_pids is not None:
+            relay_cpu = snap1["relay"] - snap0["relay"]
+            res.relay_cpu_pct = 100 * relay_cpu / window
+            if res.frames_in_window:
+                res.relay_cpu_us_per_frame = 1e6 * relay_cpu / res.frames_in_window
+            if relay_core is not None:
+                busy, irq = (
+                    b - a
+                    for a, b in zip(
+                        snap0["cores"][relay_core], snap1["cores"][relay_core], strict=True
+                    )
+                )
+                res.relay_core_busy_pct = 100 * busy / window
+                res.relay_core_irq_pct = 100 * irq / window
+                res.relay_core_other_pct = max(0.0, 100 * (busy - irq - relay_cpu) / window)
+        if load_core is not None:
+            busy = snap1["cores"][load_core][0] - snap0["cores"][load_core][0]
+            res.load_core_busy_pct = 100 * busy / window
+            if res.relay_cpu_pct > 0:
+                res.estimate_sessions = 0.8 / (res.relay_cpu_pct / 100 / m)
+    return res
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    relay_core: int | None
+    load_core: int | None
+    log_dir: Path
+    echo: Proc | None = None
+    echo_url: str = ""
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], core: int | None) -> Proc:
+        proc = Proc(name, pinned(argv, core), env, self.log_dir)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.procs):
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+
+    async def start_echo(self) -> None:
+        port = free_port()
+        argv = [sys.executable, str(BENCH_DIR / "echo_upstream.py"), "--port", str(port)]
+        self.echo = self.start("echo", argv, dict(os.environ), self.load_core)
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", self.echo)
+        self.echo_url = f"ws://127.0.0.1:{port}/v1/realtime"
+
+    def echo_pids(self) -> list[int]:
+        assert self.echo is not None
+        return self.echo.pids()
+
+    async def run_direct(self, n: int) -> RunResult:
+        return await run_load(
+            "direct",
+            f"{self.echo_url}?model=gpt-realtime",
+            n,
+            self.args.duration,
+            self.args.warmup,
+            None,
+            self.echo_pids,
+            None,
+            self.load_core,
+        )
+
+    async def run_relay(self, spec: RelaySpec, n: int) -> RunResult:
+        port = free_port()
+        argv, env = spec.command(port, self.echo_url)
+        proc = self.start(spec.name, argv, env, self.relay_core)
+        try:
+            await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, limit_s=60)
+            url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+            # Warm up (imports, first-session code paths) before the idle RSS reading.
+            warm = await run_load(
+                spec.name,
+                url,
+                2,
+                0.4,
+                0.1,
+                proc.pids,
+                self.echo_pids,
+                self.relay_core,
+                self.load_core,
+                1.0,
+            )
+            if warm.connected == 0:
+                res = RunResult(target=spec.name, sessions=n, duration_s=self.args.duration)
+                res.connect_failed = n
+                res.notes.append("warm-up session could not connect: " + "; ".join(warm.notes))
+                res.notes.append(proc.log_tail(5))
+                return res
+            await asyncio.sleep(0.3)
+            idle = rss_kib(proc.pids())
+            res = await run_load(
+                spec.name,
+                url,
+                n,
+                self.args.duration,
+                self.args.warmup,
+                proc.pids,
+                self.echo_pids,
+                self.relay_core,
+                self.load_core,
+            )
+            res.relay_idle_rss_kib = idle
+            if res.connected:
+                res.rss_per_session_kib = (res.relay_rss_kib - idle) / res.connected
+            if proc.popen.poll() is not None:
+                res.notes.append(f"relay exited with {proc.popen.returncode}: {proc.log_tail(5)}")
+            return res
+        finally:
+            self.stop(proc)
+
+
+def judge(res: RunResult, direct: RunResult | None) -> None:
+    if direct is not None and direct.samples and res.samples:
+        res.added_p50_ms = res.rtt_p50_ms - direct.rtt_p50_ms
+        res.added_p99_ms = res.rtt_p99_ms - direct.rtt_p99_ms
+        added99 = res.added_p99_ms
+    else:
+        added99 = res.rtt_p99_ms  # no floor measured: judge on the raw round trip
+    res.passed = bool(
+        res.connect_failed == 0
+        and res.connected == res.sessions
+        and res.sent > 0
+        and res.lost == 0
+        and res.closed_early == 0
+        and res.samples > 0
+        and added99 <= P99_LIMIT_MS
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _f(x: float, spec: str = ".2f") -> str:
+    return "-" if x != x else format(x, spec)  # NaN -> "-"
+
+
+def print_table(name: str, describe: str, rows: list[RunResult]) -> None:
+    print(f"\n== {name}: {describe}")
+    print(
+        f"{'N':>5} {'rtt p50':>7} {'rtt p99':>7} {'add p50':>7} {'add p99':>7} {'lost':>5}"
+        f" {'cpu%':>5} {'µs/frm':>6} {'RSS/sess':>9} {'0.8/cpu':>7}"
+        f" {'core0%':>6} {'irq%':>4} {'lg%':>4} {'echo%':>5} {'core1%':>6}  pass"
+    )
+    for r in rows:
+        print(
+            f"{r.sessions:>5} {_f(r.rtt_p50_ms):>7} {_f(r.rtt_p99_ms):>7}"
+            f" {_f(r.added_p50_ms):>7} {_f(r.added_p99_ms):>7} {r.lost:>5}"
+            f" {_f(r.relay_cpu_pct, '.1f'):>5} {_f(r.relay_cpu_us_per_frame, '.1f'):>6}"
+            f" {_f(r.rss_per_session_kib, '.1f'):>5} KiB {_f(r.estimate_sessions, '.0f'):>7}"
+            f" {_f(r.relay_core_busy_pct, '.0f'):>6} {_f(r.relay_core_irq_pct, '.0f'):>4}"
+            f" {_f(r.loadgen_cpu_pct, '.0f'):>4} {_f(r.echo_cpu_pct, '.0f'):>5}"
+            f" {_f(r.load_core_busy_pct, '.0f'):>6}  {'yes' if r.passed else 'NO'}"
+        )
+        for note in r.notes:
+            print(f"      note: {note}")
+
+
+def summarize(rows: list[RunResult], ref_n: int) -> dict[str, Any]:
+    passing = [r.sessions for r in rows if r.passed]
+    ref = next((r for r in rows if r.sessions == ref_n), None)
+    if ref is None:
+        ref = next((r for r in reversed(rows) if r.passed), rows[0] if rows else None)
+    return {
+        "sessions_per_core": max(passing) if passing else 0,
+        "estimate_sessions_per_core": ref.estimate_sessions if ref else float("nan"),
+        "ref_sessions": ref.sessions if ref else 0,
+        "added_p50_ms": ref.added_p50_ms if ref else float("nan"),
+        "added_p99_ms": ref.added_p99_ms if ref else float("nan"),
+        "cpu_us_per_frame": ref.relay_cpu_us_per_frame if ref else float("nan"),
+        "rss_per_session_kib": ref.rss_per_session_kib if ref else float("nan"),
+    }
+
+
+def print_summary(summary: dict[str, dict[str, Any]], ref_n: int) -> None:
+    print(f"\n== summary (latency, CPU and RSS at {ref_n} sessions, or the nearest passing N)")
+    print(
+        f"{'relay':<9} {'sess/core':>9} {'0.8/cpu':>8} {'add p50 ms':>10} {'add p99 ms':>10}"
+        f" {'µs/frame':>8} {'RSS/sess KiB':>12}"
+    )
+    for name, s in summary.items():
+        print(
+            f"{name:<9} {s['sessions_per_core']:>9} {_f(s['estimate_sessions_per_core'], '.0f'):>8}"
+            f" {_f(s['added_p50_ms'], '.3f'):>10} {_f(s['added_p99_ms'], '.3f'):>10}"
+            f" {_f(s['cpu_us_per_frame'], '.1f'):>8} {_f(s['rss_per_session_kib'], '.1f'):>12}"
+        )
+    if "pipe" in summary:
+        base = summary["pipe"]
+        for name, s in summary.items():
+            if name == "pipe":
+                continue
+            print(
+                f"\n== ratios {name}/pipe (sessions: higher is better; the rest: lower is better)"
+            )
+            for key, label in (
+                ("sessions_per_core", "sessions per core"),
+                ("estimate_sessions_per_core", "0.8/cpu estimate"),
+                ("cpu_us_per_frame", "CPU µs per frame"),
+                ("rss_per_session_kib", "RSS per session"),
+                ("added_p50_ms", "added p50"),
+                ("added_p99_ms", "added p99"),
+            ):
+                a, b = s[key], base[key]
+                ratio = a / b if b and b == b and a == a else float("nan")
+                print(
+                    f"   {label:<20} {_f(float(a), '.3g'):>8}"
+                    f" / {_f(float(b), '.3g'):<8} = {_f(ratio)}"
+                )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Relay benchmark: voxgate vs a minimal aiohttp pipe vs a json relay.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--sessions", default=None, help="comma-separated session counts")
+    p.add_argument("--duration", type=float, default=None, help="seconds of audio per run")
+    p.add_argument("--warmup", type=float, default=None, help="seconds before the window opens")
+    p.add_argument(
+        "--relays", default="pipe,json,voxgate", help=f"comma-separated subset of {ALL_RELAYS}"
+    )
+    p.add_argument("--quick", action="store_true", help="100 sessions, 3 s per run (< 60 s)")
+    p.add_argument("--ref-sessions", type=int, default=100, help="N for the summary row")
+    p.add_argument("--no-direct", action="store_true", help="skip the direct-to-echo floor")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument(
+        "--keep-going", action="store_true", help="keep raising N for a relay after it fails"
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write results as JSON (default path: bench/results/relay-<time>.json)",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sessions = args.sessions or "100"
+        args.duration = args.duration or 3.0
+        args.warmup = args.warmup if args.warmup is not None else 1.0
+    args.sessions = [
+        int(x) for x in (args.sessions or ",".join(map(str, FULL_SESSIONS))).split(",")
+    ]
+    args.duration = args.duration or 8.0
+    if args.warmup is None:
+        args.warmup = min(2.0, args.duration / 4)
+    args.relays = [r.strip() for r in args.relays.split(",") if r.strip()]
+    unknown = set(args.relays) - set(ALL_RELAYS)
+    if unknown:
+        p.error(f"unknown relays: {sorted(unknown)}")
+    return args
+
+
+def choose_cores(no_pin: bool) -> tuple[int | None, int | None]:
+    if no_pin or shutil.which("taskset") is None:
+        return None, None
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None, None
+    return allowed[0], allowed[1]
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    relay_core, load_core = choose_cores(args.no_pin)
+    if load_core is not None:
+        os.sched_setaffinity(0, {load_core})
+    else:
+        print("warning: not pinning (need taskset and 2 allowed cores); numbers are noisier")
+    relays = list(args.relays)
+    skipped: dict[str, str] = {}
+    if "voxgate" in relays:
+        ok, why = voxgate_available()
+        if not ok:
+            relays.remove("voxgate")
+            skipped["voxgate"] = why
+            print(f"note: voxgate skipped, `python -m voxgate serve --help` failed: {why}")
+
+    log_dir = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
+    bench = Bench(args, relay_core, load_core, log_dir)
+    rows: dict[str, list[RunResult]] = {"direct": []} | {r: [] for r in relays}
+    alive = set(relays)
+    started = time.time()
+    print(
+        f"relay core {relay_core}, load generator + echo core {load_core};"
+        f" sessions {args.sessions}; {args.duration:g} s per run ({args.warmup:g} s warm-up);"
+        f" relays {relays}"
+    )
+    try:
+        await bench.start_echo()
+        for n in args.sessions:
+            direct = None
+            if not args.no_direct:
+                direct = await bench.run_direct(n)
+                judge(direct, None)
+                rows["direct"].append(direct)
+                line = (
+                    f"N={n:<4} direct   rtt p50 {_f(direct.rtt_p50_ms)}"
+                    f" p99 {_f(direct.rtt_p99_ms)} ms"
+                )
+                print(
+                    f"{line}, lost {direct.lost}, load generator + echo"
+                    f" {_f(direct.loadgen_cpu_pct + direct.echo_cpu_pct, '.0f')} % of a core"
+                )
+                if direct.lost or direct.connect_failed:
+                    print(f"warning: direct run lost frames at N={n}: the harness is saturated")
+            for name in relays:
+                if name not in alive:
+                    continue
+                res = await bench.run_relay(RELAYS[name], n)
+                judge(res, direct)
+                rows[name].append(res)
+                print(
+                    f"N={n:<4} {name:<8} add p50 {_f(res.added_p50_ms)}"
+                    f" p99 {_f(res.added_p99_ms)} ms, lost {res.lost},"
+                    f" cpu {_f(res.relay_cpu_pct, '.1f')} %,"
+                    f" {_f(res.relay_cpu_us_per_frame, '.1f')} µs/frame"
+                    f" -> {'pass' if res.passed else 'FAIL'}"
+                )
+                if not res.passed and not args.keep_going:
+                    alive.discard(name)
+    finally:
+        bench.stop_all()
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+    if not args.no_direct:
+        print_table(
+            "direct", "load generator straight to the echo upstream (the floor)", rows["direct"]
+        )
+    for name in relays:
+        print_table(name, RELAYS[name].describe, rows[name])
+    summary = {name: summarize(rows[name], args.ref_sessions) for name in relays}
+    print_summary(summary, args.ref_sessions)
+    for name, why in skipped.items():
+        print(f"\n{name}: not measured ({why})")
+    print(f"\ntotal {time.time() - started:.0f} s")
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "machine": {
+            "python": platform.python_version(),
+            "aiohttp": aiohttp.__version__,
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "relay_core": relay_core,
+            "load_core": load_core,
+        },
+        "args": {k: v for k, v in vars(args).items() if k != "json"},
+        "skipped": skipped,
+        "runs": {name: [asdict(r) for r in rs] for name, rs in rows.items()},
+        "summary": summary,
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = asyncio.run(amain(args))
+    if args.json is not None:
+        path = (
+            Path(args.json)
+            if args.json
+            else RESULTS_DIR / time.strftime("relay-%Y%m%d-%H%M%S.json")
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_nan_to_none(report), indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

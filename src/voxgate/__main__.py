@@ -1,0 +1,5 @@
+"""``python -m voxgate serve``."""
+
+from voxgate.cli import main
+
+raise SystemExit(main())

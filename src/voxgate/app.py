@@ -1,0 +1,117 @@
+"""The aiohttp application factory: it only wires modules together.
+
+Routes: the realtime WebSocket (``/v1/realtime``, ``/realtime``), key minting
+(``/v1/realtime/client_secrets``, ``/v1/realtime/sessions``), ``/healthz``, ``/readyz``,
+``/metrics``, and the console at ``/`` when present.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+
+from voxgate.auth import routes as key_routes
+from voxgate.auth.grants import Authenticator
+from voxgate.auth.server_keys import ServerKeys
+from voxgate.backends.base import Backend
+from voxgate.config import Settings
+from voxgate.observability.metrics import Metrics
+from voxgate.transports.websocket import RealtimeEndpoint
+
+METRICS = web.AppKey("voxgate.metrics", Metrics)
+BACKEND = web.AppKey("voxgate.backend", Backend)
+DRAINING = web.AppKey("voxgate.draining", list[bool])
+ENDPOINT = web.AppKey("voxgate.endpoint", RealtimeEndpoint)
+
+
+def build_backend(settings: Settings) -> Backend:
+    if settings.backend == "openai":
+        from voxgate.backends.openai import OpenAIBackend
+
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        return OpenAIBackend(
+            url=settings.openai_url,
+            api_key=key,
+            ping_interval_s=settings.ping_interval_s,
+            max_frame_bytes=settings.max_upstream_frame_bytes,
+        )
+    from voxgate.backends.local.backend import LocalBackend  # type: ignore[import-not-found,unused-ignore]
+
+    backend: Backend = LocalBackend.from_settings(settings)
+    return backend
+
+
+def known_secrets(settings: Settings, signing_secret: bytes) -> tuple[str, ...]:
+    """Exact secret strings to mask in logs and error messages."""
+    values = list(settings.api_key_values())
+    if settings.openai_api_key:
+        values.append(settings.openai_api_key.get_secret_value())
+    values.append(signing_secret.hex())
+    if settings.secret:
+        values.append(settings.secret.get_secret_value())
+    return tuple(v for v in values if len(v) >= 6)
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> web.Application:
+    """Build the application. ``backend`` overrides the one named in ``settings`` (tests)."""
+    secret = (
+        settings.secret.get_secret_value().encode() if settings.secret else secrets.token_bytes(32)
+    )
+    server_keys = ServerKeys(settings.api_key_values())
+    backend = backend or build_backend(settings)
+    metrics = Metrics()
+    secrets_known = known_secrets(settings, secret)
+    endpoint = RealtimeEndpoint(
+        backend=backend,
+        authenticator=Authenticator(server_keys, secret, settings.max_session_s),
+        metrics=metrics,
+        settings=settings,
+        known_secrets=secrets_known,
+    )
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app[METRICS] = metrics
+    app[BACKEND] = backend
+    app[DRAINING] = [False]
+    app[ENDPOINT] = endpoint
+    app[key_routes.SERVER_KEYS] = server_keys
+    app[key_routes.SIGNING_SECRET] = secret
+    app[key_routes.MAX_SESSION_S] = settings.max_session_s
+    app[key_routes.DEFAULT_MODEL] = settings.default_model
+
+    app.router.add_get("/v1/realtime", endpoint.handle)
+    app.router.add_get("/realtime", endpoint.handle)
+    key_routes.add_routes(app)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    try:
+        from voxgate.web.routes import (  # type: ignore[import-not-found,unused-ignore]
+            add_routes as add_console_routes,
+        )
+    except ImportError:  # the console is optional until it ships
+        pass
+    else:
+        add_console_routes(app)
+
+    async def _close_backend(app: web.Application) -> None:
+        await app[BACKEND].aclose()
+
+    app.on_cleanup.append(_close_backend)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[DRAINING][0]:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready", **request.app[BACKEND].describe()})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")

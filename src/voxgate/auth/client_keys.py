@@ -1,0 +1,139 @@
+"""``ek_`` client keys: short-lived credentials a server mints for a browser or device. Pure.
+
+A key is ``ek_<payload>.<signature>``: the payload is zlib-compressed JSON (base64url), the
+signature an HMAC-SHA256 over it with ``VOXGATE_SECRET``, so any node that shares the secret
+verifies a key without shared state. The payload carries the session config, an optional
+subject (end-user id), the expiry (10 s to 2 h, default 600 s; it bounds *starting* a session,
+realtime-protocol.md §2.1) and the maximum session length. Verification is constant-time on
+the signature and rejects expired, forged or malformed keys with one typed error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+PREFIX = "ek_"
+MIN_TTL_S = 10
+MAX_TTL_S = 7200
+DEFAULT_TTL_S = 600
+#: A key bigger than this is refused before any decoding work (protects the verifier).
+MAX_KEY_CHARS = 48 * 1024
+_VERSION = 1
+
+
+class ClientKeyError(ValueError):
+    """The key is malformed, forged or expired. ``code`` is the OpenAI error code to send."""
+
+    def __init__(self, reason: str, code: str = "invalid_api_key") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeyClaims:
+    """What a verified key grants."""
+
+    key_id: str
+    issued_at: int
+    expires_at: int
+    max_session_s: float | None
+    subject: str | None = None
+    session: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: bytes, payload: str) -> str:
+    return _b64e(hmac.new(secret, payload.encode("ascii"), hashlib.sha256).digest())
+
+
+def mint(
+    secret: bytes,
+    *,
+    now: float,
+    ttl_s: int = DEFAULT_TTL_S,
+    session: dict[str, Any] | None = None,
+    subject: str | None = None,
+    max_session_s: float | None = None,
+) -> tuple[str, ClientKeyClaims]:
+    """Mint a key. ``ttl_s`` must already be validated to lie in 10..7200."""
+    if not MIN_TTL_S <= ttl_s <= MAX_TTL_S:
+        raise ValueError("ttl_s out of range")
+    claims = ClientKeyClaims(
+        key_id=secrets.token_hex(8),
+        issued_at=int(now),
+        expires_at=int(now) + ttl_s,
+        max_session_s=max_session_s,
+        subject=subject,
+        session=session,
+    )
+    body = {
+        "v": _VERSION,
+        "kid": claims.key_id,
+        "iat": claims.issued_at,
+        "exp": claims.expires_at,
+        "max": max_session_s,
+        "sub": subject,
+        "ses": session,
+    }
+    payload = _b64e(zlib.compress(orjson.dumps(body), 6))
+    return f"{PREFIX}{payload}.{_sign(secret, payload)}", claims
+
+
+def looks_like_client_key(credential: str) -> bool:
+    return credential.startswith(PREFIX)
+
+
+def verify(secret: bytes, key: str, *, now: float) -> ClientKeyClaims:
+    """Verify a key and return its claims.
+
+    Raises:
+        ClientKeyError: malformed, bad signature, unknown version, or expired.
+    """
+    if not key.startswith(PREFIX) or len(key) > MAX_KEY_CHARS:
+        raise ClientKeyError("malformed")
+    payload, dot, signature = key[len(PREFIX) :].partition(".")
+    if not dot or not payload or not signature:
+        raise ClientKeyError("malformed")
+    try:
+        expected = _sign(secret, payload)
+    except UnicodeEncodeError:
+        raise ClientKeyError("malformed") from None
+    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+        raise ClientKeyError("bad_signature")
+    try:
+        body = orjson.loads(zlib.decompress(_b64d(payload), bufsize=64 * 1024))
+    except (binascii.Error, zlib.error, orjson.JSONDecodeError, ValueError):
+        raise ClientKeyError("malformed") from None
+    if not isinstance(body, dict) or body.get("v") != _VERSION:
+        raise ClientKeyError("malformed")
+    exp = body.get("exp")
+    if not isinstance(exp, int) or now >= exp:
+        raise ClientKeyError("expired")
+    session = body.get("ses")
+    max_s = body.get("max")
+    sub = body.get("sub")
+    return ClientKeyClaims(
+        key_id=str(body.get("kid", "")),
+        issued_at=int(body.get("iat", 0)),
+        expires_at=exp,
+        max_session_s=float(max_s) if isinstance(max_s, int | float) else None,
+        subject=sub if isinstance(sub, str) else None,
+        session=session if isinstance(session, dict) else None,
+    )

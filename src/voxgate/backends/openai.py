@@ -1,0 +1,95 @@
+"""The ``openai`` backend: one aiohttp WebSocket per client session to ``VOXGATE_OPENAI_URL``.
+
+It authenticates with the server's ``OPENAI_API_KEY``, never with the client's credential, and
+never logs the key or a URL that could carry credentials (only scheme, host and path). The
+connector has no connection limit: aiohttp's default of 100 would silently cap the gateway at
+100 sessions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+
+from voxgate.backends.base import UpstreamConnectError, UpstreamConnection, UpstreamTarget
+
+
+def safe_url(url: str) -> str:
+    """``scheme://host[:port]/path``: what may appear in logs and errors."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def upstream_url(base: str, target: UpstreamTarget) -> str:
+    """The base URL with ``model`` or ``intent=transcription`` set from the target."""
+    parts = urlsplit(base)
+    query = dict(parse_qsl(parts.query))
+    if target.intent == "transcription" and not target.model:
+        query.pop("model", None)
+        query["intent"] = "transcription"
+    else:
+        if target.model:
+            query["model"] = target.model
+        if target.intent:
+            query["intent"] = target.intent
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_key: str | None,
+        connect_timeout_s: float = 10.0,
+        ping_interval_s: float = 20.0,
+        max_frame_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        self._url = url
+        self._api_key = api_key
+        self._connect_timeout_s = connect_timeout_s
+        self._ping_interval_s = ping_interval_s
+        self._max_frame_bytes = max_frame_bytes
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=False)
+            self._http = aiohttp.ClientSession(connector=connector)
+        return self._http
+
+    async def connect(self, target: UpstreamTarget) -> UpstreamConnection:
+        headers = {"Authorization": f"Bearer {self._api_key or ''}"}
+        url = upstream_url(self._url, target)
+        try:
+            ws = await self._session().ws_connect(
+                url,
+                headers=headers,
+                autoping=True,
+                heartbeat=self._ping_interval_s or None,
+                compress=0,
+                max_msg_size=self._max_frame_bytes,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise UpstreamConnectError(
+                f"upstream refused the WebSocket upgrade with HTTP {exc.status}", status=exc.status
+            ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise UpstreamConnectError(
+                f"cannot connect to {safe_url(self._url)}: {type(exc).__name__}"
+            ) from None
+        return ws
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "url": safe_url(self._url), "key_set": bool(self._api_key)}

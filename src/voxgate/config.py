@@ -1,0 +1,70 @@
+"""Settings (DESIGN.md "Config"): environment with the ``VOXGATE_`` prefix, ``.env``, CLI overrides.
+
+``OPENAI_API_KEY`` keeps its standard name. Secrets are ``SecretStr`` so they never print in a
+``repr`` or a log line.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of a voxgate process. Defaults serve the offline local engine on loopback."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOXGATE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    backend: Literal["local", "openai"] = "local"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    openai_url: str = "wss://api.openai.com/v1/realtime"
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "VOXGATE_OPENAI_API_KEY")
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    secret: SecretStr | None = None
+    redis_url: str | None = None
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+
+    default_model: str = "gpt-realtime"
+    #: Connect + ``session.created`` + embedded config applied, or the session fails.
+    ready_timeout_s: float = Field(default=10.0, gt=0)
+    #: Client events held before the upstream is ready, in bytes of frame text.
+    prebuffer_bytes: int = Field(default=4 * MIB, ge=1024)
+    #: Largest client frame accepted (OpenAI allows 15 MiB of audio per append, ~20 MiB base64).
+    max_frame_bytes: int = Field(default=24 * MIB, ge=64 * 1024)
+    #: Largest upstream frame accepted.
+    max_upstream_frame_bytes: int = Field(default=32 * MIB, ge=64 * 1024)
+    #: Longest session started with a server key; ek_ keys carry their own cap.
+    max_session_s: float = Field(default=4 * 3600.0, gt=0)
+    #: WebSocket ping interval towards clients and upstreams (0 disables).
+    ping_interval_s: float = Field(default=20.0, ge=0)
+    #: Identical errors to one client within this window are coalesced into one, with a count.
+    error_coalesce_window_s: float = Field(default=1.0, ge=0)
+    #: Largest HTTP header field (ek_ keys with long instructions travel in headers).
+    max_header_bytes: int = Field(default=64 * 1024, ge=8190)
+
+    # local engine (issue 4)
+    local_llm_url: str | None = None
+    local_llm_model: str = "llama3.2"
+    knowledge_path: str | None = None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def api_key_values(self) -> list[str]:
+        return [k.get_secret_value() for k in self.api_keys]

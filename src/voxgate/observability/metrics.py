@@ -1,0 +1,62 @@
+"""Prometheus metrics: every name and label lives here. One registry per app (no globals).
+
+Per-frame counters are plain integers on each session (no lock, no label lookup on the audio
+path) and are folded in here when the session ends.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class _Stats(Protocol):
+    started_at: float
+    ready_at: float | None
+    client_frames: int
+    client_bytes: int
+    upstream_frames: int
+    upstream_bytes: int
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sessions_active = Gauge("voxgate_sessions_active", "Sessions open now", registry=r)
+        self.sessions_total = Counter(
+            "voxgate_sessions_total", "Sessions ended, by cause", ["cause"], registry=r
+        )
+        self.sessions_refused = Counter(
+            "voxgate_sessions_refused_total",
+            "Connections refused, by error code",
+            ["reason"],
+            registry=r,
+        )
+        self.frames = Counter(
+            "voxgate_frames_total", "Frames relayed, by direction", ["direction"], registry=r
+        )
+        self.bytes = Counter(
+            "voxgate_bytes_total", "Frame bytes relayed, by direction", ["direction"], registry=r
+        )
+        self.ready_seconds = Histogram(
+            "voxgate_upstream_ready_seconds",
+            "Time from client connect to upstream ready",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.keys_minted = Counter(
+            "voxgate_client_keys_minted_total", "ek_ keys minted", ["shape"], registry=r
+        )
+
+    def record_session(self, stats: _Stats) -> None:
+        self.frames.labels(direction="client_to_upstream").inc(stats.client_frames)
+        self.frames.labels(direction="upstream_to_client").inc(stats.upstream_frames)
+        self.bytes.labels(direction="client_to_upstream").inc(stats.client_bytes)
+        self.bytes.labels(direction="upstream_to_client").inc(stats.upstream_bytes)
+        if stats.ready_at is not None:
+            self.ready_seconds.observe(stats.ready_at - stats.started_at)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

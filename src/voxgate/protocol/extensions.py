@@ -1,0 +1,36 @@
+"""voxgate's protocol extensions for clients that opt in with the ``voxgate.v1`` subprotocol.
+
+Opted-in clients may receive ``voxgate.*`` gateway events and send binary frames of raw audio
+in the session's input format. Stock clients never see either (openai-agents reports unknown
+event types as errors, realtime-protocol.md §11). Pure.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from voxgate.protocol.ids import event_id
+
+SUBPROTOCOL = "voxgate.v1"
+#: The subprotocol every OpenAI browser client offers, selected when offered (§1.3).
+REALTIME_SUBPROTOCOL = "realtime"
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+
+
+def gateway_event(event_type: str, **fields: Any) -> str:
+    """Serialise a ``voxgate.*`` event. Callers must only send it to opted-in clients."""
+    if not event_type.startswith("voxgate."):
+        raise ValueError("gateway events are namespaced voxgate.*")
+    return orjson.dumps({"type": event_type, "event_id": event_id(), **fields}).decode()
+
+
+def append_from_binary(audio: bytes) -> str:
+    """Turn a binary audio frame from an opted-in client into ``input_audio_buffer.append``."""
+    return (
+        '{"type":"input_audio_buffer.append","audio":"'
+        + base64.b64encode(audio).decode("ascii")
+        + '"}'
+    )

@@ -1,0 +1,123 @@
+"""Read an event's ``type`` without decoding the frame (DESIGN.md principle 1).
+
+Audio events are most of the traffic: a 20 ms PCM16 frame is ~1.3 KB of base64 inside JSON.
+The relay only needs the ``type`` to route a frame, then forwards the original text.
+
+Two fast paths cover the serialisers the SDKs use:
+
+* ``type`` is the first key (openai-python, the real server, browsers):
+  ``{"type":"x"…`` or ``{"type": "x"…``;
+* ``type`` is the last key (pydantic's ``model_dump`` order in openai-agents puts ``audio``
+  first): ``…"type": "x"}``.
+
+Both are exact: a JSON string cannot contain an unescaped quote, so ``"type"`` followed by a
+colon is a key; at the start it is the first top-level key, and at the end, followed only by the
+closing brace, it is the last top-level key (a nested one would be followed by another brace).
+Anything else falls back to a full parse. Pure; no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_HEAD = '{"type":'
+_HEAD_LEN = len(_HEAD)
+_TAIL_KEY = '"type"'
+
+
+class NotAnEvent(ValueError):
+    """The frame is not a JSON object with a string ``type``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _head_type(text: str) -> str | None:
+    if not text.startswith(_HEAD):
+        return None
+    i = _HEAD_LEN
+    if text[i : i + 1] == " ":
+        i += 1
+    if text[i : i + 1] != '"':
+        return None
+    j = text.find('"', i + 1)
+    if j < 0:
+        return None
+    value = text[i + 1 : j]
+    return None if "\\" in value else value
+
+
+def _tail_type(text: str) -> str | None:
+    end = len(text.rstrip())
+    if end < 2 or text[end - 1] != "}" or text[end - 2] != '"':
+        return None
+    k = text.rfind(_TAIL_KEY, 0, end)
+    if k <= 0:
+        return None
+    i = k + len(_TAIL_KEY)
+    while text[i] in " \t\r\n":
+        i += 1
+    if text[i] != ":":
+        return None
+    i += 1
+    while text[i] in " \t\r\n":
+        i += 1
+    if text[i] != '"':
+        return None
+    j = text.find('"', i + 1)
+    if j != end - 2:
+        return None
+    value = text[i + 1 : j]
+    return None if "\\" in value else value
+
+
+def event_type(text: str) -> str:
+    """Return the top-level ``type`` of a client or server event.
+
+    Raises:
+        NotAnEvent: the text is not JSON (``invalid_json``) or not an object with a string
+            ``type`` (``invalid_event``).
+    """
+    found = _head_type(text)
+    if found is not None:
+        return found
+    found = _tail_type(text)
+    if found is not None:
+        return found
+    return parse_event(text)[0]
+
+
+def parse_event(text: str | bytes) -> tuple[str, dict[str, Any]]:
+    """Fully parse a frame into ``(type, event)``.
+
+    Raises:
+        NotAnEvent: as :func:`event_type`.
+    """
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise NotAnEvent(
+            "invalid_json", f"Invalid event: failed to parse JSON value ({exc.msg})."
+        ) from None
+    if not isinstance(event, dict):
+        raise NotAnEvent("invalid_event", "Invalid event: expected a JSON object.")
+    etype = event.get("type")
+    if not isinstance(etype, str):
+        raise NotAnEvent("invalid_event", "Invalid event: missing or non-string 'type'.")
+    return etype, event
+
+
+def client_event_id(text: str) -> str | None:
+    """Best-effort ``event_id`` of a client frame, for echoing in ``error.event_id``."""
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(event, dict):
+        value = event.get("event_id")
+        return value if isinstance(value, str) else None
+    return None

@@ -1,0 +1,381 @@
+"""SessionMachine: the relay logic of one client session, without I/O and without a clock.
+
+It owns readiness gating (realtime-protocol.md §6.1 and issue #3): until the upstream has sent
+``session.created`` and the key's embedded session config has been applied, client frames go to
+the ordered, bounded :class:`PreBuffer`; then the runner flushes them in order. It validates what
+needs validating on the client side (JSON, a known ``type``, binary frames only for opted-in
+clients), maps upstream errors and closes to client-facing ones with secrets redacted, and
+coalesces repeated errors.
+
+Caller's duty: feed every frame to :meth:`client_text` / :meth:`client_binary` /
+:meth:`upstream_text` in arrival order, execute the returned actions in order, and on
+:data:`FORWARD` send the same frame on unchanged. Methods that can produce an error take ``now``
+(monotonic seconds) for coalescing.
+
+Phases::
+
+    CONNECTING --session.created--> CONFIGURING --session.updated--> FLUSHING --flush_done--> READY
+         \\______(no embedded config)_____________________________/^
+    any phase --fatal--> CLOSED
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import orjson
+
+from voxgate.protocol.close import CloseCode, close_reason
+from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, InvalidState, error_event
+from voxgate.protocol.extensions import append_from_binary
+from voxgate.protocol.ids import event_id as new_event_id
+from voxgate.protocol.redaction import redact
+from voxgate.protocol.sniff import NotAnEvent, client_event_id, event_type, parse_event
+from voxgate.session.actions import (
+    FORWARD,
+    NOTHING,
+    Action,
+    EndSession,
+    Outcome,
+    SendClient,
+    SendUpstream,
+    StartFlush,
+)
+from voxgate.session.coalesce import ErrorCoalescer
+from voxgate.session.prebuffer import PreBuffer
+
+#: Client event types of the GA WebSocket protocol (realtime-protocol.md §4).
+CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "session.update",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "input_audio_buffer.clear",
+        "conversation.item.create",
+        "conversation.item.retrieve",
+        "conversation.item.truncate",
+        "conversation.item.delete",
+        "response.create",
+        "response.cancel",
+    }
+)
+_SUPPORTED = ", ".join(f"'{t}'" for t in sorted(CLIENT_EVENT_TYPES))
+APPEND = "input_audio_buffer.append"
+
+#: Upstream error codes after which the session cannot continue (§7); never retried.
+FATAL_UPSTREAM_CODES: frozenset[str] = frozenset(
+    {
+        "invalid_api_key",
+        "insufficient_quota",
+        "invalid_model",
+        "missing_model",
+        "model_not_found",
+        "beta_api_shape_disabled",
+        "session_expired",
+    }
+)
+#: Upstream events held while the embedded config is applied (they precede session.created
+#: for the client); more than this is an upstream protocol violation.
+_MAX_HELD_UPSTREAM = 64
+
+
+class Phase(enum.Enum):
+    CONNECTING = "connecting"
+    CONFIGURING = "configuring"
+    FLUSHING = "flushing"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class SessionMachine:
+    """Relay state of one client session. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        *,
+        embedded_session: dict[str, Any] | None,
+        extensions: bool,
+        prebuffer_limit_bytes: int,
+        coalesce_window_s: float,
+        known_secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.phase = Phase.CONNECTING
+        self.extensions = extensions
+        self.prebuffer = PreBuffer(prebuffer_limit_bytes)
+        self.errors = ErrorCoalescer(coalesce_window_s)
+        self._embedded = embedded_session
+        self._known = known_secrets
+        self._config_event_id = "event_voxgate_config_" + new_event_id()[6:]
+        self._created_event_id: str | None = None
+        self._held_upstream: list[str] = []
+        self._fatal_error_seen: tuple[str, str | None] | None = None
+        self.session_object: dict[str, Any] | None = None
+        self.errors_sent = 0
+
+    # ------------------------------------------------------------------ client side
+
+    def client_text(self, text: str, now: float) -> Outcome:
+        """A text frame from the client. Returns FORWARD, nothing, or actions."""
+        try:
+            etype = event_type(text)
+        except NotAnEvent as exc:
+            return self._client_error(exc.message, exc.code, None, None, now)
+        if etype != APPEND and etype not in CLIENT_EVENT_TYPES:
+            return self._client_error(
+                f"Invalid value: '{etype[:64]}'. Supported values are: {_SUPPORTED}.",
+                "invalid_value",
+                "type",
+                client_event_id(text),
+                now,
+            )
+        phase = self.phase
+        if phase is Phase.READY:
+            return FORWARD
+        if phase is Phase.CLOSED:
+            return NOTHING
+        return self._hold(text)
+
+    def client_binary(self, data: bytes, now: float) -> Outcome:
+        """A binary frame: raw input audio for opted-in clients, an error for everyone else."""
+        if not self.extensions:
+            return self._client_error(
+                "Expected a text WebSocket message; binary frames are not supported.",
+                "invalid_event",
+                None,
+                None,
+                now,
+            )
+        text = append_from_binary(data)
+        if self.phase is Phase.READY:
+            return (SendUpstream(text),)
+        if self.phase is Phase.CLOSED:
+            return NOTHING
+        return self._hold(text)
+
+    def _hold(self, text: str) -> Outcome:
+        if self.prebuffer.push(text):
+            return NOTHING
+        return self._fatal(
+            "Too much client data arrived before the upstream session was ready "
+            f"(limit {self.prebuffer.limit_bytes} bytes); the session was closed and no "
+            "buffered event was forwarded.",
+            "voxgate_prebuffer_overflow",
+            CloseCode.TRY_AGAIN_LATER,
+            cause="prebuffer_overflow",
+        )
+
+    def pop_buffered(self) -> str | None:
+        """Next frame to flush upstream (phase FLUSHING), or None when the buffer is empty."""
+        if self.phase is not Phase.FLUSHING:
+            raise InvalidState(f"pop_buffered in phase {self.phase.value}")
+        return self.prebuffer.pop()
+
+    def flush_done(self) -> None:
+        """The runner sent every buffered frame: from now on frames are forwarded directly."""
+        if self.phase is not Phase.FLUSHING:
+            raise InvalidState(f"flush_done in phase {self.phase.value}")
+        if len(self.prebuffer):
+            raise InvalidState("flush_done with frames still buffered")
+        self.phase = Phase.READY
+
+    # ------------------------------------------------------------------ upstream side
+
+    def upstream_text(self, text: str, now: float) -> Outcome:
+        """A text frame from the upstream. Returns FORWARD, nothing, or actions."""
+        try:
+            etype = event_type(text)
+        except NotAnEvent:
+            # The upstream broke the protocol; the client must not receive garbage.
+            return NOTHING
+        phase = self.phase
+        if etype == "error":
+            return self._upstream_error(text, now)
+        if phase is Phase.READY or phase is Phase.FLUSHING:
+            return FORWARD
+        if phase is Phase.CONNECTING:
+            if etype == "session.created":
+                return self._on_session_created(text)
+            return self._hold_upstream(text)
+        if phase is Phase.CONFIGURING:
+            if etype == "session.updated":
+                return self._on_config_applied(text)
+            return self._hold_upstream(text)
+        return NOTHING
+
+    def _hold_upstream(self, text: str) -> Outcome:
+        if len(self._held_upstream) >= _MAX_HELD_UPSTREAM:
+            return self._fatal(
+                "The upstream did not start the session.",
+                "voxgate_upstream_protocol_error",
+                CloseCode.INTERNAL_ERROR,
+                cause="upstream_protocol_error",
+            )
+        self._held_upstream.append(text)
+        return NOTHING
+
+    def _on_session_created(self, text: str) -> Outcome:
+        _, event = parse_event(text)
+        self.session_object = (
+            event.get("session") if isinstance(event.get("session"), dict) else None
+        )
+        if self._embedded is None:
+            return self._become_ready(text)
+        self._created_event_id = (
+            event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        )
+        self.phase = Phase.CONFIGURING
+        update = {
+            "type": "session.update",
+            "event_id": self._config_event_id,
+            "session": self._embedded,
+        }
+        return (SendUpstream(orjson.dumps(update).decode()),)
+
+    def _on_config_applied(self, text: str) -> Outcome:
+        _, event = parse_event(text)
+        session = event.get("session")
+        self.session_object = session if isinstance(session, dict) else self.session_object
+        created = {
+            "type": "session.created",
+            "event_id": self._created_event_id or new_event_id(),
+            "session": self.session_object,
+        }
+        return self._become_ready(orjson.dumps(created).decode())
+
+    def _become_ready(self, created_text: str) -> Outcome:
+        self.phase = Phase.FLUSHING
+        actions: list[Action] = [SendClient(created_text)]
+        actions.extend(SendClient(t) for t in self._held_upstream)
+        self._held_upstream.clear()
+        actions.append(StartFlush())
+        return actions
+
+    def _upstream_error(self, text: str, now: float) -> Outcome:
+        try:
+            _, event = parse_event(text)
+        except NotAnEvent:
+            return NOTHING
+        raw_err = event.get("error")
+        err: dict[str, Any] = raw_err if isinstance(raw_err, dict) else {}
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        etype = str(err.get("type")) if isinstance(err.get("type"), str) else SERVER_ERROR
+        message = str(err.get("message") or "")
+        clean = redact(message, self._known)
+        if code in FATAL_UPSTREAM_CODES:
+            self._fatal_error_seen = (etype, code)
+        if self.phase is Phase.CONFIGURING and err.get("event_id") == self._config_event_id:
+            return self._fatal(
+                f"The upstream rejected the session configuration: {clean}",
+                "voxgate_session_config_rejected",
+                CloseCode.INTERNAL_ERROR,
+                cause="config_rejected",
+            )
+        key = (code, err.get("param") if isinstance(err.get("param"), str) else None, clean)
+        suppressed = self.errors.admit(key, now)
+        if suppressed is None:
+            return NOTHING
+        self.errors_sent += 1
+        if suppressed:
+            clean = f"{clean} (repeated {suppressed} more times)"
+        if clean == message:
+            return FORWARD
+        return (SendClient(orjson.dumps({**event, "error": {**err, "message": clean}}).decode()),)
+
+    def upstream_closed(self, code: int | None, reason: str) -> Outcome:
+        """The upstream socket closed (or was lost, ``code`` None). Returns how to end."""
+        if self.phase is Phase.CLOSED:
+            return NOTHING
+        clean_reason = redact(reason, self._known)[:120]
+        if self._fatal_error_seen is not None:
+            etype, ecode = self._fatal_error_seen
+            fatal_code = (
+                code
+                if code in (CloseCode.AUTH, CloseCode.BAD_REQUEST, CloseCode.GOING_AWAY)
+                else (CloseCode.BAD_REQUEST)
+            )
+            return self._end(
+                int(fatal_code), clean_reason or close_reason(etype, ecode), None, "upstream_fatal"
+            )
+        if code in (CloseCode.AUTH, CloseCode.BAD_REQUEST):
+            return self._end(int(code), clean_reason, None, "upstream_fatal")
+        if code == CloseCode.NORMAL:
+            return self._fatal(
+                "The upstream ended the session.",
+                "voxgate_upstream_closed",
+                CloseCode.GOING_AWAY,
+                cause="upstream_closed",
+            )
+        return self._fatal(
+            f"The connection to the upstream was lost (close code {code or 1006}).",
+            "voxgate_upstream_lost",
+            CloseCode.INTERNAL_ERROR,
+            cause="upstream_lost",
+        )
+
+    def upstream_unreachable(self, detail: str) -> Outcome:
+        """Connecting to the upstream failed (refused, DNS, TLS, HTTP error, timeout)."""
+        return self._fatal(
+            f"The voice service upstream is unreachable ({redact(detail, self._known)[:120]}). "
+            "Try again later.",
+            "voxgate_upstream_unreachable",
+            CloseCode.TRY_AGAIN_LATER,
+            cause="upstream_unreachable",
+        )
+
+    def ready_timeout(self, timeout_s: float) -> Outcome:
+        """The upstream was not ready within ``timeout_s``."""
+        if self.phase in (Phase.READY, Phase.CLOSED):
+            return NOTHING
+        return self._fatal(
+            f"The upstream session was not ready within {timeout_s:g} s; no buffered event was "
+            "forwarded. Try again later.",
+            "voxgate_upstream_timeout",
+            CloseCode.TRY_AGAIN_LATER,
+            cause="ready_timeout",
+        )
+
+    def session_expired(self, max_session_s: float) -> Outcome:
+        """The session reached its maximum length (the key's cap or the server default)."""
+        minutes = max_session_s / 60
+        return self._fatal(
+            f"Your session hit the maximum duration of {minutes:g} minutes.",
+            "session_expired",
+            CloseCode.GOING_AWAY,
+            error_type=INVALID_REQUEST,
+            cause="session_expired",
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _client_error(
+        self, message: str, code: str, param: str | None, client_eid: str | None, now: float
+    ) -> Outcome:
+        suppressed = self.errors.admit((code, param, message), now)
+        if suppressed is None:
+            return NOTHING
+        if suppressed:
+            message = f"{message} (repeated {suppressed} more times)"
+        self.errors_sent += 1
+        event = error_event(message, code=code, param=param, event_id=client_eid)
+        return (SendClient(orjson.dumps(event).decode()),)
+
+    def _fatal(
+        self,
+        message: str,
+        code: str,
+        close_code: int,
+        *,
+        cause: str,
+        error_type: str = SERVER_ERROR,
+    ) -> Outcome:
+        event = error_event(message, code=code, error_type=error_type)
+        return self._end(
+            int(close_code), close_reason(error_type, code), orjson.dumps(event).decode(), cause
+        )
+
+    def _end(self, close_code: int, reason: str, error_text: str | None, cause: str) -> Outcome:
+        self.phase = Phase.CLOSED
+        return (
+            EndSession(close_code=close_code, reason=reason, error_text=error_text, cause=cause),
+        )

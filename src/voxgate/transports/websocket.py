@@ -1,0 +1,200 @@
+"""The client-facing Realtime endpoint: ``GET /v1/realtime`` and ``GET /realtime``.
+
+Like the real server, the upgrade always succeeds (101) and auth, model and shape are checked
+right after it: a failure is an ``error`` event plus an immediate close with the real server's
+code (3000 auth, 4000 model/shape; realtime-protocol.md §1.1, §7). The selected subprotocol is
+``voxgate.v1`` or ``realtime``; a key-bearing subprotocol is never selected, echoed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from voxgate.auth.grants import Authenticator, Grant
+from voxgate.backends.base import Backend, UpstreamTarget
+from voxgate.observability.metrics import Metrics
+from voxgate.protocol.close import CloseCode
+from voxgate.protocol.errors import INVALID_REQUEST, AuthError, FatalSessionError
+from voxgate.protocol.ids import new_id
+from voxgate.session.machine import SessionMachine
+from voxgate.session.runner import SessionRunner
+from voxgate.transports.negotiate import ConnectRequest, negotiate, offered_subprotocols
+
+log = structlog.get_logger("voxgate.session")
+
+
+class GatewayWebSocket(web.WebSocketResponse):
+    """aiohttp's server WebSocket, telling the client *why* before an oversized-frame close.
+
+    aiohttp closes with 1009 on its own when a frame passes ``max_msg_size``; this adds the
+    OpenAI-shaped ``error`` event and a close reason, so the client is not left guessing.
+    """
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        if code == CloseCode.MESSAGE_TOO_BIG and not message and not self.closed:
+            limit = self._max_msg_size
+            event = {
+                "type": "error",
+                "event_id": new_id("event"),
+                "error": {
+                    "type": INVALID_REQUEST,
+                    "code": "voxgate_frame_too_large",
+                    "message": f"A WebSocket frame exceeded the maximum of {limit} bytes.",
+                    "param": None,
+                    "event_id": None,
+                },
+            }
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.send_str(orjson.dumps(event).decode())
+            message = b"invalid_request_error.voxgate_frame_too_large"
+        return await super().close(code=code, message=message, drain=drain)
+
+
+class RealtimeEndpoint:
+    """Accepts realtime sessions and runs each with a :class:`SessionRunner`."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        settings: Any,
+        known_secrets: tuple[str, ...],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._backend = backend
+        self._auth = authenticator
+        self._metrics = metrics
+        self._settings = settings
+        self._known = known_secrets
+        self._clock = clock
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def active_sessions(self) -> int:
+        return self._active
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no session is running (drain); False if ``timeout_s`` passed first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        offered = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol"))
+        req = negotiate(request.query, request.headers, offered)
+        s = self._settings
+        ws = GatewayWebSocket(
+            protocols=[req.selected_subprotocol] if req.selected_subprotocol else (),
+            compress=False,
+            max_msg_size=s.max_frame_bytes,
+            heartbeat=s.ping_interval_s or None,
+            autoping=True,
+        )
+        await ws.prepare(request)
+        session_id = new_id("vg", 16)
+        slog = log.bind(session_id=session_id, backend=self._backend.name)
+        slog.info(
+            "session.connected",
+            path=request.path,
+            model=req.model,
+            intent=req.intent,
+            extensions=req.extensions,
+            peer=request.remote,
+        )
+        try:
+            grant = self._admit(req)
+        except FatalSessionError as exc:
+            slog.info("session.refused", code=exc.code, close_code=exc.close_code)
+            self._metrics.sessions_refused.labels(reason=exc.code or "auth").inc()
+            await ws.send_str(orjson.dumps(exc.to_event()).decode())
+            await ws.close(code=exc.close_code, message=exc.reason.encode())
+            return ws
+        target = self._target(req, grant, session_id)
+        slog = slog.bind(auth=grant.kind, subject_set=grant.subject is not None)
+        machine = SessionMachine(
+            embedded_session=grant.session,
+            extensions=req.extensions,
+            prebuffer_limit_bytes=s.prebuffer_bytes,
+            coalesce_window_s=s.error_coalesce_window_s,
+            known_secrets=self._known,
+        )
+        runner = SessionRunner(
+            client=ws,
+            backend=self._backend,
+            machine=machine,
+            target=target,
+            ready_timeout_s=s.ready_timeout_s,
+            max_session_s=grant.max_session_s,
+            log=slog,
+        )
+        self._metrics.sessions_active.inc()
+        self._active += 1
+        self._idle.clear()
+        try:
+            end = await runner.run()
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+            self._metrics.sessions_active.dec()
+            self._metrics.record_session(runner.stats)
+        self._metrics.sessions_total.labels(cause=end.cause.split(":")[0]).inc()
+        return ws
+
+    def _admit(self, req: ConnectRequest) -> Grant:
+        if req.beta_header:
+            raise FatalSessionError(
+                "The beta Realtime API shape is disabled; remove the 'OpenAI-Beta: realtime=v1' "
+                "header and use the GA events.",
+                code="beta_api_shape_disabled",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+            )
+        grant = self._auth.authenticate(req.credential, now=self._clock())
+        if not (req.model or req.intent == "transcription" or req.call_id or grant.session):
+            raise FatalSessionError(
+                "You must provide a model parameter (e.g. ?model=gpt-realtime), or "
+                "?intent=transcription.",
+                code="missing_model",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+            )
+        if req.call_id:
+            raise FatalSessionError(
+                "Attaching to WebRTC/SIP calls (call_id) is not supported by this gateway.",
+                code="invalid_value",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+                param="call_id",
+            )
+        return grant
+
+    def _target(self, req: ConnectRequest, grant: Grant, session_id: str) -> UpstreamTarget:
+        embedded = grant.session or {}
+        intent = req.intent
+        model = req.model
+        if embedded.get("type") == "transcription":
+            intent, model = "transcription", None
+        elif not model and intent != "transcription":
+            model = embedded.get("model") or self._settings.default_model
+        return UpstreamTarget(
+            model=model, intent=intent, session_id=session_id, subject=grant.subject
+        )
+
+
+__all__ = ["AuthError", "GatewayWebSocket", "RealtimeEndpoint"]
