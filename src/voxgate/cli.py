@@ -60,17 +60,14 @@ async def _serve(settings: Settings, drain_timeout_s: float, generated_key: str 
     app = create_app(settings)
     runner = web.AppRunner(
         app,
-        handler_args={"max_field_size": settings.max_header_bytes},
+        max_field_size=settings.max_header_bytes,
         access_log=None,
         shutdown_timeout=drain_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
-    port = settings.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
+    port = int(runner.addresses[0][1]) if runner.addresses else settings.port
     base = f"http://{settings.host}:{port}"
     sys.stdout.write(
         f"voxgate {__version__} serving backend '{settings.backend}' on {base}\n"

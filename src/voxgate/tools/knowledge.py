@@ -42,9 +42,14 @@ _MIN_SOFT_SIM: Final = 0.5
 _WORD_RE: Final = re.compile(r"[a-z0-9]+")
 _MARKDOWN_RE: Final = re.compile(r"[*_`>#]+|\[([^\]]*)\]\([^)]*\)")
 
-_STOPWORDS: Final = frozenset(
-    ["a", "about", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can", "could", "did", "do", "does", "doing", "explain", "for", "from", "give", "had", "has", "have", "how", "i", "i'd", "if", "in", "into", "is", "it", "its", "it's", "know", "like", "me", "mean", "means", "meaning", "my", "of", "on", "or", "please", "say", "should", "so", "tell", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "us", "want", "was", "we", "what", "whats", "what's", "when", "where", "which", "who", "why", "will", "with", "would", "you", "your", "define", "definition", "describe", "okay", "ok", "um", "uh", "hey", "hi", "hello", "thanks", "thank"]
-)
+_STOPWORD_TEXT: Final = """
+a about an and any are as at be been but by can could did do does doing explain for from give
+had has have how i i'd if in into is it its it's know like me mean means meaning my of on or
+please say should so tell than that the their them then there these they this to us want was
+we what whats what's when where which who why will with would you your define definition
+describe okay ok um uh hey hi hello thanks thank
+"""
+_STOPWORDS: Final = frozenset(_STOPWORD_TEXT.split())
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ about a second and ~95 MB to create, so they are made lazily and reused with
 chunks (16 kHz, or 24 kHz resampled inside) while the user speaks, read partial hypotheses,
 and get a final transcript at the end of the utterance.
 
-Final pass: ``"stream"`` returns the live decoder's hypothesis at ``end_utt`` (cheapest);
+Final decode: ``"stream"`` returns the live decoder's hypothesis at ``end_utt`` (cheapest);
 ``"batch"`` (default) re-decodes the buffered utterance in full-utterance mode, whose batch
 cepstral-mean normalisation is noticeably more accurate on short turns, for about the same
 CPU again. The utterance buffer is bounded by ``max_utterance_s``; audio past it is not kept
@@ -42,7 +42,7 @@ DEFAULT_DECODER_OPTIONS: Final[Mapping[str, Any]] = {
     "loglevel": "FATAL",
 }
 
-FinalPass = Literal["stream", "batch"]
+FinalDecode = Literal["stream", "batch"]
 
 
 class AsrError(RuntimeError):
@@ -149,14 +149,14 @@ class AsrStream:
         *,
         input_rate_hz: int = ASR_RATE_HZ,
         partial_interval_ms: float = 200.0,
-        final_pass: FinalPass = "batch",
+        final_decode: FinalDecode = "batch",
         max_utterance_s: float = 30.0,
         acquire_timeout_s: float = 10.0,
     ) -> None:
         self._pool = pool or get_pool()
         self._input_rate_hz = input_rate_hz
         self._partial_interval_ms = partial_interval_ms
-        self._final_pass: FinalPass = final_pass
+        self._final_decode: FinalDecode = final_decode
         self._max_bytes = int(max_utterance_s * ASR_RATE_HZ) * 2
         self._acquire_timeout_s = acquire_timeout_s
         self._resampler = Resampler(input_rate_hz, ASR_RATE_HZ)
@@ -219,7 +219,7 @@ class AsrStream:
                 decoder.process_raw(tail, False, False)
                 self._audio += tail[: max(0, self._max_bytes - len(self._audio))]
             decoder.end_utt()
-            if self._final_pass == "batch" and self._audio:
+            if self._final_decode == "batch" and self._audio:
                 decoder.start_utt()
                 decoder.process_raw(bytes(self._audio), False, True)
                 decoder.end_utt()

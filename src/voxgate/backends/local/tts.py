@@ -104,9 +104,8 @@ def voice_names() -> list[str]:
 
 # --------------------------------------------------------------------------- sentences
 
-_ABBREVIATIONS: Final = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co approx no fig".split()
-)
+_ABBREVIATION_TEXT: Final = "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co approx no fig"
+_ABBREVIATIONS: Final = frozenset(_ABBREVIATION_TEXT.split())
 _BOUNDARY_RE: Final = re.compile(r"[.!?;:]+[\"')\]]*(?=\s)|\n\s*\n")
 
 

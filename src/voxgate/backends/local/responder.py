@@ -1,0 +1,426 @@
+"""What the local engine says: the :class:`Responder` interface and two implementations.
+
+Owns: the typed conversation pieces a responder reads (:class:`Message`, :class:`FunctionCall`,
+:class:`FunctionCallOutput`, :class:`Tool`) and yields (:class:`TextPiece` sentences and
+:class:`FunctionCall` requests); :class:`KnowledgeResponder`, the offline default that answers
+from the knowledge base; :class:`ChatCompletionsResponder`, which streams any
+OpenAI-compatible chat-completions server (Ollama, vLLM, llama.cpp) over SSE and yields its
+answer sentence by sentence, with Realtime's flat function tools mapped to the nested
+chat-completions shape and streamed ``tool_calls`` mapped back.
+
+Errors: a failing or slow server raises a :class:`ResponderError` subclass (an
+``UpstreamError``), never hangs: every wait is bounded by a timeout parameter. Must not: log
+prompts or keys, keep state between calls, or touch audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
+
+import aiohttp
+import structlog
+
+from voxgate.backends.local.tts import SentenceSplitter, split_sentences
+from voxgate.protocol.errors import UpstreamError
+from voxgate.tools.knowledge import KnowledgeBase
+
+log = structlog.get_logger(__name__)
+
+NO_ANSWER: Final = "I heard: '{heard}'. I don't have an answer for that in my notes."
+NOTHING_HEARD: Final = "Sorry, I didn't catch that. Could you say it again?"
+LLM_URL_ENV: Final = "VOXGATE_LOCAL_LLM_URL"
+LLM_MODEL_ENV: Final = "VOXGATE_LOCAL_LLM_MODEL"
+LLM_KEY_ENV: Final = "VOXGATE_LOCAL_LLM_API_KEY"
+MAX_TOOL_ARGUMENT_CHARS: Final = 64_000
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A user, assistant or system text turn."""
+
+    role: Literal["user", "assistant", "system"]
+    text: str
+    type: Literal["message"] = field(default="message", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """A function call: in history (one the model made) or yielded (one it wants made)."""
+
+    call_id: str
+    name: str
+    arguments: str
+    type: Literal["function_call"] = field(default="function_call", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCallOutput:
+    """The result of a function call, sent back to the model."""
+
+    call_id: str
+    output: str
+    type: Literal["function_call_output"] = field(default="function_call_output", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TextPiece:
+    """One speakable sentence of the reply."""
+
+    text: str
+    type: Literal["text"] = field(default="text", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function tool (Realtime's flat shape: name, description, JSON-schema parameters)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_realtime(cls, tool: Mapping[str, Any]) -> Tool:
+        """Build from a session ``tools[]`` entry ``{"type":"function","name":…}``."""
+        return cls(
+            name=str(tool["name"]),
+            description=str(tool.get("description") or ""),
+            parameters=dict(tool.get("parameters") or {}),
+        )
+
+    def to_chat_completions(self) -> dict[str, Any]:
+        """The nested chat-completions form ``{"type":"function","function":{…}}``."""
+        function: dict[str, Any] = {"name": self.name, "parameters": dict(self.parameters)}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+
+HistoryItem = Message | FunctionCall | FunctionCallOutput
+ReplyPiece = TextPiece | FunctionCall
+
+
+class Responder(Protocol):
+    """Produces the assistant's reply for one response."""
+
+    def respond(
+        self,
+        *,
+        instructions: str,
+        history: Sequence[HistoryItem],
+        tools: Sequence[Tool],
+        user_text: str | None,
+    ) -> AsyncIterator[ReplyPiece]:
+        """Yield reply pieces in speaking order.
+
+        Args:
+            instructions: the session's system prompt.
+            history: earlier conversation items, oldest first (may end with ``user_text``).
+            tools: function tools the model may call.
+            user_text: the latest user transcript, or None if the response was requested
+                without new user input (e.g. after a function call output).
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ResponderError(UpstreamError):
+    """The responder's backend failed; the response should end with an error."""
+
+    def __init__(
+        self, message: str, *, code: str = "voxgate_responder_error", retryable: bool = False
+    ) -> None:
+        super().__init__(message, code=code, retryable=retryable)
+
+
+class ResponderTimeoutError(ResponderError):
+    """The backend did not connect, start or continue its answer within the timeouts."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="voxgate_responder_timeout", retryable=True)
+
+
+class ResponderHTTPError(ResponderError):
+    """The backend answered with an HTTP error status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(
+            f"chat completions server answered HTTP {status}",
+            code="voxgate_responder_http_error",
+            retryable=status >= 500 or status == 429,
+        )
+        self.status = status
+
+
+# --------------------------------------------------------------------------- knowledge
+
+
+class KnowledgeResponder:
+    """Offline default: speak the best knowledge-base entry, or say what was heard."""
+
+    def __init__(self, knowledge: KnowledgeBase) -> None:
+        self._kb = knowledge
+
+    def answer(self, user_text: str | None) -> list[str]:
+        """The reply sentences for ``user_text`` (synchronous; cheap)."""
+        heard = " ".join((user_text or "").split())
+        if not heard:
+            return [NOTHING_HEARD]
+        hits = self._kb.search(heard, k=1)
+        if not hits:
+            return split_sentences(NO_ANSWER.format(heard=heard))
+        log.debug("responder.knowledge_hit", heading=hits[0].entry.heading, score=hits[0].score)
+        return split_sentences(hits[0].entry.body)
+
+    async def respond(
+        self,
+        *,
+        instructions: str,
+        history: Sequence[HistoryItem],
+        tools: Sequence[Tool],
+        user_text: str | None,
+    ) -> AsyncIterator[ReplyPiece]:
+        """Yield the answer sentence by sentence (see :class:`Responder`)."""
+        if user_text is None:
+            user_text = next(
+                (h.text for h in reversed(history) if isinstance(h, Message) and h.role == "user"),
+                None,
+            )
+        for sentence in self.answer(user_text):
+            yield TextPiece(sentence)
+
+
+# --------------------------------------------------------------------------- chat completions
+
+
+def chat_messages(
+    instructions: str, history: Sequence[HistoryItem], user_text: str | None
+) -> list[dict[str, Any]]:
+    """Map instructions, history and the latest user text to chat-completions ``messages``.
+
+    Consecutive function calls become one assistant message with several ``tool_calls``;
+    ``user_text`` is appended unless history already ends with that user message.
+    """
+    messages: list[dict[str, Any]] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    for item in history:
+        if isinstance(item, Message):
+            messages.append({"role": item.role, "content": item.text})
+        elif isinstance(item, FunctionCall):
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments},
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
+    last_is_same = (
+        bool(history)
+        and isinstance(history[-1], Message)
+        and history[-1].role == "user"
+        and history[-1].text == user_text
+    )
+    if user_text and not last_is_same:
+        messages.append({"role": "user", "content": user_text})
+    return messages
+
+
+@dataclass(slots=True)
+class _ToolCallBuffer:
+    call_id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+    size: int = 0
+
+
+class ChatCompletionsResponder:
+    """Streams an OpenAI-compatible ``/chat/completions`` endpoint (SSE, ``stream: true``).
+
+    Args:
+        base_url: server root such as ``http://127.0.0.1:11434/v1`` (``/chat/completions``
+            is appended unless already present).
+        model: model name sent in the request.
+        api_key: optional bearer token (never logged).
+        connect_timeout_s: to open the connection.
+        read_timeout_s: longest wait for the next bytes (first token included).
+        total_timeout_s: cap on the whole response.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str = "default",
+        api_key: str | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+        total_timeout_s: float = 120.0,
+    ) -> None:
+        base = base_url.rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.model = model
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ChatCompletionsResponder | None:
+        """Build from ``VOXGATE_LOCAL_LLM_URL`` (+ ``_MODEL``, ``_API_KEY``); None if unset."""
+        env = os.environ if env is None else env
+        url = env.get(LLM_URL_ENV, "").strip()
+        if not url:
+            return None
+        return cls(url, model=env.get(LLM_MODEL_ENV) or "default", api_key=env.get(LLM_KEY_ENV))
+
+    def request_body(
+        self,
+        instructions: str,
+        history: Sequence[HistoryItem],
+        tools: Sequence[Tool],
+        user_text: str | None,
+    ) -> dict[str, Any]:
+        """The JSON body of the request (pure; exposed for tests and logging by shape)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "stream": True,
+            "messages": chat_messages(instructions, history, user_text),
+        }
+        if tools:
+            body["tools"] = [t.to_chat_completions() for t in tools]
+        return body
+
+    async def respond(
+        self,
+        *,
+        instructions: str,
+        history: Sequence[HistoryItem],
+        tools: Sequence[Tool],
+        user_text: str | None,
+    ) -> AsyncIterator[ReplyPiece]:
+        """Yield sentences as they complete, then any function calls (see :class:`Responder`).
+
+        Raises:
+            ResponderTimeoutError: connect, read or total timeout.
+            ResponderHTTPError: the server answered 4xx/5xx.
+            ResponderError: the connection failed or the stream was malformed or reported
+                an error.
+        """
+        body = self.request_body(instructions, history, tools, user_text)
+        headers = {"Accept": "text/event-stream"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout) as http,
+                http.post(self.url, json=body, headers=headers) as resp,
+            ):
+                if resp.status >= 400:
+                    raise ResponderHTTPError(resp.status)
+                async for piece in _pieces(resp):
+                    yield piece
+        except TimeoutError as exc:
+            raise ResponderTimeoutError("chat completions server timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise ResponderError(f"chat completions request failed: {type(exc).__name__}") from exc
+
+
+async def _pieces(resp: aiohttp.ClientResponse) -> AsyncIterator[ReplyPiece]:
+    splitter = SentenceSplitter()
+    calls: dict[int, _ToolCallBuffer] = {}
+    async for data in _sse_data(resp):
+        if data == "[DONE]":
+            break
+        chunk = _parse_chunk(data)
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                for sentence in splitter.feed(content):
+                    yield TextPiece(sentence)
+            for call in delta.get("tool_calls") or []:
+                _merge_tool_call(calls, call)
+    for sentence in splitter.flush():
+        yield TextPiece(sentence)
+    for index in sorted(calls):
+        buf = calls[index]
+        if not buf.name:
+            raise ResponderError("tool call without a function name")
+        yield FunctionCall(buf.call_id or f"call_{index}", buf.name, "".join(buf.arguments))
+
+
+async def _sse_data(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The ``data:`` payloads of an SSE stream (multi-line data joined with newlines)."""
+    lines: list[str] = []
+    try:
+        async for raw in resp.content:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line:
+                if lines:
+                    yield "\n".join(lines)
+                    lines = []
+            elif line.startswith("data:"):
+                lines.append(line[5:].lstrip(" "))
+    except ValueError as exc:  # aiohttp's "Line is too long", or bad UTF-8
+        raise ResponderError("malformed event stream") from exc
+    if lines:
+        yield "\n".join(lines)
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ResponderError("malformed chat completions chunk") from exc
+    if not isinstance(chunk, dict):
+        raise ResponderError("malformed chat completions chunk")
+    if "error" in chunk:
+        raise ResponderError("chat completions server reported an error in the stream")
+    return chunk
+
+
+def _merge_tool_call(calls: dict[int, _ToolCallBuffer], call: Mapping[str, Any]) -> None:
+    buf = calls.setdefault(int(call.get("index", 0)), _ToolCallBuffer())
+    buf.call_id = call.get("id") or buf.call_id
+    function = call.get("function") or {}
+    buf.name = function.get("name") or buf.name
+    fragment = function.get("arguments") or ""
+    buf.size += len(fragment)
+    if buf.size > MAX_TOOL_ARGUMENT_CHARS:
+        raise ResponderError("tool call arguments exceed the size limit")
+    buf.arguments.append(fragment)
+
+
+async def collect(pieces: AsyncIterator[ReplyPiece], *, timeout_s: float) -> list[ReplyPiece]:
+    """Drain a reply into a list within ``timeout_s`` (tests and simple callers).
+
+    Raises:
+        ResponderTimeoutError: the reply did not finish in time.
+    """
+    out: list[ReplyPiece] = []
+
+    async def drain() -> None:
+        async for piece in pieces:
+            out.append(piece)
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            await drain()
+    except TimeoutError as exc:
+        raise ResponderTimeoutError("reply did not finish in time") from exc
+    return out
