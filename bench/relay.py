@@ -315,8 +315,10 @@ class RunResult:
     loadgen_cpu_pct: float = float("nan")
     relay_core_busy_pct: float = float("nan")
     relay_core_irq_pct: float = float("nan")
-    relay_core_other_pct: float = float("nan")
+    relay_core_foreign_pct: float = float("nan")
     load_core_busy_pct: float = float("nan")
+    load_core_irq_pct: float = float("nan")
+    load_core_foreign_pct: float = float("nan")
     estimate_sessions: float = float("nan")
     passed: bool = False
     notes: list[str] = field(default_factory=list)
@@ -690,7 +692,13 @@ def _window_stats(
     res.echo_cpu_pct = 100 * (snap1["echo"] - snap0["echo"]) / window
     res.loadgen_cpu_pct = 100 * (snap1["self"] - snap0["self"]) / window
     if load_core is not None:
-        res.load_core_busy_pct = 100 * _busy(snap0, snap1, load_core, window)[0] / window
+        busy, irq = _busy(snap0, snap1, load_core, window)
+        res.load_core_busy_pct = 100 * busy / window
+        res.load_core_irq_pct = 100 * irq / window
+        res.load_core_foreign_pct = max(
+            0.0,
+            res.load_core_busy_pct - res.load_core_irq_pct - res.loadgen_cpu_pct - res.echo_cpu_pct,
+        )
     if not has_relay:
         return
     relay_cpu = snap1["relay"] - snap0["relay"]
@@ -703,7 +711,7 @@ def _window_stats(
         busy, irq = _busy(snap0, snap1, relay_core, window)
         res.relay_core_busy_pct = 100 * busy / window
         res.relay_core_irq_pct = 100 * irq / window
-        res.relay_core_other_pct = max(0.0, 100 * (busy - relay_cpu) / window)
+        res.relay_core_foreign_pct = max(0.0, 100 * (busy - irq - relay_cpu) / window)
 
 
 def _busy(
@@ -846,7 +854,8 @@ def print_table(name: str, describe: str, rows: list[RunResult]) -> None:
     print(
         f"{'N':>5} {'rtt p50':>7} {'rtt p99':>7} {'add p50':>7} {'add p99':>7} {'lost':>5}"
         f" {'cpu%':>5} {'µs/frm':>6} {'RSS/sess':>9} {'0.8/cpu':>7}"
-        f" {'core0%':>6} {'irq%':>4} {'lg%':>4} {'echo%':>5} {'core1%':>6}  pass"
+        f" | {'R busy':>6} {'irq':>3} {'fgn':>3} | {'lg':>3} {'echo':>4} {'L busy':>6} {'fgn':>3}"
+        "  pass"
     )
     for r in rows:
         print(
@@ -854,12 +863,19 @@ def print_table(name: str, describe: str, rows: list[RunResult]) -> None:
             f" {_f(r.added_p50_ms):>7} {_f(r.added_p99_ms):>7} {r.lost:>5}"
             f" {_f(r.relay_cpu_pct, '.1f'):>5} {_f(r.relay_cpu_us_per_frame, '.1f'):>6}"
             f" {_f(r.rss_per_session_kib, '.1f'):>5} KiB {_f(r.estimate_sessions, '.0f'):>7}"
-            f" {_f(r.relay_core_busy_pct, '.0f'):>6} {_f(r.relay_core_irq_pct, '.0f'):>4}"
-            f" {_f(r.loadgen_cpu_pct, '.0f'):>4} {_f(r.echo_cpu_pct, '.0f'):>5}"
-            f" {_f(r.load_core_busy_pct, '.0f'):>6}  {'yes' if r.passed else 'NO'}"
+            f" | {_f(r.relay_core_busy_pct, '.0f'):>6} {_f(r.relay_core_irq_pct, '.0f'):>3}"
+            f" {_f(r.relay_core_foreign_pct, '.0f'):>3}"
+            f" | {_f(r.loadgen_cpu_pct, '.0f'):>3} {_f(r.echo_cpu_pct, '.0f'):>4}"
+            f" {_f(r.load_core_busy_pct, '.0f'):>6} {_f(r.load_core_foreign_pct, '.0f'):>3}"
+            f"  {'yes' if r.passed else 'NO'}"
         )
         for note in r.notes:
             print(f"      note: {note}")
+
+
+def contended(res: RunResult, limit_pct: float) -> bool:
+    """Did something outside the benchmark take a share of either core during the window?"""
+    return any(x > limit_pct for x in (res.relay_core_foreign_pct, res.load_core_foreign_pct))
 
 
 def summarize(rows: list[RunResult], ref_n: int) -> dict[str, Any]:
@@ -936,6 +952,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--keep-going", action="store_true", help="keep raising N for a relay after it fails"
     )
     p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="measure a failing point again when other processes loaded the cores",
+    )
+    p.add_argument(
+        "--foreign-limit",
+        type=float,
+        default=15.0,
+        help="%% of a core used by other processes that marks a point as noisy",
+    )
+    p.add_argument(
         "--json",
         nargs="?",
         const="",
@@ -1000,8 +1028,13 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         for n in args.sessions:
             direct = None
             if not args.no_direct:
-                direct = await bench.run_direct(n)
-                judge(direct, None)
+                for attempt in range(args.retries + 1):
+                    direct = await bench.run_direct(n)
+                    judge(direct, None)
+                    if not contended(direct, args.foreign_limit) or attempt == args.retries:
+                        break
+                    print(f"N={n:<4} direct   other load on the cores, measuring again")
+                assert direct is not None
                 rows["direct"].append(direct)
                 line = (
                     f"N={n:<4} direct   rtt p50 {_f(direct.rtt_p50_ms)}"
@@ -1016,8 +1049,19 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             for name in relays:
                 if name not in alive:
                     continue
-                res = await bench.run_relay(RELAYS[name], n)
-                judge(res, direct)
+                for attempt in range(args.retries + 1):
+                    res = await bench.run_relay(RELAYS[name], n)
+                    judge(res, direct)
+                    if res.passed or not contended(res, args.foreign_limit):
+                        break
+                    if attempt < args.retries:
+                        print(f"N={n:<4} {name:<8} failed under other load, measuring again")
+                if contended(res, args.foreign_limit):
+                    res.notes.append(
+                        "other processes used the cores during the window"
+                        f" (relay core {_f(res.relay_core_foreign_pct, '.0f')} %,"
+                        f" load core {_f(res.load_core_foreign_pct, '.0f')} %): noisy point"
+                    )
                 rows[name].append(res)
                 print(
                     f"N={n:<4} {name:<8} add p50 {_f(res.added_p50_ms)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -24,9 +25,20 @@ _LEVELS = {
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "console", known_secrets: tuple[str, ...] = ()
+    level: str = "info",
+    fmt: str = "console",
+    known_secrets: tuple[str, ...] = (),
+    stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog (and the stdlib root logger it renders through) for the process."""
+    """Configure structlog and the stdlib root logger for the process.
+
+    Args:
+        level: minimum level.
+        fmt: ``console`` (human) or ``json`` (one object per line).
+        known_secrets: exact strings to mask wherever they appear.
+        stream: where lines go (default stderr); tests pass a buffer to read every line.
+    """
+    out = stream or sys.stderr
     renderer: structlog.types.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -42,10 +54,10 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=_LEVELS.get(level, logging.INFO), stream=sys.stderr)
+    logging.basicConfig(level=_LEVELS.get(level, logging.INFO), stream=out, force=True)
     redacting = _RedactingFilter(known_secrets)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)

@@ -22,6 +22,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 from voxgate.protocol import conversation as cv
@@ -38,8 +39,8 @@ from voxgate.protocol.session_config import (
 from voxgate.testing import audio
 from voxgate.testing.responder import (
     CallTool,
-    ResponseContext,
     Responder,
+    ResponseContext,
     Say,
     Transcriber,
     default_responder,
@@ -213,7 +214,9 @@ class FakeSession:
                 )
             ]
         if not isinstance(event, dict):
-            return [Send(error_event("Invalid event: expected a JSON object.", code="invalid_json"))]
+            return [
+                Send(error_event("Invalid event: expected a JSON object.", code="invalid_json"))
+            ]
         self._record(event)
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         try:
@@ -418,9 +421,7 @@ class FakeSession:
         return actions + self._transcribe(item_id, data, item)
 
     def _transcribe(self, item_id: str, data: bytes, item: dict[str, Any]) -> list[Action]:
-        transcription = ((self.session.get("audio") or {}).get("input") or {}).get(
-            "transcription"
-        )
+        transcription = ((self.session.get("audio") or {}).get("input") or {}).get("transcription")
         if not transcription:
             return []
         fmt = input_format(self.session)
@@ -553,7 +554,9 @@ class FakeSession:
         )
         steps = self._plan(builder, list(self._responder(ctx)), effective, out_fmt)
         self._active[builder.response_id] = _Active(builder, steps, in_conversation)
-        return [Send(e) for e in builder.start()] + [StartResponse(builder.response_id)]
+        actions: list[Action] = [Send(e) for e in builder.start()]
+        actions.append(StartResponse(builder.response_id))
+        return actions
 
     def _response_config(self, params: dict[str, Any], event_id: str | None) -> dict[str, Any]:
         """Validate ``response.create`` params by reusing the session schema (§4)."""
@@ -581,15 +584,10 @@ class FakeSession:
                 param="response.metadata",
                 event_id=event_id,
             )
-        overrides = {
-            k: params[k]
-            for k in ("instructions", "output_modalities", "tools", "tool_choice", "prompt")
-            if k in params
+        keys = ("instructions", "output_modalities", "tools", "tool_choice", "prompt")
+        overrides: dict[str, Any] = {
+            k: params[k] for k in (*keys, "max_output_tokens", "audio") if k in params
         }
-        if "max_output_tokens" in params:
-            overrides["max_output_tokens"] = params["max_output_tokens"]
-        if "audio" in params:
-            overrides["audio"] = params["audio"]
         try:
             return apply_session_update(
                 self.session, {"type": "realtime", **overrides}, event_id=event_id
@@ -597,9 +595,7 @@ class FakeSession:
         except ClientEventError as exc:
             param = exc.param.replace("session.", "response.", 1) if exc.param else None
             message = exc.message.replace("'session.", "'response.")
-            raise ClientEventError(
-                message, code=exc.code, param=param, event_id=event_id
-            ) from None
+            raise ClientEventError(message, code=exc.code, param=param, event_id=event_id) from None
 
     def _context_items(self, params: dict[str, Any], event_id: str | None) -> list[dict[str, Any]]:
         given = params.get("input")
@@ -641,32 +637,37 @@ class FakeSession:
         steps: deque[Callable[[], list[dict[str, Any]]]] = deque()
         limit = effective.get("max_output_tokens", "inf")
         budget = limit if isinstance(limit, int) else None
+        truncated = False
         for part in reply:
             if isinstance(part, CallTool):
-                steps.append(lambda p=part: builder.function_call(p.name, p.arguments))
+                steps.append(partial(builder.function_call, part.name, part.arguments))
                 continue
             words = [w for w in part.text.split(" ") if w]
             if budget is not None:
+                truncated = truncated or len(words) > budget
                 words, budget = words[:budget], max(0, budget - len(words))
             steps.append(builder.begin_message)
             for i, word in enumerate(words):
                 chunk = word + (" " if i < len(words) - 1 else "")
                 if builder.is_audio:
-                    steps.append(lambda c=chunk: builder.audio(self._voice(out_fmt), c))
+                    steps.append(partial(self._voice_step, builder, out_fmt, chunk))
                 else:
-                    steps.append(lambda c=chunk: builder.text(c))
+                    steps.append(partial(builder.text, chunk))
             steps.append(builder.end_message)
-        if budget == 0 and any(isinstance(p, Say) for p in reply):
-            steps.append(lambda: builder.finish("incomplete", reason="max_output_tokens"))
+        if truncated:
+            steps.append(partial(builder.finish, "incomplete", reason="max_output_tokens"))
         else:
             steps.append(builder.finish)
         return steps
 
+    def _voice_step(
+        self, builder: cv.ResponseBuilder, fmt: Mapping[str, Any], transcript: str
+    ) -> list[dict[str, Any]]:
+        return builder.audio(self._voice(fmt), transcript)
+
     def _voice(self, fmt: Mapping[str, Any]) -> bytes:
         """Synthetic speech: a phase-continuous 440 Hz tone, one chunk per word."""
-        chunk = audio.tone(
-            REPLY_MS_PER_WORD, fmt, amplitude=0.3, phase_samples=self._tone_phase
-        )
+        chunk = audio.tone(REPLY_MS_PER_WORD, fmt, amplitude=0.3, phase_samples=self._tone_phase)
         self._tone_phase += len(chunk) // (2 if fmt.get("type") == "audio/pcm" else 1)
         return chunk
 

@@ -135,7 +135,11 @@ DEFAULT_MODELS: frozenset[str] = frozenset(
         "gpt-4o-mini-realtime-preview",
     }
 )
-DEFAULT_MODEL_PREFIXES: tuple[str, ...] = ("gpt-realtime", "gpt-4o-realtime", "gpt-4o-mini-realtime")
+DEFAULT_MODEL_PREFIXES: tuple[str, ...] = (
+    "gpt-realtime",
+    "gpt-4o-realtime",
+    "gpt-4o-mini-realtime",
+)
 
 
 def default_model_ok(model: str) -> bool:

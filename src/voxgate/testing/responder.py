@@ -120,7 +120,7 @@ def schema_arguments(schema: Any) -> str:
 
 
 def _value_for(schema: Mapping[str, Any]) -> Any:
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     kind = schema.get("type")
     if isinstance(kind, list):
