@@ -37,6 +37,7 @@ import base64
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 
 FRAME_NS = 20_000_000  # 20 ms
+SLICE_NS = 250_000_000  # the measurement window is judged in 250 ms slices
 FRAME_BYTES = 960  # 20 ms of PCM16 mono at 24 kHz
 HEADER = struct.Struct("<IIQ2x")  # session index, seq, monotonic send ns, pad to 18 bytes
 HEADER_B64 = 24  # 18 bytes -> exactly 24 base64 chars, so the rest encodes independently
@@ -319,6 +321,8 @@ class RunResult:
     load_core_busy_pct: float = float("nan")
     load_core_irq_pct: float = float("nan")
     load_core_foreign_pct: float = float("nan")
+    slices: int = 0
+    clean_slices: int = 0
     estimate_sessions: float = float("nan")
     passed: bool = False
     notes: list[str] = field(default_factory=list)
@@ -344,7 +348,8 @@ class Meter:
     """Shared counters and latency samples for one run."""
 
     def __init__(self) -> None:
-        self.lats: list[int] = []
+        self.lats: list[int] = []  # round trip, ns
+        self.sent_at: list[int] = []  # send time of the same frame, monotonic ns
         self.win_start_ns = 1 << 62  # set when the measurement window opens
 
 
@@ -488,6 +493,7 @@ class ClientWS(asyncio.Protocol):
         meter = self.meter
         if ts >= meter.win_start_ns:
             meter.lats.append(now - ts)
+            meter.sent_at.append(ts)
 
     def _fail(self, why: str) -> None:
         if not self.ready.done():
@@ -567,6 +573,7 @@ async def run_load(
     relay_core: int | None,
     load_core: int | None,
     drain_timeout: float = 3.0,
+    foreign_limit: float = 20.0,
 ) -> RunResult:
     """Open n sessions to url, stream for `duration` seconds, and measure."""
     res = RunResult(target=target, sessions=n, duration_s=duration)
@@ -595,6 +602,7 @@ async def run_load(
     def snapshot() -> dict[str, Any]:
         return {
             "t": time.monotonic(),
+            "t_ns": time.monotonic_ns(),
             "relay": cpu_seconds(relay_pids()) if relay_pids else 0.0,
             "echo": cpu_seconds(echo_pids()),
             "self": cpu_seconds([os.getpid()]),
@@ -617,15 +625,18 @@ async def run_load(
     t0 = clock() + 50_000_000
     win_open_ns = t0 + int(warmup * 1e9)
     end_ns = t0 + int(duration * 1e9)
-    snap0: dict[str, Any] | None = None
+    snaps: list[dict[str, Any]] = []  # one every SLICE_NS through the window
+    next_snap_ns = win_open_ns
     j = 0
     while True:
         now = clock()
         if now >= end_ns:
             break
-        if snap0 is None and now >= win_open_ns:
-            meter.win_start_ns = now
-            snap0 = snapshot()
+        if now >= next_snap_ns:
+            if not snaps:
+                meter.win_start_ns = now
+            snaps.append(snapshot())
+            next_snap_ns += SLICE_NS
         due = t0 + int(j * step)
         if due > now:
             await asyncio.sleep((due - now) / 1e9)
@@ -640,7 +651,7 @@ async def run_load(
                 s.sent += 1
             j += 1
             due = t0 + int(j * step)
-    snap1 = snapshot()
+    snaps.append(snapshot())
     res.relay_rss_kib = rss_kib(relay_pids()) if relay_pids else 0
 
     # ---- drain: wait for the echoes still in flight
@@ -665,53 +676,105 @@ async def run_load(
     await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
     # ---- statistics
-    if meter.lats:
-        arr = np.asarray(meter.lats, dtype=np.float64) / 1e6
-        res.samples = int(arr.size)
-        res.rtt_p50_ms, res.rtt_p99_ms = (float(x) for x in np.percentile(arr, [50, 99]))
-        res.rtt_max_ms = float(arr.max())
     if lags:
         res.send_lag_p99_ms = float(np.percentile(np.asarray(lags) / 1e6, 99))
-    if snap0 is not None:
-        _window_stats(res, snap0, snap1, m, relay_pids is not None, relay_core, load_core)
+    if len(snaps) >= 2:
+        _window_stats(
+            res, snaps, meter, m, relay_pids is not None, relay_core, load_core, foreign_limit
+        )
     return res
 
 
 def _window_stats(
     res: RunResult,
-    snap0: dict[str, Any],
-    snap1: dict[str, Any],
+    snaps: list[dict[str, Any]],
+    meter: Meter,
     m: int,
     has_relay: bool,
     relay_core: int | None,
     load_core: int | None,
+    foreign_limit: float,
 ) -> None:
-    window = snap1["t"] - snap0["t"]
+    """Everything measured over the window, from the clean slices only.
+
+    The window is cut into SLICE_NS slices. A slice in which other processes used more than
+    foreign_limit % of either core, and the slice after it (backlog), is contended; latency,
+    CPU and frame counts come from the other slices, so a burst of someone else's work on a
+    shared machine does not decide the result. Frames lost are counted over the whole run.
+    """
+    slices = list(itertools.pairwise(snaps))
+    clean: list[bool] = []
+    foreign_r: list[float] = []
+    foreign_l: list[float] = []
+    for a, b in slices:
+        dt = b["t"] - a["t"]
+        fr = fl = 0.0
+        if has_relay and relay_core is not None:
+            busy, irq = _busy(a, b, relay_core, dt)
+            fr = max(0.0, 100 * (busy - irq - (b["relay"] - a["relay"])) / dt)
+        if load_core is not None:
+            busy, irq = _busy(a, b, load_core, dt)
+            own = (b["echo"] - a["echo"]) + (b["self"] - a["self"])
+            fl = max(0.0, 100 * (busy - irq - own) / dt)
+        foreign_r.append(fr)
+        foreign_l.append(fl)
+        clean.append(fr <= foreign_limit and fl <= foreign_limit)
+    # A contended slice leaves a backlog behind it: drop the slice after it too.
+    ok = [c and (i == 0 or clean[i - 1]) for i, c in enumerate(clean)]
+    res.slices = len(ok)
+    res.clean_slices = sum(ok)
+    if res.clean_slices == 0:  # nothing clean: report everything, judged as noisy
+        ok = [True] * len(ok)
+        res.notes.append("no slice of the window was free of other load")
+
+    def total(key: str) -> float:
+        return sum(b[key] - a[key] for (a, b), use in zip(slices, ok, strict=True) if use)
+
+    window = total("t")
     res.window_s = window
-    res.frames_in_window = (snap1["sent"] - snap0["sent"]) + (snap1["received"] - snap0["received"])
-    res.echo_cpu_pct = 100 * (snap1["echo"] - snap0["echo"]) / window
-    res.loadgen_cpu_pct = 100 * (snap1["self"] - snap0["self"]) / window
+    res.frames_in_window = int(total("sent") + total("received"))
+    res.echo_cpu_pct = 100 * total("echo") / window
+    res.loadgen_cpu_pct = 100 * total("self") / window
+    res.relay_core_foreign_pct = float(np.mean(foreign_r)) if has_relay else float("nan")
+    res.load_core_foreign_pct = float(np.mean(foreign_l))
     if load_core is not None:
-        busy, irq = _busy(snap0, snap1, load_core, window)
+        busy, irq = _busy_total(slices, ok, load_core)
         res.load_core_busy_pct = 100 * busy / window
         res.load_core_irq_pct = 100 * irq / window
-        res.load_core_foreign_pct = max(
-            0.0,
-            res.load_core_busy_pct - res.load_core_irq_pct - res.loadgen_cpu_pct - res.echo_cpu_pct,
-        )
+    if meter.lats:
+        lats = np.asarray(meter.lats, dtype=np.float64) / 1e6
+        edges = np.asarray([snap["t_ns"] for snap in snaps], dtype=np.int64)
+        idx = np.searchsorted(edges, np.asarray(meter.sent_at, dtype=np.int64), "right") - 1
+        idx = np.clip(idx, 0, len(ok) - 1)
+        lats = lats[np.asarray(ok, dtype=bool)[idx]]
+        if lats.size:
+            res.samples = int(lats.size)
+            res.rtt_p50_ms, res.rtt_p99_ms = (float(x) for x in np.percentile(lats, [50, 99]))
+            res.rtt_max_ms = float(lats.max())
     if not has_relay:
         return
-    relay_cpu = snap1["relay"] - snap0["relay"]
+    relay_cpu = total("relay")
     res.relay_cpu_pct = 100 * relay_cpu / window
     if res.frames_in_window:
         res.relay_cpu_us_per_frame = 1e6 * relay_cpu / res.frames_in_window
     if res.relay_cpu_pct > 0:
         res.estimate_sessions = 0.8 / (res.relay_cpu_pct / 100 / m)
     if relay_core is not None:
-        busy, irq = _busy(snap0, snap1, relay_core, window)
+        busy, irq = _busy_total(slices, ok, relay_core)
         res.relay_core_busy_pct = 100 * busy / window
         res.relay_core_irq_pct = 100 * irq / window
-        res.relay_core_foreign_pct = max(0.0, 100 * (busy - irq - relay_cpu) / window)
+
+
+def _busy_total(
+    slices: list[tuple[dict[str, Any], dict[str, Any]]], ok: list[bool], core: int
+) -> tuple[float, float]:
+    busy = irq = 0.0
+    for (a, b), use in zip(slices, ok, strict=True):
+        if use:
+            bu, ir = _busy(a, b, core, b["t"] - a["t"])
+            busy += bu
+            irq += ir
+    return busy, irq
 
 
 def _busy(
@@ -773,6 +836,7 @@ class Bench:
             self.echo_pids,
             None,
             self.load_core,
+            foreign_limit=self.args.foreign_limit,
         )
 
     async def run_relay(self, spec: RelaySpec, n: int) -> RunResult:
@@ -813,6 +877,7 @@ class Bench:
                 self.echo_pids,
                 self.relay_core,
                 self.load_core,
+                foreign_limit=self.args.foreign_limit,
             )
             res.relay_idle_rss_kib = idle
             if res.connected:
@@ -855,7 +920,7 @@ def print_table(name: str, describe: str, rows: list[RunResult]) -> None:
         f"{'N':>5} {'rtt p50':>7} {'rtt p99':>7} {'add p50':>7} {'add p99':>7} {'lost':>5}"
         f" {'cpu%':>5} {'µs/frm':>6} {'RSS/sess':>9} {'0.8/cpu':>7}"
         f" | {'R busy':>6} {'irq':>3} {'fgn':>3} | {'lg':>3} {'echo':>4} {'L busy':>6} {'fgn':>3}"
-        "  pass"
+        f" {'clean':>5}  pass"
     )
     for r in rows:
         print(
@@ -867,15 +932,15 @@ def print_table(name: str, describe: str, rows: list[RunResult]) -> None:
             f" {_f(r.relay_core_foreign_pct, '.0f'):>3}"
             f" | {_f(r.loadgen_cpu_pct, '.0f'):>3} {_f(r.echo_cpu_pct, '.0f'):>4}"
             f" {_f(r.load_core_busy_pct, '.0f'):>6} {_f(r.load_core_foreign_pct, '.0f'):>3}"
-            f"  {'yes' if r.passed else 'NO'}"
+            f" {r.clean_slices:>2}/{r.slices:<2}  {'yes' if r.passed else 'NO'}"
         )
         for note in r.notes:
             print(f"      note: {note}")
 
 
-def contended(res: RunResult, limit_pct: float) -> bool:
-    """Did something outside the benchmark take a share of either core during the window?"""
-    return any(x > limit_pct for x in (res.relay_core_foreign_pct, res.load_core_foreign_pct))
+def contended(res: RunResult) -> bool:
+    """Was more than half of the window lost to other processes' load on the cores?"""
+    return res.slices > 0 and res.clean_slices < 0.5 * res.slices
 
 
 def summarize(rows: list[RunResult], ref_n: int) -> dict[str, Any]:
@@ -895,7 +960,10 @@ def summarize(rows: list[RunResult], ref_n: int) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, dict[str, Any]], ref_n: int) -> None:
-    print(f"\n== summary (latency, CPU and RSS at {ref_n} sessions, or the nearest passing N)")
+    print(
+        "\n== summary: sessions per core = largest N with added p99 <= 20 ms and nothing lost;"
+        f"\n   latency, CPU and RSS at {ref_n} sessions (else the largest passing N)"
+    )
     print(
         f"{'relay':<9} {'sess/core':>9} {'0.8/cpu':>8} {'add p50 ms':>10} {'add p99 ms':>10}"
         f" {'µs/frame':>8} {'RSS/sess KiB':>12}"
@@ -911,22 +979,24 @@ def print_summary(summary: dict[str, dict[str, Any]], ref_n: int) -> None:
         for name, s in summary.items():
             if name == "pipe":
                 continue
-            print(
-                f"\n== ratios {name}/pipe (sessions: higher is better; the rest: lower is better)"
-            )
-            for key, label in (
-                ("sessions_per_core", "sessions per core"),
-                ("estimate_sessions_per_core", "0.8/cpu estimate"),
-                ("cpu_us_per_frame", "CPU µs per frame"),
-                ("rss_per_session_kib", "RSS per session"),
-                ("added_p50_ms", "added p50"),
-                ("added_p99_ms", "added p99"),
+            print(f"\n== {name} vs pipe (same run, same echo upstream)")
+            for key, label, better in (
+                ("sessions_per_core", "sessions per core", "higher"),
+                ("estimate_sessions_per_core", "0.8/cpu estimate", "higher"),
+                ("cpu_us_per_frame", "CPU µs per frame", "lower"),
+                ("rss_per_session_kib", "RSS KiB per session", "lower"),
             ):
-                a, b = s[key], base[key]
+                a, b = float(s[key]), float(base[key])
                 ratio = a / b if b and b == b and a == a else float("nan")
                 print(
-                    f"   {label:<20} {_f(float(a), '.3g'):>8}"
-                    f" / {_f(float(b), '.3g'):<8} = {_f(ratio)}"
+                    f"   {label:<20} {_f(a, '.1f'):>7} / {_f(b, '.1f'):<7} = {_f(ratio)}"
+                    f" ({better} is better)"
+                )
+            # Added latencies are near zero and may be negative, so compare them as differences.
+            for key, label in (("added_p50_ms", "added p50"), ("added_p99_ms", "added p99")):
+                a, b = float(s[key]), float(base[key])
+                print(
+                    f"   {label:<20} {_f(a, '.3f'):>7} - {_f(b, '.3f'):<7} = {_f(a - b, '+.3f')} ms"
                 )
 
 
@@ -960,8 +1030,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--foreign-limit",
         type=float,
-        default=15.0,
-        help="%% of a core used by other processes that marks a point as noisy",
+        default=20.0,
+        help="%% of a core used by other processes that marks a 250 ms slice as contended",
     )
     p.add_argument(
         "--json",
@@ -1031,7 +1101,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 for attempt in range(args.retries + 1):
                     direct = await bench.run_direct(n)
                     judge(direct, None)
-                    if not contended(direct, args.foreign_limit) or attempt == args.retries:
+                    if not contended(direct) or attempt == args.retries:
                         break
                     print(f"N={n:<4} direct   other load on the cores, measuring again")
                 assert direct is not None
@@ -1052,15 +1122,13 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 for attempt in range(args.retries + 1):
                     res = await bench.run_relay(RELAYS[name], n)
                     judge(res, direct)
-                    if res.passed or not contended(res, args.foreign_limit):
+                    if res.passed or not contended(res):
                         break
                     if attempt < args.retries:
                         print(f"N={n:<4} {name:<8} failed under other load, measuring again")
-                if contended(res, args.foreign_limit):
+                if contended(res):
                     res.notes.append(
-                        "other processes used the cores during the window"
-                        f" (relay core {_f(res.relay_core_foreign_pct, '.0f')} %,"
-                        f" load core {_f(res.load_core_foreign_pct, '.0f')} %): noisy point"
+                        "noisy point: other processes loaded the cores most of the time"
                     )
                 rows[name].append(res)
                 print(

@@ -666,9 +666,10 @@ class ResponseBuilder:
         """Open an assistant message: output_item.added, item.added, content_part.added."""
         if self._open is not None:
             raise InvalidState("a message is already open")
+        self._require_running()
         item = assistant_item(item_id or ids.item_id())
-        self._open, self._open_text, self._open_audio_bytes = item, "", 0
         events = self._add_item(item)
+        self._open, self._open_text, self._open_audio_bytes = item, "", 0
         part: dict[str, Any] = (
             {"type": "audio", "transcript": ""} if self.is_audio else {"type": "text", "text": ""}
         )

@@ -121,7 +121,8 @@ class SessionRunner:
                 if outcome is FORWARD:
                     if stats.first_audio_at is None:
                         self._note_first_audio(text)
-                    await self._upstream_send(text)
+                    # FORWARD only comes in phase READY, when the upstream is connected.
+                    await self._upstream.send_str(text)  # type: ignore[union-attr]
                 elif outcome:
                     await self._execute(outcome)
             elif mtype is WSMsgType.BINARY:

@@ -58,10 +58,13 @@ def parse_handshake(
     for proto in offered:
         if proto.startswith(KEY_SUBPROTOCOL) and key is None:
             key, source = proto[len(KEY_SUBPROTOCOL) :] or None, "subprotocol"
-    safe_headers = {n: (REDACTED if n in _SECRET_HEADERS else v) for n, v in lowered.items()}
     safe_protocols = [
         KEY_SUBPROTOCOL + REDACTED if p.startswith(KEY_SUBPROTOCOL) else p for p in offered
     ]
+    safe_headers = {n: (REDACTED if n in _SECRET_HEADERS else v) for n, v in lowered.items()}
+    if "sec-websocket-protocol" in safe_headers:
+        # Browsers carry the key as a subprotocol token (§1.3).
+        safe_headers["sec-websocket-protocol"] = ", ".join(safe_protocols)
     beta = "realtime=v1" in lowered.get("openai-beta", "") or "openai-beta.realtime-v1" in offered
     hs = Handshake(
         path=path,

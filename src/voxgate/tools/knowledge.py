@@ -38,6 +38,8 @@ _KNOWN_WORD_SOFT_FACTOR: Final = 0.5
 _K1: Final = 1.5
 _B: Final = 0.5
 _MIN_SOFT_SIM: Final = 0.5
+_UNKNOWN_TERM_WEIGHT: Final = 0.25
+"""Share of an unmatched query word in the normalisation: ASR inserts filler words."""
 
 _WORD_RE: Final = re.compile(r"[a-z0-9]+")
 _MARKDOWN_RE: Final = re.compile(r"[*_`>#]+|\[([^\]]*)\]\([^)]*\)")
@@ -232,11 +234,15 @@ class KnowledgeBase:
         threshold = self.min_score if min_score is None else min_score
         scores = [0.0] * len(self._docs)
         heading_mass = [0.0] * len(self._docs)
-        ideal = 0.0
+        exact = [False] * len(self._docs)
+        ideal = total_idf = 0.0
         for term in terms:
             sims = self._soft_vocab(term)
             idf = self._idf(sims)
-            ideal += idf * (_K1 + 1) * _HEADING_WEIGHT / (_HEADING_WEIGHT + _K1)
+            known = any(v >= _MIN_SOFT_SIM for v in sims.values())
+            weight = idf if known else idf * _UNKNOWN_TERM_WEIGHT
+            total_idf += weight
+            ideal += weight * (_K1 + 1) * _HEADING_WEIGHT / (_HEADING_WEIGHT + _K1)
             for i, doc in enumerate(self._docs):
                 in_heading = _soft_count(doc.heading_tf, sims)
                 tf = _HEADING_WEIGHT * in_heading + _BODY_WEIGHT * _soft_count(doc.body_tf, sims)
@@ -244,13 +250,14 @@ class KnowledgeBase:
                     norm = _K1 * (1 - _B + _B * doc.length / self._avg_length)
                     scores[i] += idf * tf * (_K1 + 1) / (tf + norm)
                     heading_mass[i] += idf * min(in_heading, 1.0)
-        total_idf = sum(self._idf(self._soft_vocab(t)) for t in terms)
+                    exact[i] = exact[i] or term in doc.heading_tf or term in doc.body_tf
         ranked = sorted(
             (
                 # body-only evidence counts half: the heading names what an entry answers
                 SearchHit(self._entries[i], s / ideal * (0.5 + 0.5 * heading_mass[i] / total_idf))
                 for i, s in enumerate(scores)
-                if s > 0
+                # look-alike words alone are not evidence: one word must match exactly
+                if s > 0 and exact[i]
             ),
             key=lambda h: h.score,
             reverse=True,

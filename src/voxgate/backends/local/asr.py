@@ -86,6 +86,12 @@ class DecoderPool:
         self._free: list[Decoder] = []
         self._created = 0
         self._cond = threading.Condition()
+        self._initial_cmn: str | None = None
+
+    @property
+    def initial_cmn(self) -> str | None:
+        """The cepstral mean a fresh decoder starts with (None until one is created)."""
+        return self._initial_cmn
 
     @property
     def created(self) -> int:
@@ -124,6 +130,9 @@ class DecoderPool:
     def _new_decoder(self) -> Decoder:
         started = time.perf_counter()
         decoder = Decoder(Config(**self._options))
+        with self._cond:
+            if self._initial_cmn is None:
+                self._initial_cmn = decoder.get_cmn(False)
         log.info("asr.decoder_created", elapsed_ms=round((time.perf_counter() - started) * 1000))
         return decoder
 
@@ -136,6 +145,11 @@ def get_pool() -> DecoderPool:
 
 class AsrStream:
     """One session's streaming recogniser.
+
+    ``reset_cmn`` starts every utterance from the model's initial cepstral mean, making
+    partials independent of what the pooled decoder heard before. Off by default: the live
+    mean adapted on earlier audio gives better partials, and the ``"batch"`` final computes
+    its own mean over the utterance anyway.
 
     Usage per utterance: :meth:`feed` chunks (the first call starts the utterance and
     borrows a decoder), read :meth:`partial` or the return of :meth:`feed`, then call
@@ -152,8 +166,10 @@ class AsrStream:
         final_decode: FinalDecode = "batch",
         max_utterance_s: float = 30.0,
         acquire_timeout_s: float = 10.0,
+        reset_cmn: bool = False,
     ) -> None:
         self._pool = pool or get_pool()
+        self._reset_cmn = reset_cmn
         self._input_rate_hz = input_rate_hz
         self._partial_interval_ms = partial_interval_ms
         self._final_decode: FinalDecode = final_decode
@@ -246,6 +262,10 @@ class AsrStream:
         if self._decoder is None:
             decoder = self._pool.acquire(self._acquire_timeout_s)
             try:
+                # a reused decoder carries the last caller's cepstral mean; start each
+                # utterance from the model's initial one so results do not depend on history
+                if self._reset_cmn and self._pool.initial_cmn:
+                    decoder.set_cmn(self._pool.initial_cmn)
                 decoder.start_utt()
             except BaseException:
                 self._pool.release(decoder)

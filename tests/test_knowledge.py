@@ -1,0 +1,103 @@
+"""tools/knowledge.py: Markdown parsing and the ASR-tolerant lexical retriever."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voxgate.tools.knowledge import KnowledgeBase, parse_markdown, phonetic_key, similarity
+
+
+@pytest.fixture(scope="module")
+def kb() -> KnowledgeBase:
+    return KnowledgeBase.example()
+
+
+def test_example_has_glossary_and_playbook_entries(kb: KnowledgeBase) -> None:
+    sources = {e.source for e in kb.entries}
+    assert sources == {"glossary.md", "playbook.md"}
+    assert 30 <= len(kb.entries) <= 50
+    stop_loss = next(e for e in kb.entries if e.heading == "Stop loss order")
+    assert stop_loss.body.startswith("A stop loss order is")
+
+
+def test_parse_ignores_preamble_and_strips_markdown() -> None:
+    text = (
+        "# Title\nintro\n\n## First\nSome **bold** `code` text.\n\n"
+        "## Empty\n\n## Second\nBody two.\n"
+    )
+    entries = parse_markdown(text, "x.md")
+    assert [(e.heading, e.body) for e in entries] == [
+        ("First", "Some bold code text."),
+        ("Second", "Body two."),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("query", "heading"),
+    [
+        ("What is a stop loss order?", "Stop loss order"),
+        ("what is a stop lost order", "Stop loss order"),
+        ("what is a top loss order", "Stop loss order"),
+        ("stock loss order", "Stop loss order"),
+        ("what is a margin call", "Margin call"),
+        ("tell me about trailing stops", "Trailing stop"),
+        ("what is slippage", "Slippage"),
+        ("how do I size a position", "Position sizing"),
+        ("what is a market order", "Market order"),
+        ("explain take profit", "Take profit order"),
+    ],
+)
+def test_search_finds_the_entry_even_when_misheard(
+    kb: KnowledgeBase, query: str, heading: str
+) -> None:
+    hits = kb.search(query, k=3)
+    assert hits, query
+    assert hits[0].entry.heading == heading
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "what's the weather on mars",
+        "tell me a joke",
+        "who won the football game",
+        "what is the capital of france",
+        "hello how are you",
+        "",
+    ],
+)
+def test_search_returns_nothing_for_unrelated_questions(kb: KnowledgeBase, query: str) -> None:
+    assert kb.search(query) == []
+
+
+def test_hits_are_ranked_and_limited(kb: KnowledgeBase) -> None:
+    hits = kb.search("limit order", k=2, min_score=0.0)
+    assert len(hits) == 2
+    assert hits[0].score >= hits[1].score
+
+
+def test_soft_matching_primitives() -> None:
+    assert similarity("loss", "loss") == 1.0
+    assert 0 < similarity("lost", "loss") < 1
+    assert similarity("weather", "margin") == 0.0
+    assert phonetic_key("laws") == phonetic_key("loss")
+
+
+def test_from_folder_reads_markdown_files(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("## Pip\nA small price move.\n", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("## Ignored\nnot markdown\n", encoding="utf-8")
+    kb = KnowledgeBase.from_folder(tmp_path)
+    assert [e.heading for e in kb.entries] == ["Pip"]
+    assert kb.search("what is a pip")[0].entry.source == "a.md"
+
+
+def test_from_folder_rejects_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        KnowledgeBase.from_folder(tmp_path / "nope")
+
+
+def test_vocabulary_lists_heading_words(kb: KnowledgeBase) -> None:
+    vocab = kb.vocabulary()
+    assert {"stop", "loss", "margin", "slippage"} <= set(vocab)
