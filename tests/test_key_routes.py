@@ -32,8 +32,12 @@ async def test_ga_client_secret_via_the_stock_sdk(gateway: RunningGateway) -> No
     client = AsyncOpenAI(api_key=SERVER_KEY, base_url=gateway.http_url + "/v1")
     secret = await client.realtime.client_secrets.create(
         expires_after={"anchor": "created_at", "seconds": 120},
-        session={"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief.",
-                 "audio": {"output": {"voice": "marin"}}},
+        session={
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "instructions": "Be brief.",
+            "audio": {"output": {"voice": "marin"}},
+        },
     )
     assert secret.value.startswith("ek_")
     assert abs(secret.expires_at - (time.time() + 120)) < 5
@@ -50,8 +54,13 @@ async def test_beta_sessions_endpoint_returns_client_secret_value(gateway: Runni
         resp = await http.post(
             gateway.http_url + "/v1/realtime/sessions",
             headers={"Authorization": f"Bearer {SERVER_KEY}"},
-            json={"model": "gpt-realtime", "modalities": ["audio", "text"], "voice": "verse",
-                  "input_audio_format": "g711_ulaw", "temperature": 0.7},
+            json={
+                "model": "gpt-realtime",
+                "modalities": ["audio", "text"],
+                "voice": "verse",
+                "input_audio_format": "g711_ulaw",
+                "temperature": 0.7,
+            },
         )
         body = await resp.json()
     assert resp.status == 200
@@ -78,13 +87,22 @@ async def test_minting_requires_a_server_key(gateway: RunningGateway) -> None:
 @pytest.mark.parametrize(
     ("body", "code", "param"),
     [
-        ({"expires_after": {"anchor": "created_at", "seconds": 5}}, "integer_below_min_value",
-         "expires_after.seconds"),
-        ({"expires_after": {"anchor": "created_at", "seconds": 7201}}, "integer_above_max_value",
-         "expires_after.seconds"),
+        (
+            {"expires_after": {"anchor": "created_at", "seconds": 5}},
+            "integer_below_min_value",
+            "expires_after.seconds",
+        ),
+        (
+            {"expires_after": {"anchor": "created_at", "seconds": 7201}},
+            "integer_above_max_value",
+            "expires_after.seconds",
+        ),
         ({"session": {"model": "gpt-realtime"}}, "missing_required_parameter", "session.type"),
-        ({"session": {"type": "realtime", "temperature": 0.8}}, "unknown_parameter",
-         "session.temperature"),
+        (
+            {"session": {"type": "realtime", "temperature": 0.8}},
+            "unknown_parameter",
+            "session.temperature",
+        ),
         ({"bogus": 1}, "unknown_parameter", "bogus"),
         ({"voxgate": {"subject": ""}}, "invalid_value", "voxgate.subject"),
     ],
@@ -124,4 +142,3 @@ async def test_health_and_metrics(gateway: RunningGateway) -> None:
         ready = await (await http.get(gateway.http_url + "/readyz")).json()
         assert ready["status"] == "ready"
         assert "sk-upstream" not in str(ready)
-

@@ -8,11 +8,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from voxgate.protocol.errors import InvalidState
-from voxgate.session.actions import FORWARD, NOTHING, EndSession, SendClient, SendUpstream, StartFlush
+from voxgate.session.actions import (
+    FORWARD,
+    NOTHING,
+    EndSession,
+    SendClient,
+    SendUpstream,
+    StartFlush,
+)
 from voxgate.session.machine import Phase, SessionMachine
 
 CREATED = orjson.dumps(
-    {"type": "session.created", "event_id": "event_c", "session": {"type": "realtime", "id": "sess_1"}}
+    {
+        "type": "session.created",
+        "event_id": "event_c",
+        "session": {"type": "realtime", "id": "sess_1"},
+    }
 ).decode()
 
 
@@ -71,8 +82,11 @@ def test_embedded_config_is_applied_before_the_client_sees_session_created() -> 
     assert sent["type"] == "session.update"
     assert sent["session"] == {"type": "realtime", "instructions": "Be brief."}
     assert m.phase is Phase.CONFIGURING
-    updated = {"type": "session.updated", "event_id": "event_u",
-               "session": {"type": "realtime", "id": "sess_1", "instructions": "Be brief."}}
+    updated = {
+        "type": "session.updated",
+        "event_id": "event_u",
+        "session": {"type": "realtime", "id": "sess_1", "instructions": "Be brief."},
+    }
     actions = m.upstream_text(orjson.dumps(updated).decode(), 0.0)
     assert isinstance(actions, list)
     first = actions[0]
@@ -90,9 +104,17 @@ def test_rejected_embedded_config_ends_the_session() -> None:
     update = m.upstream_text(CREATED, 0.0)
     assert isinstance(update, tuple)
     config_event_id = orjson.loads(update[0].text)["event_id"]  # type: ignore[union-attr]
-    error = {"type": "error", "event_id": "event_e", "error": {
-        "type": "invalid_request_error", "code": "unknown_parameter", "message": "no",
-        "param": "session.x", "event_id": config_event_id}}
+    error = {
+        "type": "error",
+        "event_id": "event_e",
+        "error": {
+            "type": "invalid_request_error",
+            "code": "unknown_parameter",
+            "message": "no",
+            "param": "session.x",
+            "event_id": config_event_id,
+        },
+    }
     actions = m.upstream_text(orjson.dumps(error).decode(), 0.0)
     assert isinstance(actions, tuple)
     end = actions[0]
@@ -115,8 +137,10 @@ def test_prebuffer_overflow_ends_the_session_with_a_stable_code() -> None:
 
 
 def test_ready_timeout_and_unreachable_have_stable_codes() -> None:
-    for call, code in ((lambda m: m.ready_timeout(10), "voxgate_upstream_timeout"),
-                       (lambda m: m.upstream_unreachable("refused"), "voxgate_upstream_unreachable")):
+    for call, code in (
+        (lambda m: m.ready_timeout(10), "voxgate_upstream_timeout"),
+        (lambda m: m.upstream_unreachable("refused"), "voxgate_upstream_unreachable"),
+    ):
         m = machine()
         actions = call(m)
         end = actions[0]
@@ -127,9 +151,12 @@ def test_ready_timeout_and_unreachable_have_stable_codes() -> None:
 
 @pytest.mark.parametrize(
     ("frame", "code", "param"),
-    [("{nope", "invalid_json", None), ("[]", "invalid_event", None),
-     ('{"type":"bogus.event","event_id":"evt_7"}', "invalid_value", "type"),
-     ('{"type":"voxgate.unknown"}', "invalid_value", "type")],
+    [
+        ("{nope", "invalid_json", None),
+        ("[]", "invalid_event", None),
+        ('{"type":"bogus.event","event_id":"evt_7"}', "invalid_value", "type"),
+        ('{"type":"voxgate.unknown"}', "invalid_value", "type"),
+    ],
 )
 def test_client_mistakes_get_an_error_and_the_session_goes_on(
     frame: str, code: str, param: str | None
@@ -147,7 +174,9 @@ def test_client_mistakes_get_an_error_and_the_session_goes_on(
 
 def test_binary_frames_are_errors_unless_opted_in() -> None:
     stock = machine()
-    assert [e["code"] for e in errors_in(stock.client_binary(b"\x00\x01", 0.0))] == ["invalid_event"]
+    assert [e["code"] for e in errors_in(stock.client_binary(b"\x00\x01", 0.0))] == [
+        "invalid_event"
+    ]
     opted = machine(extensions=True)
     opted.upstream_text(CREATED, 0.0)
     flush(opted)
@@ -168,26 +197,44 @@ def test_repeated_identical_errors_are_coalesced_with_a_count() -> None:
 
 def test_upstream_error_quoting_a_key_is_redacted() -> None:
     m = machine(known_secrets=("sk-live-supersecret-1234",))
-    error = {"type": "error", "event_id": "event_e", "error": {
-        "type": "invalid_request_error", "code": "invalid_api_key",
-        "message": "Incorrect API key provided: sk-live*****1234. You can find your API key at x.",
-        "param": None, "event_id": None}}
+    error = {
+        "type": "error",
+        "event_id": "event_e",
+        "error": {
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+            "message": "Incorrect API key provided: sk-live*****1234. You can find your API key at x.",
+            "param": None,
+            "event_id": None,
+        },
+    }
     actions = m.upstream_text(orjson.dumps(error).decode(), 0.0)
     (err,) = errors_in(actions)
     assert "sk-live" not in str(err["message"])
     assert err["code"] == "invalid_api_key"
     end = m.upstream_closed(3000, "invalid_request_error.invalid_api_key")
-    assert end == (EndSession(3000, "invalid_request_error.invalid_api_key", None, "upstream_fatal"),)
+    assert end == (
+        EndSession(3000, "invalid_request_error.invalid_api_key", None, "upstream_fatal"),
+    )
 
 
 def test_upstream_error_without_secrets_is_forwarded_unchanged() -> None:
     m = machine()
     m.upstream_text(CREATED, 0.0)
     flush(m)
-    text = orjson.dumps({"type": "error", "event_id": "e", "error": {
-        "type": "invalid_request_error", "code": "response_cancel_not_active",
-        "message": "Cancellation failed: no active response found", "param": None,
-        "event_id": None}}).decode()
+    text = orjson.dumps(
+        {
+            "type": "error",
+            "event_id": "e",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "response_cancel_not_active",
+                "message": "Cancellation failed: no active response found",
+                "param": None,
+                "event_id": None,
+            },
+        }
+    ).decode()
     assert m.upstream_text(text, 0.0) is FORWARD
 
 

@@ -46,7 +46,9 @@ def test_bearer_token_parsing() -> None:
     assert bearer_token(None) is None
 
 
-@given(st.text(max_size=300), st.dictionaries(st.text(max_size=10), st.text(max_size=30), max_size=4))
+@given(
+    st.text(max_size=300), st.dictionaries(st.text(max_size=10), st.text(max_size=30), max_size=4)
+)
 def test_negotiate_never_raises(header: str, query: dict[str, str]) -> None:
     offered = offered_subprotocols(header)
     req = negotiate(query, {"Authorization": header}, offered)

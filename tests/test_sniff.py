@@ -15,12 +15,30 @@ AUDIO = "A" * 1280
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('{"type":"input_audio_buffer.append","audio":"' + AUDIO + '"}', "input_audio_buffer.append"),
-        ('{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '"}', "input_audio_buffer.append"),
-        ('{"audio": "' + AUDIO + '", "type": "input_audio_buffer.append"}', "input_audio_buffer.append"),
-        ('{"audio":"' + AUDIO + '","type":"input_audio_buffer.append"}', "input_audio_buffer.append"),
-        ('{"event_id":"e","session":{"type":"realtime"},"type":"session.update"}', "session.update"),
-        ('{"session":{"type":"realtime"},"event_id":"e","type" : "session.update" }', "session.update"),
+        (
+            '{"type":"input_audio_buffer.append","audio":"' + AUDIO + '"}',
+            "input_audio_buffer.append",
+        ),
+        (
+            '{"type": "input_audio_buffer.append", "audio": "' + AUDIO + '"}',
+            "input_audio_buffer.append",
+        ),
+        (
+            '{"audio": "' + AUDIO + '", "type": "input_audio_buffer.append"}',
+            "input_audio_buffer.append",
+        ),
+        (
+            '{"audio":"' + AUDIO + '","type":"input_audio_buffer.append"}',
+            "input_audio_buffer.append",
+        ),
+        (
+            '{"event_id":"e","session":{"type":"realtime"},"type":"session.update"}',
+            "session.update",
+        ),
+        (
+            '{"session":{"type":"realtime"},"event_id":"e","type" : "session.update" }',
+            "session.update",
+        ),
         # nested "type" last inside a nested object: the fast paths must not take it
         ('{"type2":1,"session":{"type":"realtime"}}', None),
     ],
@@ -40,8 +58,13 @@ def test_nested_type_at_the_end_is_not_the_event_type() -> None:
 
 @pytest.mark.parametrize(
     ("text", "code"),
-    [("not json", "invalid_json"), ("[1,2]", "invalid_event"), ('{"type":3}', "invalid_event"),
-     ("{}", "invalid_event"), ('{"a":"type"', "invalid_json")],
+    [
+        ("not json", "invalid_json"),
+        ("[1,2]", "invalid_event"),
+        ('{"type":3}', "invalid_event"),
+        ("{}", "invalid_event"),
+        ('{"a":"type"', "invalid_json"),
+    ],
 )
 def test_bad_frames_raise_typed_errors(text: str, code: str) -> None:
     with pytest.raises(NotAnEvent) as info:
@@ -50,15 +73,22 @@ def test_bad_frames_raise_typed_errors(text: str, code: str) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**53), max_value=2**53) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=10,
 )
 
 
 @given(
     etype=st.text(min_size=1, max_size=30),
-    fields=st.dictionaries(st.text(max_size=10).filter(lambda k: k != "type"), json_values, max_size=4),
+    fields=st.dictionaries(
+        st.text(max_size=10).filter(lambda k: k != "type"), json_values, max_size=4
+    ),
     type_first=st.booleans(),
     spaced=st.booleans(),
 )
