@@ -132,7 +132,8 @@ async def test_openai_sdk_function_call_round_trip() -> None:
                     call = event.item
                 if event.type == "response.done":
                     break
-            assert call is not None and call.status == "completed"
+            assert call is not None
+            assert call.status == "completed"
             await conn.conversation.item.create(
                 item={"type": "function_call_output", "call_id": call.call_id, "output": '{"ok":1}'}
             )
@@ -205,7 +206,9 @@ async def test_openai_agents_text_audio_and_tool_round_trip_without_errors() -> 
             seen += await _pump_until(session, lambda e: _raw_done(e, "tool returned"))
         types = [e.type for e in seen]
         assert [e for e in seen if e.type == "error"] == []
-        assert "audio" in types and "tool_start" in types and "tool_end" in types
+        assert "audio" in types
+        assert "tool_start" in types
+        assert "tool_end" in types
         record = await fake.wait_for_connection()
         outputs = [
             e
@@ -386,22 +389,21 @@ async def test_upstream_not_ready_in_time_gets_a_clear_error_and_close() -> None
 
 
 async def test_prebuffer_overflow_is_an_error_not_a_silent_drop() -> None:
-    async with fake_and_gateway({"session_created_delay_s": 5.0}, prebuffer_bytes=16 * 1024) as (
+    async with (
+        fake_and_gateway({"session_created_delay_s": 5.0}, prebuffer_bytes=16 * 1024) as (
         _,
         gw,
+    ), aiohttp.ClientSession() as http,
+        http.ws_connect(
+            gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
+        ) as ws,
     ):
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(
-                gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
-            ) as ws,
-        ):
-            frame = '{"type":"input_audio_buffer.append","audio":"' + "A" * 1280 + '"}'
-            for _ in range(20):
-                await ws.send_str(frame)
-            error = await recv_json(ws)
-            assert error["error"]["code"] == "voxgate_prebuffer_overflow"
-            assert (await expect_close(ws))[0] == 1013
+        frame = '{"type":"input_audio_buffer.append","audio":"' + "A" * 1280 + '"}'
+        for _ in range(20):
+            await ws.send_str(frame)
+        error = await recv_json(ws)
+        assert error["error"]["code"] == "voxgate_prebuffer_overflow"
+        assert (await expect_close(ws))[0] == 1013
 
 
 # ---------------------------------------------------------------- upstream failures
@@ -445,7 +447,8 @@ async def test_bad_upstream_key_reaches_the_client_redacted_with_the_same_close(
             assert error["error"]["code"] == "invalid_api_key"
             message = error["error"]["message"]
             assert "Incorrect API key provided" in message
-            assert "sk-" not in message and UPSTREAM_KEY[-4:] not in message
+            assert "sk-" not in message
+            assert UPSTREAM_KEY[-4:] not in message
             assert await expect_close(ws) == (3000, "invalid_request_error.invalid_api_key")
 
 
@@ -511,7 +514,8 @@ async def test_bad_client_input_gets_errors_and_the_session_and_its_neighbour_go
                 "invalid_value",
                 "invalid_event",
             ]
-            assert codes[2]["event_id"] == "evt_1" and codes[2]["param"] == "type"
+            assert codes[2]["event_id"] == "evt_1"
+            assert codes[2]["param"] == "type"
             # the neighbour is untouched and both sessions still complete a turn
             for ws in (good, bad):
                 await ws.send_str(
@@ -547,20 +551,19 @@ async def test_bad_client_input_gets_errors_and_the_session_and_its_neighbour_go
 async def test_error_floods_are_coalesced_with_a_count() -> None:
     async with (
         fake_and_gateway(error_coalesce_window_s=60) as (_, gw),
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession() as http,http.ws_connect(
+        gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
+    ) as ws
     ):
-        async with http.ws_connect(
-            gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
-        ) as ws:
-            await recv_until(ws, "session.created")
-            for _ in range(200):
-                await ws.send_str("garbage")
-            # a different, valid request proves the flood produced exactly one error
-            await ws.send_str('{"type":"input_audio_buffer.clear"}')
-            events = await recv_until(ws, "input_audio_buffer.cleared")
-            errors = [e for e in events if e["type"] == "error"]
-            assert len(errors) == 1
-            assert errors[0]["error"]["code"] == "invalid_json"
+        await recv_until(ws, "session.created")
+        for _ in range(200):
+            await ws.send_str("garbage")
+        # a different, valid request proves the flood produced exactly one error
+        await ws.send_str('{"type":"input_audio_buffer.clear"}')
+        events = await recv_until(ws, "input_audio_buffer.cleared")
+        errors = [e for e in events if e["type"] == "error"]
+        assert len(errors) == 1
+        assert errors[0]["error"]["code"] == "invalid_json"
 
 
 async def test_client_that_vanishes_frees_its_upstream() -> None:

@@ -44,7 +44,8 @@ async def test_ga_client_secret_via_the_stock_sdk(gateway: RunningGateway) -> No
     session = secret.session
     assert session.type == "realtime"
     assert session.instructions == "Be brief."
-    assert session.audio is not None and session.audio.output is not None
+    assert session.audio is not None
+    assert session.audio.output is not None
     assert session.audio.output.voice == "marin"
     await client.close()
 

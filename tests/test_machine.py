@@ -75,7 +75,8 @@ def test_embedded_config_is_applied_before_the_client_sees_session_created() -> 
     m = machine(embedded_session={"type": "realtime", "instructions": "Be brief."})
     m.client_text(append(1), 0.0)
     actions = m.upstream_text(CREATED, 0.0)
-    assert isinstance(actions, tuple) and len(actions) == 1
+    assert isinstance(actions, tuple)
+    assert len(actions) == 1
     update = actions[0]
     assert isinstance(update, SendUpstream)
     sent = orjson.loads(update.text)
@@ -203,7 +204,7 @@ def test_upstream_error_quoting_a_key_is_redacted() -> None:
         "error": {
             "type": "invalid_request_error",
             "code": "invalid_api_key",
-            "message": "Incorrect API key provided: sk-live*****1234. You can find your API key at x.",
+            "message": "Incorrect API key provided: sk-live*****1234. Find your key at x.",
             "param": None,
             "event_id": None,
         },
@@ -268,7 +269,8 @@ def test_prebuffer_keeps_order_and_never_exceeds_its_limit(sizes: list[int], lim
         if out == NOTHING:
             accepted.append(frame)
         else:
-            assert isinstance(out, tuple) and isinstance(out[0], EndSession)
+            assert isinstance(out, tuple)
+            assert isinstance(out[0], EndSession)
             break
         assert m.prebuffer.size_bytes <= limit
     if m.phase is Phase.CLOSED:

@@ -104,11 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not settings.api_keys:
         generated = generate_server_key()
         settings.api_keys = [SecretStr(generated)]
-    configure_logging(
-        settings.log_level,
-        settings.log_format,
-        known_secrets=tuple(settings.api_key_values()),
-    )
+    secrets_to_mask = [*settings.api_key_values()]
+    for secret in (settings.openai_api_key, settings.secret):
+        if secret is not None:
+            secrets_to_mask.append(secret.get_secret_value())
+    configure_logging(settings.log_level, settings.log_format, known_secrets=tuple(secrets_to_mask))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(settings, args.drain_timeout, generated))
     return 0

@@ -117,10 +117,10 @@ class SessionRunner:
                 text: str = msg.data
                 stats.client_frames += 1
                 stats.client_bytes += len(text)
+                if stats.first_audio_at is None:
+                    self._note_first_audio(text)
                 outcome = machine.client_text(text, now())
                 if outcome is FORWARD:
-                    if stats.first_audio_at is None:
-                        self._note_first_audio(text)
                     # FORWARD only comes in phase READY, when the upstream is connected.
                     await self._upstream.send_str(text)  # type: ignore[union-attr]
                 elif outcome:
