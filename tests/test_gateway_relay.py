@@ -391,12 +391,11 @@ async def test_upstream_not_ready_in_time_gets_a_clear_error_and_close() -> None
 async def test_prebuffer_overflow_is_an_error_not_a_silent_drop() -> None:
     async with (
         fake_and_gateway({"session_created_delay_s": 5.0}, prebuffer_bytes=16 * 1024) as (
-        _,
-        gw,
-    ), aiohttp.ClientSession() as http,
-        http.ws_connect(
-            gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
-        ) as ws,
+            _,
+            gw,
+        ),
+        aiohttp.ClientSession() as http,
+        http.ws_connect(gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}) as ws,
     ):
         frame = '{"type":"input_audio_buffer.append","audio":"' + "A" * 1280 + '"}'
         for _ in range(20):
@@ -551,9 +550,8 @@ async def test_bad_client_input_gets_errors_and_the_session_and_its_neighbour_go
 async def test_error_floods_are_coalesced_with_a_count() -> None:
     async with (
         fake_and_gateway(error_coalesce_window_s=60) as (_, gw),
-        aiohttp.ClientSession() as http,http.ws_connect(
-        gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
-    ) as ws
+        aiohttp.ClientSession() as http,
+        http.ws_connect(gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}) as ws,
     ):
         await recv_until(ws, "session.created")
         for _ in range(200):
@@ -577,3 +575,35 @@ async def test_client_that_vanishes_frees_its_upstream() -> None:
         assert ws._response is not None
         ws._response.connection.transport.abort()  # type: ignore[union-attr]
         assert await record.wait_closed(timeout_s=5) == 1000
+
+
+# ---------------------------------------------------------------- heartbeats
+
+
+async def test_idle_healthy_client_survives_pings_and_a_dead_one_is_dropped() -> None:
+    async with fake_and_gateway(ping_interval_s=0.2) as (fake, gw), aiohttp.ClientSession() as http:
+        # aiohttp answers pings by itself: idle for many intervals, the session stays up
+        async with http.ws_connect(
+            gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
+        ) as ws:
+            await recv_until(ws, "session.created")
+            with pytest.raises(TimeoutError):  # ~7 intervals of silence and no close
+                async with asyncio.timeout(1.5):
+                    await ws.receive()
+            await ws.send_str('{"type":"input_audio_buffer.clear"}')
+            assert (await recv_json(ws))["type"] == "input_audio_buffer.cleared"
+        # a peer that completed the handshake and then went silent (no pongs) is detected
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer "
+            + SERVER_KEY.encode()
+            + b"\r\n\r\n"
+        )
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 101")
+        record = await fake.wait_for_connection(2)
+        # within two intervals (plus scheduling slack) the session ends and frees its upstream
+        assert await record.wait_closed(timeout_s=3) == 1000
+        writer.close()

@@ -33,7 +33,6 @@ def build_backend(settings: Settings) -> Backend:
         return OpenAIBackend(
             url=settings.openai_url,
             api_key=key,
-            ping_interval_s=settings.ping_interval_s,
             max_frame_bytes=settings.max_upstream_frame_bytes,
         )
     from voxgate.backends.local.backend import LocalBackend  # type: ignore[import-not-found,unused-ignore]

@@ -1,5 +1,8 @@
 """The upstream interface every backend implements (OpenAI over WebSocket, the local engine).
 
+Pings are the runner's job (it answers PINGs it receives and sends its own when a peer is
+idle), so upstream connections are opened without aiohttp's autoping and heartbeat.
+
 An :class:`UpstreamConnection` looks like an aiohttp client WebSocket on purpose: the relay's
 hot loop calls ``send_str`` and ``receive`` directly, with no adapter layer per frame, so an
 aiohttp ``ClientWebSocketResponse`` *is* an upstream connection. The local engine implements the
@@ -42,6 +45,10 @@ class UpstreamConnection(Protocol):
     async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage: ...  # noqa: ASYNC109
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+    async def ping(self, message: bytes = b"") -> None: ...
+
+    async def pong(self, message: bytes = b"") -> None: ...
 
     @property
     def close_code(self) -> int | None: ...

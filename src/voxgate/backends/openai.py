@@ -48,13 +48,11 @@ class OpenAIBackend:
         url: str,
         api_key: str | None,
         connect_timeout_s: float = 10.0,
-        ping_interval_s: float = 20.0,
         max_frame_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._url = url
         self._api_key = api_key
         self._connect_timeout_s = connect_timeout_s
-        self._ping_interval_s = ping_interval_s
         self._max_frame_bytes = max_frame_bytes
         self._http: aiohttp.ClientSession | None = None
 
@@ -71,8 +69,8 @@ class OpenAIBackend:
             ws = await self._session().ws_connect(
                 url,
                 headers=headers,
-                autoping=True,
-                heartbeat=self._ping_interval_s or None,
+                autoping=False,  # the session runner pings and answers pings (cheaper)
+                heartbeat=None,
                 compress=0,
                 max_msg_size=self._max_frame_bytes,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),

@@ -384,23 +384,46 @@ class RealtimeCore:
                 param="audio",
                 event_id=event_id,
             )
-        buffer_start = self._stream_offset - len(self.audio.buffer)
+        fmt = input_format(self.session)
+        if self._check_audio:
+            _check_chunk(chunk, format_type(fmt), event_id)
+        limit = self._max_buffer_bytes
+        if limit is not None and len(self.audio.buffer) + len(chunk) > limit:
+            raise ClientEventError(
+                f"Input audio buffer is full: at most {duration_ms(limit, fmt) / 1000:.0f} s of "
+                "audio may wait for a commit. Commit or clear the buffer.",
+                code="voxgate_input_audio_buffer_full",
+                param="audio",
+                event_id=event_id,
+            )
         self.audio._append(chunk)
         self._stream_offset += len(chunk)
-        self._stream_ms += duration_ms(len(chunk), input_format(self.session))
-        if self._vad is None:
-            return []
-        actions: list[Action] = []
-        for vad_event in self._vad.feed(chunk):
-            if vad_event.kind == "start":
-                actions.extend(self._on_speech_started(vad_event.ms))
-            else:
-                cut = vad_event.end_offset - buffer_start
-                buffer_start = vad_event.end_offset
-                actions.extend(self._on_speech_stopped(vad_event.ms, cut))
-        return actions
+        self._stream_ms += duration_ms(len(chunk), fmt)
+        return self._on_audio(chunk)
 
-    def _on_speech_started(self, audio_start_ms: int) -> list[Action]:
+    def _on_audio(self, chunk: bytes) -> list[Action]:
+        """Hook: ``chunk`` was appended to the buffer (turn detection goes here)."""
+        return []
+
+    @property
+    def stream_offset(self) -> int:
+        """Bytes appended in the whole session (the coordinate of ``commit_turn``)."""
+        return self._stream_offset
+
+    @property
+    def stream_ms(self) -> float:
+        """Milliseconds of audio appended in the whole session."""
+        return self._stream_ms
+
+    def discard_buffered(self, keep_bytes: int) -> None:
+        """Forget pending audio older than the last ``keep_bytes`` (silence before a turn)."""
+        excess = len(self.audio.buffer) - max(0, keep_bytes)
+        if excess > 0:
+            del self.audio.buffer[:excess]
+            self.audio.forgotten_bytes += excess
+
+    def on_speech_started(self, audio_start_ms: int) -> list[Action]:
+        """The turn detector heard speech start: ``speech_started``, and barge-in (§6.4)."""
         self._vad_item_id = ids.item_id()
         actions: list[Action] = [Send(cv.speech_started(audio_start_ms, self._vad_item_id))]
         td = self._turn_detection() or {}
@@ -409,11 +432,22 @@ class RealtimeCore:
             actions.extend(self._cancel(default, "turn_detected"))
         return actions
 
-    def _on_speech_stopped(self, audio_end_ms: int, cut: int) -> list[Action]:
+    def on_speech_stopped(self, audio_end_ms: int) -> list[Action]:
+        """The turn detector heard speech stop: ``speech_stopped``; :meth:`commit_turn` next."""
+        if self._vad_item_id is None:
+            self._vad_item_id = ids.item_id()
+        return [Send(cv.speech_stopped(audio_end_ms, self._vad_item_id))]
+
+    def commit_turn(self, end_offset: int, *, transcript: str | None = None) -> list[Action]:
+        """Commit the buffer up to stream byte ``end_offset`` as the detected turn (§6.2).
+
+        Then, with ``create_response``, start a response. ``transcript``, when given, is the
+        turn's transcript (otherwise :meth:`_transcript_for` is asked).
+        """
         item_id = self._vad_item_id or ids.item_id()
         self._vad_item_id = None
-        actions: list[Action] = [Send(cv.speech_stopped(audio_end_ms, item_id))]
-        actions.extend(self._commit(item_id, self.audio._take(cut)))
+        buffer_start = self._stream_offset - len(self.audio.buffer)
+        actions = self._commit(item_id, self.audio._take(end_offset - buffer_start), transcript)
         td = self._turn_detection() or {}
         if (
             self.is_realtime
@@ -436,9 +470,9 @@ class RealtimeCore:
         item_id = self._vad_item_id or ids.item_id()
         taken = self.audio._take()
         self._reset_vad()
-        return self._commit(item_id, taken)
+        return self._commit(item_id, taken, None)
 
-    def _commit(self, item_id: str, data: bytes) -> list[Action]:
+    def _commit(self, item_id: str, data: bytes, transcript: str | None) -> list[Action]:
         previous = self.conversation.last_item_id
         item = cv.user_audio_item(item_id)
         self.conversation.insert(item)
@@ -450,21 +484,52 @@ class RealtimeCore:
             Send(cv.item_added(item, previous)),
             Send(cv.item_done(item, previous)),
         ]
-        return actions + self._transcribe(item_id, data, item)
+        audio_ms = duration_ms(len(data), input_format(self.session))
+        if transcript is None:
+            transcript = self._transcript_for(item_id, data)
+            if transcript is None:  # not transcribed, or the caller completes it later
+                return actions
+        return actions + self.complete_transcription(item_id, transcript, audio_ms)
 
-    def _transcribe(self, item_id: str, data: bytes, item: dict[str, Any]) -> list[Action]:
-        transcription = ((self.session.get("audio") or {}).get("input") or {}).get("transcription")
-        if not transcription:
-            return []
-        fmt = input_format(self.session)
-        transcript = self._transcriber(data, fmt)
-        item["content"][0]["transcript"] = transcript
+    @property
+    def transcription_enabled(self) -> bool:
+        """Whether ``audio.input.transcription`` is on (transcription events are sent)."""
+        audio_in = (self.session.get("audio") or {}).get("input") or {}
+        return bool(audio_in.get("transcription"))
+
+    def _transcript_for(self, item_id: str, data: bytes) -> str | None:
+        """Hook: the transcript of a committed turn; None if there is none (transcription
+        off) or the caller completes it later with :meth:`complete_transcription`."""
+        return None
+
+    def _transcript_deltas(self, item_id: str, transcript: str) -> list[str]:
+        """Hook: the ``…transcription.delta`` texts still to send for a finished transcript."""
         words = transcript.split(" ")
-        deltas = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-        actions: list[Action] = [Send(cv.transcription_delta(item_id, d)) for d in deltas if d]
-        usage = cv.transcription_usage(duration_ms(len(data), fmt), transcript)
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+    def complete_transcription(
+        self, item_id: str, transcript: str, audio_ms: float
+    ) -> list[Action]:
+        """Record a committed turn's transcript; with transcription on, send its events."""
+        item = self.conversation.get(item_id)
+        if item is not None and item.get("content"):
+            item["content"][0]["transcript"] = transcript
+        if not self.transcription_enabled:
+            return []
+        actions: list[Action] = [
+            Send(cv.transcription_delta(item_id, d))
+            for d in self._transcript_deltas(item_id, transcript)
+            if d
+        ]
+        usage = cv.transcription_usage(audio_ms, transcript)
         actions.append(Send(cv.transcription_completed(item_id, transcript, usage)))
         return actions
+
+    def fail_transcription(self, item_id: str, *, code: str, message: str) -> list[Action]:
+        """A committed turn could not be transcribed (``…transcription.failed``)."""
+        if not self.transcription_enabled:
+            return []
+        return [Send(cv.transcription_failed(item_id, code=code, message=message))]
 
     def handle_clear(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
         cleared = self.audio._take()
@@ -550,6 +615,37 @@ class RealtimeCore:
         active = self._active.pop(response_id)
         return [Send(e) for e in active.builder.cancel(reason)]
 
+    def active_response(self, response_id: str) -> ActiveResponse | None:
+        """The running response with this id, or None once it finished or was cancelled."""
+        return self._active.get(response_id)
+
+    def response_events(
+        self, response_id: str, make: Callable[[cv.ResponseBuilder], list[dict[str, Any]]]
+    ) -> list[Action] | None:
+        """Let ``make`` add to a running response; None if it is no longer running.
+
+        The caller streams a response this way (instead of :meth:`advance`) and must stop
+        producing it once this returns None (it was cancelled, e.g. by barge-in).
+        """
+        active = self._active.get(response_id)
+        if active is None:
+            return None
+        events = make(active.builder)
+        if active.builder.finished:
+            self._active.pop(response_id, None)
+        return [Send(e) for e in events]
+
+    def fail_response(
+        self, response_id: str, *, code: str, message: str, error_type: str = SERVER_ERROR
+    ) -> list[Action]:
+        """End a running response as ``failed`` (§11: never a new ``reason``) plus an ``error``."""
+        active = self._active.pop(response_id, None)
+        if active is None:
+            return []
+        events = active.builder.fail(code=code, message=message, error_type=error_type)
+        events.append(error_event(message, code=code, error_type=error_type))
+        return [Send(e) for e in events]
+
     def _start_response(self, params: dict[str, Any], *, event_id: str | None) -> list[Action]:
         effective = self._response_config(params, event_id)
         in_conversation = params.get("conversation", "auto") != "none"
@@ -584,8 +680,10 @@ class RealtimeCore:
             input_tokens=input_tokens,
             audio_bytes_per_ms=bytes_per_ms(out_fmt),
         )
-        steps = self._plan(builder, list(self._responder(ctx)), effective, out_fmt)
-        self._active[builder.response_id] = _Active(builder, steps, in_conversation)
+        steps = self._plan(builder, ctx, effective, out_fmt)
+        self._active[builder.response_id] = ActiveResponse(
+            builder, steps, in_conversation, ctx, effective
+        )
         actions: list[Action] = [Send(e) for e in builder.start()]
         actions.append(StartResponse(builder.response_id))
         return actions
@@ -657,6 +755,43 @@ class RealtimeCore:
                     cv.normalise_client_item(entry, new_item_id=ids.item_id(), event_id=event_id)
                 )
         return items
+
+    def _plan(
+        self,
+        builder: cv.ResponseBuilder,
+        ctx: ResponseContext,
+        effective: Mapping[str, Any],
+        out_fmt: Mapping[str, Any],
+    ) -> deque[Step]:
+        """Hook: the steps of a new response for :meth:`advance` (none: caller streams it)."""
+        return deque()
+
+
+def _check_chunk(chunk: bytes, fmt_type: str, event_id: str | None) -> None:
+    """Reject bytes that cannot be audio of the session's format (see ``check_audio``)."""
+    problem = None
+    if chunk[:4] == b"RIFF" and chunk[8:12] == b"WAVE":
+        problem = f"this is a WAV file; send raw {fmt_type} samples without a header"
+    elif _looks_like_text(chunk):
+        problem = f"the bytes are text, not {fmt_type} audio"
+    elif fmt_type == "audio/pcm" and len(chunk) % 2:
+        problem = f"audio/pcm is 16-bit samples, but {len(chunk)} bytes is an odd count"
+    if problem is not None:
+        raise ClientEventError(
+            f"Invalid 'audio': {problem}.", code="invalid_value", param="audio", event_id=event_id
+        )
+
+
+def _looks_like_text(chunk: bytes) -> bool:
+    # Printable ASCII with spaces and mostly letters: no plausible PCM16 or G.711 run looks so.
+    head = chunk[:256]
+    if len(head) < 16 or b" " not in head:
+        return False
+    if any((b < 0x20 and b not in (9, 10, 13)) or b > 0x7E for b in head):
+        return False
+    letters = sum(1 for b in head if 0x61 <= (b | 0x20) <= 0x7A or b == 0x20)
+    return letters >= 0.6 * len(head)
+
 
 def _missing(param: str, event_id: str | None) -> ClientEventError:
     return ClientEventError(

@@ -72,6 +72,7 @@ class SessionRunner:
         ready_timeout_s: float,
         max_session_s: float,
         log: Any,
+        ping_interval_s: float = 0.0,
     ) -> None:
         self._client = client
         self._backend = backend
@@ -79,6 +80,9 @@ class SessionRunner:
         self._target = target
         self._ready_timeout_s = ready_timeout_s
         self._max_session_s = max_session_s
+        self._ping_interval_s = ping_interval_s
+        self.pongs_from_client = 0
+        self.pongs_from_upstream = 0
         self._log = log
         self._upstream: UpstreamConnection | None = None
         self.stats = SessionStats()
@@ -91,6 +95,7 @@ class SessionRunner:
                 tg.create_task(self._client_pump(), name="client_pump")
                 tg.create_task(self._upstream_pump(), name="upstream_pump")
                 tg.create_task(self._expiry(), name="expiry")
+                tg.create_task(self._heartbeat(), name="heartbeat")
         except* _SessionOver as group:
             first = group.exceptions[0]
             self.end = first.end if isinstance(first, _SessionOver) else None
@@ -131,6 +136,11 @@ class SessionRunner:
                 outcome = machine.client_binary(msg.data, now())
                 if outcome:
                     await self._execute(outcome)
+            elif mtype is WSMsgType.PING:
+                self.pongs_from_client += 1  # a ping proves the peer is alive too
+                await self._client.pong(msg.data)
+            elif mtype is WSMsgType.PONG:
+                self.pongs_from_client += 1
             elif mtype in _CLOSE_TYPES:
                 raise _SessionOver(self._client_gone(msg))
 
@@ -175,6 +185,53 @@ class SessionRunner:
             elif msg.type in _CLOSE_TYPES:
                 await self._execute(self._upstream_gone(msg))
                 return
+            else:
+                await self._upstream_control(upstream, msg)
+
+    async def _upstream_control(self, upstream: UpstreamConnection, msg: aiohttp.WSMessage) -> None:
+        """PING/PONG from the upstream (voxgate answers pings itself: see ``_heartbeat``)."""
+        if msg.type is WSMsgType.PING:
+            self.pongs_from_upstream += 1
+            await upstream.pong(msg.data)
+        elif msg.type is WSMsgType.PONG:
+            self.pongs_from_upstream += 1
+
+    async def _heartbeat(self) -> None:
+        """Ping idle peers; a peer silent for two intervals is dead.
+
+        aiohttp's own heartbeat reschedules a timer on every received frame (two timer
+        operations per audio frame per socket); this costs nothing per frame: it compares
+        frame counters once per interval, pings only a peer that sent nothing during the last
+        interval, and declares it dead when the next interval also brings nothing (a pong
+        counts), so a dead peer is found within two intervals and a late pong under load
+        still counts as long as it arrives within one.
+        """
+        interval = self._ping_interval_s
+        if not interval:
+            return
+        stats = self.stats
+        last = (-1, -1)
+        missed = [0, 0]
+        while True:
+            await asyncio.sleep(interval)
+            seen = (
+                stats.client_frames + self.pongs_from_client,
+                stats.upstream_frames + self.pongs_from_upstream,
+            )
+            for side in (0, 1):
+                missed[side] = missed[side] + 1 if seen[side] == last[side] else 0
+            last = seen
+            if missed[0] >= 2:
+                raise _SessionOver(
+                    EndSession(CloseCode.GOING_AWAY, "", None, "client_heartbeat_timeout")
+                )
+            if missed[1] >= 2 and self._upstream is not None:
+                self._log.warning("upstream.heartbeat_timeout", interval_s=interval)
+                await self._execute(self._machine.upstream_closed(None, "heartbeat timeout"))
+            if missed[0]:
+                await self._client.ping()
+            if missed[1] and self._upstream is not None:
+                await self._upstream.ping()
 
     async def _connect_and_gate(self) -> None:
         """Connect, then read until the machine is past CONFIGURING, all within the deadline."""
@@ -205,6 +262,8 @@ class SessionRunner:
                     elif msg.type in _CLOSE_TYPES:
                         await self._execute(self._upstream_gone(msg))
                         return
+                    else:
+                        await self._upstream_control(self._upstream, msg)
         except TimeoutError:
             log.warning("upstream.ready_timeout", timeout_s=self._ready_timeout_s)
             await self._execute(machine.ready_timeout(self._ready_timeout_s))

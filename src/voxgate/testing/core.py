@@ -1,46 +1,44 @@
 """The fake upstream's per-connection protocol core: client events in, actions out.
 
-Sans-I/O: no sockets, no asyncio, no clock. :class:`FakeSession` is fed parsed frames
-(:meth:`FakeSession.receive_text`, :meth:`FakeSession.receive_binary`) and returns a list of
-:data:`Action`. After each call the caller must perform the actions **in order**: ``Send`` an
-event, ``Close`` the socket, or, for ``StartResponse``, keep calling :meth:`FakeSession.advance`
-for that response (each call returns the next batch of its events) until it reports done.
-Client events that arrive in between are handled against the same state, which is how
-cancellation, barge-in and ``conversation_already_has_active_response`` happen.
+A thin layer on the shared sans-I/O core :class:`voxgate.protocol.realtime_server.RealtimeCore`
+(which the local engine uses too). Sans-I/O: no sockets, no asyncio, no clock.
+:class:`FakeSession` is fed parsed frames (:meth:`FakeSession.receive_text`,
+:meth:`FakeSession.receive_binary`) and returns a list of :data:`Action`. After each call the
+caller must perform the actions **in order**: ``Send`` an event, ``Close`` the socket, or, for
+``StartResponse``, keep calling :meth:`FakeSession.advance` for that response (each call
+returns the next batch of its events) until it reports done.
 
-It behaves as realtime-protocol.md describes the real server (§4–§7): session.update merge,
-input audio buffer with commit/clear and a 100 ms minimum, energy VAD on audio time,
-input transcription, conversation items, response cycles with text, audio and function calls.
-What the model says comes from a :data:`~voxgate.testing.responder.Responder`.
+What the fake adds to the shared core: a deterministic energy VAD on audio time
+(:mod:`voxgate.testing.vad`), transcripts from a :data:`~voxgate.testing.responder.Transcriber`,
+and replies from a :data:`~voxgate.testing.responder.Responder` voiced as a 440 Hz tone.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 from voxgate.protocol import conversation as cv
-from voxgate.protocol import ids
-from voxgate.protocol.close import CloseCode, close_reason
-from voxgate.protocol.errors import INVALID_REQUEST, ClientEventError, error_event
-from voxgate.protocol.session_config import (
-    apply_session_update,
-    bytes_per_ms,
-    duration_ms,
-    input_format,
-    output_format,
+from voxgate.protocol.realtime_server import (
+    CLIENT_EVENT_TYPES,
+    MAX_APPEND_BYTES,
+    MIN_COMMIT_MS,
+    Action,
+    AudioLedger,
+    Close,
+    RealtimeCore,
+    ResponseContext,
+    Send,
+    StartResponse,
+    Step,
 )
+from voxgate.protocol.session_config import input_format
 from voxgate.testing import audio
 from voxgate.testing.responder import (
     CallTool,
     Responder,
-    ResponseContext,
     Say,
     Transcriber,
     default_responder,
@@ -48,108 +46,24 @@ from voxgate.testing.responder import (
 )
 from voxgate.testing.vad import EnergyVad, VadParams
 
-CLIENT_EVENT_TYPES: Final = (
-    "session.update",
-    "input_audio_buffer.append",
-    "input_audio_buffer.clear",
-    "input_audio_buffer.commit",
-    "conversation.item.create",
-    "conversation.item.delete",
-    "conversation.item.retrieve",
-    "conversation.item.truncate",
-    "response.cancel",
-    "response.create",
-    "session.close",
-    "session.input_audio_buffer.append",
-)
-MIN_COMMIT_MS: Final = 100
-MAX_APPEND_BYTES: Final = 15 * 1024 * 1024
-REPLY_MS_PER_WORD: Final = 100
-_RESPONSE_KEYS: Final = frozenset(
-    {
-        "instructions",
-        "output_modalities",
-        "audio",
-        "tools",
-        "tool_choice",
-        "max_output_tokens",
-        "metadata",
-        "prompt",
-        "conversation",
-        "input",
-    }
-)
+__all__ = [
+    "CLIENT_EVENT_TYPES",
+    "MAX_APPEND_BYTES",
+    "MIN_COMMIT_MS",
+    "REPLY_MS_PER_WORD",
+    "Action",
+    "AudioLedger",
+    "Close",
+    "FakeSession",
+    "Send",
+    "StartResponse",
+]
+
+REPLY_MS_PER_WORD = 100
 
 
-@dataclass(frozen=True)
-class Send:
-    event: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Close:
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class StartResponse:
-    response_id: str
-
-
-Action = Send | Close | StartResponse
-
-
-@dataclass
-class AudioLedger:
-    """Where every appended byte went, for assertions (bounded by ``cap_bytes``).
-
-    Each byte lands in exactly one place: a committed turn (``committed``, in commit order), a
-    cleared chunk (``cleared``), or the pending ``buffer``. Past ``cap_bytes`` of history the
-    oldest committed/cleared entries are forgotten and counted in ``forgotten_bytes``.
-    """
-
-    cap_bytes: int
-    committed: list[tuple[str, bytes]] = field(default_factory=list)
-    cleared: list[bytes] = field(default_factory=list)
-    buffer: bytearray = field(default_factory=bytearray)
-    total_appended: int = 0
-    forgotten_bytes: int = 0
-
-    def committed_audio(self, item_id: str) -> bytes | None:
-        return next((a for i, a in self.committed if i == item_id), None)
-
-    def all_bytes(self) -> bytes:
-        """Everything still recorded, in append order (committed + cleared + pending)."""
-        return b"".join(a for _, a in self.committed) + b"".join(self.cleared) + self.buffer
-
-    def _append(self, data: bytes) -> None:
-        self.buffer += data
-        self.total_appended += len(data)
-
-    def _take(self, n: int | None = None) -> bytes:
-        n = len(self.buffer) if n is None else min(n, len(self.buffer))
-        taken = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return taken
-
-    def _trim(self) -> None:
-        history = sum(len(a) for _, a in self.committed) + sum(len(a) for a in self.cleared)
-        while history > self.cap_bytes and (self.committed or self.cleared):
-            dropped = self.committed.pop(0)[1] if self.committed else self.cleared.pop(0)
-            history -= len(dropped)
-            self.forgotten_bytes += len(dropped)
-
-
-@dataclass
-class _Active:
-    builder: cv.ResponseBuilder
-    steps: deque[Callable[[], list[dict[str, Any]]]]
-    in_conversation: bool
-
-
-class FakeSession:
-    """One connection's state: session config, conversation, audio buffer, responses."""
+class FakeSession(RealtimeCore):
+    """One fake connection's state: the shared core plus energy VAD, scripted replies."""
 
     def __init__(
         self,
@@ -160,481 +74,56 @@ class FakeSession:
         audio_cap_bytes: int = 64 * 1024 * 1024,
         max_client_events: int = 100_000,
     ) -> None:
-        self.session = session
-        self.conversation = cv.Conversation()
-        self.conversation_id = ids.conversation_id()
-        self.audio = AudioLedger(cap_bytes=audio_cap_bytes)
-        self.client_events: deque[dict[str, Any]] = deque(maxlen=max_client_events)
         self._responder = responder
         self._transcriber = transcriber
-        self._active: dict[str, _Active] = {}
         self._vad: EnergyVad | None = None
-        self._vad_item_id: str | None = None
-        self._stream_offset = 0  # bytes appended in the session (VAD coordinates)
-        self._stream_ms = 0.0
         self._tone_phase = 0
-        self._handlers: dict[str, Callable[[dict[str, Any], str | None], list[Action]]] = {
-            "session.update": self.handle_session_update,
-            "input_audio_buffer.append": self.handle_append,
-            "input_audio_buffer.commit": self.handle_commit,
-            "input_audio_buffer.clear": self.handle_clear,
-            "conversation.item.create": self.handle_item_create,
-            "conversation.item.retrieve": self.handle_item_retrieve,
-            "conversation.item.delete": self.handle_item_delete,
-            "conversation.item.truncate": self.handle_item_truncate,
-            "response.create": self.handle_response_create,
-            "response.cancel": self.handle_response_cancel,
-        }
-        self._reset_vad()
-
-    # ---------------------------------------------------------------- entry points
-
-    @property
-    def is_realtime(self) -> bool:
-        return self.session.get("type") == "realtime"
-
-    @property
-    def active_response_ids(self) -> list[str]:
-        return list(self._active)
-
-    def open(self) -> list[Action]:
-        """The first server event: ``session.created`` (§6.1)."""
-        return [Send(cv.session_created(self.session))]
-
-    def receive_text(self, text: str) -> list[Action]:
-        """Handle one text frame; a bad event becomes a non-fatal ``error`` (§7)."""
-        try:
-            event = json.loads(text)
-        except ValueError as exc:
-            return [
-                Send(
-                    error_event(
-                        f"Invalid event: failed to parse JSON value: {exc}", code="invalid_json"
-                    )
-                )
-            ]
-        if not isinstance(event, dict):
-            return [
-                Send(error_event("Invalid event: expected a JSON object.", code="invalid_json"))
-            ]
-        self._record(event)
-        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-        try:
-            handler = self._handler_for(event.get("type"), event_id)
-            return handler(event, event_id)
-        except ClientEventError as exc:
-            return [Send(exc.to_event())]
-
-    def receive_binary(self) -> list[Action]:
-        return [
-            Send(
-                error_event(
-                    "Expected a text WebSocket message; binary frames are not supported.",
-                    code="invalid_event",
-                )
-            )
-        ]
-
-    def advance(self, response_id: str) -> tuple[list[Action], bool]:
-        """The next batch of a running response's events, and whether it is now finished."""
-        active = self._active.get(response_id)
-        if active is None:
-            return [], True
-        events = active.steps.popleft()() if active.steps else []
-        if not active.steps:
-            self._active.pop(response_id, None)
-        return [Send(e) for e in events], response_id not in self._active
-
-    def fatal(
-        self,
-        code: str | None,
-        message: str,
-        *,
-        close_code: int,
-        error_type: str = INVALID_REQUEST,
-    ) -> list[Action]:
-        """An ``error`` event then a close frame whose reason is ``type.code`` (§7)."""
-        self._active.clear()
-        return [
-            Send(error_event(message, code=code, error_type=error_type)),
-            Close(close_code, close_reason(error_type, code)),
-        ]
-
-    def expire(self, minutes: float = 60) -> list[Action]:
-        """The session hit its maximum length: ``session_expired`` then close 1001."""
-        shown = int(minutes) if float(minutes).is_integer() else minutes
-        return self.fatal(
-            "session_expired",
-            f"Your session hit the maximum duration of {shown} minutes.",
-            close_code=CloseCode.GOING_AWAY,
+        super().__init__(
+            session, audio_cap_bytes=audio_cap_bytes, max_client_events=max_client_events
         )
 
-    # ---------------------------------------------------------------- dispatch
-
-    def _record(self, event: dict[str, Any]) -> None:
-        if event.get("type") == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
-            # The bytes live in the audio ledger; keep the event list small.
-            slim = {k: v for k, v in event.items() if k != "audio"}
-            slim["audio_len"] = len(event["audio"])
-            self.client_events.append(slim)
-        else:
-            self.client_events.append(event)
-
-    def _handler_for(
-        self, event_type: Any, event_id: str | None
-    ) -> Callable[[dict[str, Any], str | None], list[Action]]:
-        if event_type is None:
-            raise ClientEventError(
-                "Missing required parameter: 'type'.",
-                code="missing_required_parameter",
-                param="type",
-                event_id=event_id,
-            )
-        handler = self._handlers.get(event_type) if isinstance(event_type, str) else None
-        if handler is None:
-            supported = ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES)
-            raise ClientEventError(
-                f"Invalid value: '{event_type}'. Supported values are: {supported}.",
-                code="invalid_value",
-                param="type",
-                event_id=event_id,
-            )
-        return handler
-
-    # ---------------------------------------------------------------- session
-
-    def handle_session_update(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        if "session" not in event:
-            raise _missing("session", event_id)
-        before_td = self._turn_detection()
-        before_fmt = input_format(self.session)
-        self.session = apply_session_update(self.session, event["session"], event_id=event_id)
-        if self._turn_detection() != before_td or input_format(self.session) != before_fmt:
-            self._reset_vad()
-        return [Send(cv.session_updated(self.session))]
-
-    def _turn_detection(self) -> dict[str, Any] | None:
-        td = ((self.session.get("audio") or {}).get("input") or {}).get("turn_detection")
-        return dict(td) if isinstance(td, dict) else None
+    # ---------------------------------------------------------------- hooks
 
     def _reset_vad(self) -> None:
+        super()._reset_vad()
         td = self._turn_detection()
-        self._vad_item_id = None
         if td is None:
             self._vad = None
             return
         self._vad = EnergyVad(
             VadParams.from_turn_detection(td),
             input_format(self.session),
-            start_offset=self._stream_offset,
-            start_ms=int(self._stream_ms),
+            start_offset=self.stream_offset,
+            start_ms=int(self.stream_ms),
         )
 
-    # ---------------------------------------------------------------- input audio
-
-    def handle_append(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        data = event.get("audio")
-        if not isinstance(data, str):
-            raise _missing("audio", event_id)
-        try:
-            chunk = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise ClientEventError(
-                "Invalid 'audio'. Expected base64-encoded audio bytes.",
-                code="invalid_value",
-                param="audio",
-                event_id=event_id,
-            ) from None
-        if len(chunk) > MAX_APPEND_BYTES:
-            raise ClientEventError(
-                "Invalid 'audio': at most 15 MiB of audio per append.",
-                code="invalid_value",
-                param="audio",
-                event_id=event_id,
-            )
-        buffer_start = self._stream_offset - len(self.audio.buffer)
-        self.audio._append(chunk)
-        self._stream_offset += len(chunk)
-        self._stream_ms += duration_ms(len(chunk), input_format(self.session))
+    def _on_audio(self, chunk: bytes) -> list[Action]:
         if self._vad is None:
             return []
         actions: list[Action] = []
         for vad_event in self._vad.feed(chunk):
             if vad_event.kind == "start":
-                actions.extend(self._on_speech_started(vad_event.ms))
+                actions.extend(self.on_speech_started(vad_event.ms))
             else:
-                cut = vad_event.end_offset - buffer_start
-                buffer_start = vad_event.end_offset
-                actions.extend(self._on_speech_stopped(vad_event.ms, cut))
+                actions.extend(self.on_speech_stopped(vad_event.ms))
+                actions.extend(self.commit_turn(vad_event.end_offset))
         return actions
 
-    def _on_speech_started(self, audio_start_ms: int) -> list[Action]:
-        self._vad_item_id = ids.item_id()
-        actions: list[Action] = [Send(cv.speech_started(audio_start_ms, self._vad_item_id))]
-        td = self._turn_detection() or {}
-        default = self._default_response_id()
-        if default is not None and td.get("interrupt_response", True):
-            actions.extend(self._cancel(default, "turn_detected"))
-        return actions
-
-    def _on_speech_stopped(self, audio_end_ms: int, cut: int) -> list[Action]:
-        item_id = self._vad_item_id or ids.item_id()
-        self._vad_item_id = None
-        actions: list[Action] = [Send(cv.speech_stopped(audio_end_ms, item_id))]
-        actions.extend(self._commit(item_id, self.audio._take(cut)))
-        td = self._turn_detection() or {}
-        if (
-            self.is_realtime
-            and td.get("create_response", True)
-            and self._default_response_id() is None
-        ):
-            actions.extend(self._start_response({}, event_id=None))
-        return actions
-
-    def handle_commit(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        fmt = input_format(self.session)
-        have_ms = duration_ms(len(self.audio.buffer), fmt)
-        if have_ms < MIN_COMMIT_MS:
-            raise ClientEventError(
-                "Error committing input audio buffer: buffer too small. Expected at least "
-                f"{MIN_COMMIT_MS}ms of audio, but buffer only has {have_ms:.2f}ms of audio.",
-                code="input_audio_buffer_commit_empty",
-                event_id=event_id,
-            )
-        item_id = self._vad_item_id or ids.item_id()
-        taken = self.audio._take()
-        self._reset_vad()
-        return self._commit(item_id, taken)
-
-    def _commit(self, item_id: str, data: bytes) -> list[Action]:
-        previous = self.conversation.last_item_id
-        item = cv.user_audio_item(item_id)
-        self.conversation.insert(item)
-        self.conversation.attach_audio(item_id, data)
-        self.audio.committed.append((item_id, data))
-        self.audio._trim()
-        actions: list[Action] = [
-            Send(cv.buffer_committed(item_id, previous)),
-            Send(cv.item_added(item, previous)),
-            Send(cv.item_done(item, previous)),
-        ]
-        return actions + self._transcribe(item_id, data, item)
-
-    def _transcribe(self, item_id: str, data: bytes, item: dict[str, Any]) -> list[Action]:
-        transcription = ((self.session.get("audio") or {}).get("input") or {}).get("transcription")
-        if not transcription:
-            return []
-        fmt = input_format(self.session)
-        transcript = self._transcriber(data, fmt)
-        item["content"][0]["transcript"] = transcript
-        words = transcript.split(" ")
-        deltas = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-        actions: list[Action] = [Send(cv.transcription_delta(item_id, d)) for d in deltas if d]
-        usage = cv.transcription_usage(duration_ms(len(data), fmt), transcript)
-        actions.append(Send(cv.transcription_completed(item_id, transcript, usage)))
-        return actions
-
-    def handle_clear(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        cleared = self.audio._take()
-        if cleared:
-            self.audio.cleared.append(cleared)
-            self.audio._trim()
-        self._reset_vad()
-        return [Send(cv.buffer_cleared())]
-
-    # ---------------------------------------------------------------- conversation
-
-    def handle_item_create(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        if "item" not in event:
-            raise _missing("item", event_id)
-        previous_req = event.get("previous_item_id")
-        item, previous = self.conversation.create(
-            event["item"],
-            previous_item_id=previous_req if isinstance(previous_req, str) else None,
-            new_item_id=ids.item_id(),
-            event_id=event_id,
-        )
-        return [Send(cv.item_added(item, previous)), Send(cv.item_done(item, previous))]
-
-    def handle_item_retrieve(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        if "item_id" not in event:
-            raise _missing("item_id", event_id)
-        item = self.conversation.retrieve(event["item_id"], event_id=event_id)
-        return [Send(cv.item_retrieved(item))]
-
-    def handle_item_delete(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        if "item_id" not in event:
-            raise _missing("item_id", event_id)
-        self.conversation.delete(event["item_id"], event_id=event_id)
-        return [Send(cv.item_deleted(event["item_id"]))]
-
-    def handle_item_truncate(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        for key in ("item_id", "content_index", "audio_end_ms"):
-            if key not in event:
-                raise _missing(key, event_id)
-        self.conversation.truncate(
-            event["item_id"], event["content_index"], event["audio_end_ms"], event_id=event_id
-        )
-        return [
-            Send(cv.item_truncated(event["item_id"], event["content_index"], event["audio_end_ms"]))
-        ]
-
-    # ---------------------------------------------------------------- responses
-
-    def handle_response_create(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        params = event.get("response") or {}
-        if not isinstance(params, dict):
-            raise ClientEventError(
-                "Invalid type for 'response': expected an object.",
-                code="invalid_type",
-                param="response",
-                event_id=event_id,
-            )
-        if not self.is_realtime:
-            raise ClientEventError(
-                "Invalid value: 'response.create'. Responses are not supported in "
-                "transcription sessions.",
-                code="invalid_value",
-                param="type",
-                event_id=event_id,
-            )
-        return self._start_response(params, event_id=event_id)
-
-    def handle_response_cancel(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
-        wanted = event.get("response_id")
-        target = wanted if isinstance(wanted, str) else self._default_response_id()
-        if target is None or target not in self._active:
-            raise ClientEventError(
-                "Cancellation failed: no active response found",
-                code="response_cancel_not_active",
-                event_id=event_id,
-            )
-        return self._cancel(target, "client_cancelled")
-
-    def _default_response_id(self) -> str | None:
-        return next((rid for rid, a in self._active.items() if a.in_conversation), None)
-
-    def _cancel(self, response_id: str, reason: str) -> list[Action]:
-        active = self._active.pop(response_id)
-        return [Send(e) for e in active.builder.cancel(reason)]
-
-    def _start_response(self, params: dict[str, Any], *, event_id: str | None) -> list[Action]:
-        effective = self._response_config(params, event_id)
-        in_conversation = params.get("conversation", "auto") != "none"
-        if in_conversation and (busy := self._default_response_id()) is not None:
-            raise ClientEventError(
-                f"Conversation already has an active response in progress: {busy}. Wait "
-                "until the response is finished before creating a new one.",
-                code="conversation_already_has_active_response",
-                event_id=event_id,
-            )
-        context_items = self._context_items(params, event_id)
-        modalities = list(effective["output_modalities"])
-        out_fmt = output_format(effective)
-        voice = ((effective.get("audio") or {}).get("output") or {}).get("voice", "alloy")
-        ctx = ResponseContext(
-            items=context_items,
-            instructions=str(effective.get("instructions", "")),
-            tools=effective.get("tools") or [],
-            tool_choice=effective.get("tool_choice", "auto"),
-            output_modalities=modalities,
-            metadata=params.get("metadata"),
-        )
-        input_tokens = cv.estimate_text_tokens(ctx.instructions + json.dumps(context_items))
-        builder = cv.ResponseBuilder(
-            response_id=ids.response_id(),
-            conversation=self.conversation if in_conversation else None,
-            conversation_id=self.conversation_id,
-            output_modalities=modalities,
-            audio_output={"format": out_fmt, "voice": voice},
-            max_output_tokens=effective.get("max_output_tokens", "inf"),
-            metadata=params.get("metadata"),
-            input_tokens=input_tokens,
-            audio_bytes_per_ms=bytes_per_ms(out_fmt),
-        )
-        steps = self._plan(builder, list(self._responder(ctx)), effective, out_fmt)
-        self._active[builder.response_id] = _Active(builder, steps, in_conversation)
-        actions: list[Action] = [Send(e) for e in builder.start()]
-        actions.append(StartResponse(builder.response_id))
-        return actions
-
-    def _response_config(self, params: dict[str, Any], event_id: str | None) -> dict[str, Any]:
-        """Validate ``response.create`` params by reusing the session schema (§4)."""
-        for key in params:
-            if key not in _RESPONSE_KEYS:
-                raise ClientEventError(
-                    f"Unknown parameter: 'response.{key}'.",
-                    code="unknown_parameter",
-                    param=f"response.{key}",
-                    event_id=event_id,
-                )
-        if params.get("conversation", "auto") not in ("auto", "none"):
-            raise ClientEventError(
-                f"Invalid value: '{params.get('conversation')}'. Supported values are: "
-                "'auto', 'none'.",
-                code="invalid_value",
-                param="response.conversation",
-                event_id=event_id,
-            )
-        metadata = params.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ClientEventError(
-                "Invalid type for 'response.metadata': expected an object.",
-                code="invalid_type",
-                param="response.metadata",
-                event_id=event_id,
-            )
-        keys = ("instructions", "output_modalities", "tools", "tool_choice", "prompt")
-        overrides: dict[str, Any] = {
-            k: params[k] for k in (*keys, "max_output_tokens", "audio") if k in params
-        }
-        try:
-            return apply_session_update(
-                self.session, {"type": "realtime", **overrides}, event_id=event_id
-            )
-        except ClientEventError as exc:
-            param = exc.param.replace("session.", "response.", 1) if exc.param else None
-            message = exc.message.replace("'session.", "'response.")
-            raise ClientEventError(message, code=exc.code, param=param, event_id=event_id) from None
-
-    def _context_items(self, params: dict[str, Any], event_id: str | None) -> list[dict[str, Any]]:
-        given = params.get("input")
-        if given is None:
-            return self.conversation.items
-        if not isinstance(given, list):
-            raise ClientEventError(
-                "Invalid type for 'response.input': expected an array.",
-                code="invalid_type",
-                param="response.input",
-                event_id=event_id,
-            )
-        items: list[dict[str, Any]] = []
-        for i, entry in enumerate(given):
-            if isinstance(entry, dict) and entry.get("type") == "item_reference":
-                found = self.conversation.get(str(entry.get("id")))
-                if found is None:
-                    raise ClientEventError(
-                        f"Invalid 'response.input[{i}].id': no item with id '{entry.get('id')}'.",
-                        code="invalid_value",
-                        param=f"response.input[{i}].id",
-                        event_id=event_id,
-                    )
-                items.append(dict(found))
-            else:
-                items.append(
-                    cv.normalise_client_item(entry, new_item_id=ids.item_id(), event_id=event_id)
-                )
-        return items
+    def _transcript_for(self, item_id: str, data: bytes) -> str | None:
+        if not self.transcription_enabled:
+            return None
+        return self._transcriber(data, input_format(self.session))
 
     def _plan(
         self,
         builder: cv.ResponseBuilder,
-        reply: list[Say | CallTool],
+        ctx: ResponseContext,
         effective: Mapping[str, Any],
         out_fmt: Mapping[str, Any],
-    ) -> deque[Callable[[], list[dict[str, Any]]]]:
-        """Turn a reply into steps; each step yields one small batch of events."""
-        steps: deque[Callable[[], list[dict[str, Any]]]] = deque()
+    ) -> deque[Step]:
+        """Turn the responder's reply into steps; each step yields one small batch of events."""
+        reply: list[Say | CallTool] = list(self._responder(ctx))
+        steps: deque[Step] = deque()
         limit = effective.get("max_output_tokens", "inf")
         budget = limit if isinstance(limit, int) else None
         truncated = False
@@ -670,12 +159,3 @@ class FakeSession:
         chunk = audio.tone(REPLY_MS_PER_WORD, fmt, amplitude=0.3, phase_samples=self._tone_phase)
         self._tone_phase += len(chunk) // (2 if fmt.get("type") == "audio/pcm" else 1)
         return chunk
-
-
-def _missing(param: str, event_id: str | None) -> ClientEventError:
-    return ClientEventError(
-        f"Missing required parameter: '{param}'.",
-        code="missing_required_parameter",
-        param=param,
-        event_id=event_id,
-    )

@@ -18,10 +18,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from voxgate.protocol.realtime_server import ResponseContext
 from voxgate.protocol.session_config import duration_ms
+
+__all__ = [
+    "CallTool",
+    "Reply",
+    "Responder",
+    "ResponseContext",
+    "Say",
+    "Transcriber",
+    "default_responder",
+    "default_transcriber",
+    "schema_arguments",
+]
 
 
 @dataclass(frozen=True)
@@ -40,30 +53,6 @@ class CallTool:
 
 
 Reply = Sequence[Say | CallTool]
-
-
-@dataclass(frozen=True)
-class ResponseContext:
-    """Everything a responder may look at for one response."""
-
-    items: Sequence[Mapping[str, Any]]
-    instructions: str
-    tools: Sequence[Mapping[str, Any]]
-    tool_choice: Any
-    output_modalities: Sequence[str]
-    metadata: Mapping[str, Any] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def latest_user_text(self) -> str | None:
-        """Text of the latest user message (input text, or a transcribed audio turn)."""
-        for item in reversed(self.items):
-            if item.get("type") == "message" and item.get("role") == "user":
-                for part in item.get("content") or []:
-                    text = part.get("text") or part.get("transcript")
-                    if text:
-                        return str(text)
-                return None
-        return None
 
 
 Responder = Callable[[ResponseContext], Reply]

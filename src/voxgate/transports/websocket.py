@@ -102,8 +102,8 @@ class RealtimeEndpoint:
             protocols=[req.selected_subprotocol] if req.selected_subprotocol else (),
             compress=False,
             max_msg_size=s.max_frame_bytes,
-            heartbeat=s.ping_interval_s or None,
-            autoping=True,
+            heartbeat=None,  # the session runner's heartbeat costs nothing per frame
+            autoping=False,
         )
         await ws.prepare(request)
         session_id = new_id("vg", 16)
@@ -141,6 +141,7 @@ class RealtimeEndpoint:
             ready_timeout_s=s.ready_timeout_s,
             max_session_s=grant.max_session_s,
             log=slog,
+            ping_interval_s=s.ping_interval_s,
         )
         self._metrics.sessions_active.inc()
         self._active += 1

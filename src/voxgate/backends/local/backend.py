@@ -1,0 +1,168 @@
+"""The ``local`` backend: the offline engine behind the same interface as ``openai``.
+
+Owns: :class:`LocalBackend`, built from :class:`~voxgate.config.Settings`
+(:meth:`LocalBackend.from_settings`), which picks the responder (knowledge base by default,
+an OpenAI-compatible chat-completions server when ``local_llm_url`` is set), shares one set of
+worker threads, one ASR decoder pool and one TTS engine between its sessions, warms them in
+the background at startup so the first turn is fast, and opens one in-process
+:class:`~.connection.LocalConnection` per client session.
+
+Must not: download anything, or keep per-session state here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures import Future
+from typing import Any, Final
+
+import structlog
+
+from voxgate.backends.base import UpstreamConnection, UpstreamTarget
+from voxgate.backends.local.asr import AsrStream, FinalDecode
+from voxgate.backends.local.connection import LocalConnection
+from voxgate.backends.local.engine import (
+    EngineLimits,
+    EngineResources,
+    EngineSession,
+    decoder_pool,
+    engine_executor,
+)
+from voxgate.backends.local.responder import (
+    LLM_KEY_ENV,
+    ChatCompletionsResponder,
+    KnowledgeResponder,
+    Responder,
+)
+from voxgate.backends.local.tts import get_tts
+from voxgate.backends.local.vad import VadStream
+from voxgate.config import Settings
+from voxgate.protocol import ids
+from voxgate.protocol.session_config import (
+    SessionType,
+    bytes_per_ms,
+    default_session,
+    input_format,
+)
+from voxgate.tools.knowledge import KnowledgeBase
+
+log = structlog.get_logger(__name__)
+
+#: Interim knobs read from the environment until they are Settings fields (see the docs).
+ASR_DECODERS_ENV: Final = "VOXGATE_LOCAL_ASR_DECODERS"
+FINAL_DECODE_ENV: Final = "VOXGATE_LOCAL_ASR_FINAL"
+DEFAULT_ASR_DECODERS: Final = 4
+WARM_DECODERS: Final = 2
+_WARM_UP_TEXT: Final = "What is a stop loss order? How do I place a limit order on a stock?"
+
+
+class LocalBackend:
+    """Serves realtime sessions from the local engine (VAD → ASR → responder → TTS)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        responder: Responder,
+        responder_name: str = "custom",
+        asr_decoders: int = DEFAULT_ASR_DECODERS,
+        final_decode: FinalDecode = "stream",
+        limits: EngineLimits | None = None,
+        warm: bool = True,
+    ) -> None:
+        self._responder_name = responder_name
+        self.resources = EngineResources(
+            executor=engine_executor(),
+            pool=decoder_pool(asr_decoders),
+            responder=responder,
+            final_decode=final_decode,
+            limits=limits or EngineLimits(),
+        )
+        self._warm: Future[None] | None = None
+        if warm:
+            self._warm = self.resources.executor.submit(_warm_up, self.resources)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalBackend:
+        """The backend ``voxgate serve`` uses: responder and knowledge from ``settings``."""
+        responder: Responder
+        if settings.local_llm_url:
+            responder = ChatCompletionsResponder(
+                settings.local_llm_url,
+                model=settings.local_llm_model,
+                api_key=os.environ.get(LLM_KEY_ENV) or None,
+            )
+            name = "chat_completions"
+        else:
+            kb = (
+                KnowledgeBase.from_folder(settings.knowledge_path)
+                if settings.knowledge_path
+                else KnowledgeBase.example()
+            )
+            responder = KnowledgeResponder(kb)
+            name = "knowledge"
+        decoders = int(os.environ.get(ASR_DECODERS_ENV) or DEFAULT_ASR_DECODERS)
+        final: FinalDecode = "batch" if os.environ.get(FINAL_DECODE_ENV) == "batch" else "stream"
+        return cls(
+            responder=responder, responder_name=name, asr_decoders=decoders, final_decode=final
+        )
+
+    async def connect(self, target: UpstreamTarget) -> UpstreamConnection:
+        session_type: SessionType = (
+            "transcription" if target.intent == "transcription" and not target.model else "realtime"
+        )
+        session = default_session(
+            session_type,
+            session_id=ids.session_id(),
+            model=target.model or "gpt-realtime",
+            now_s=int(time.time()),
+        )
+        max_turn_bytes = int(
+            self.resources.limits.max_turn_s * 1000 * bytes_per_ms(input_format(session))
+        )
+        core = EngineSession(session, max_buffer_bytes=max_turn_bytes)
+        return LocalConnection(core, self.resources, session_id=target.session_id)
+
+    async def wait_warm(self) -> None:
+        """Wait until the background warm-up finished (tests and benchmarks)."""
+        if self._warm is not None:
+            await asyncio.wrap_future(self._warm)
+
+    async def aclose(self) -> None:
+        # Worker threads, decoders and the TTS engine are per process and outlive a backend.
+        if self._warm is not None:
+            self._warm.cancel()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "responder": self._responder_name,
+            "asr_decoders": self.resources.pool.max_size,
+            "warm": bool(self._warm is not None and self._warm.done()),
+        }
+
+
+def _warm_up(resources: EngineResources) -> None:
+    """Load the models once, in a worker thread, so the first turn does not pay for it."""
+    started = time.perf_counter()
+    try:
+        tts = get_tts()
+        speech = tts.synthesize_native(_WARM_UP_TEXT)
+        VadStream()
+        # Decoding some speech adapts each decoder's cepstral mean, so the fast "stream"
+        # final is accurate from the first user turn on (asr.py keeps the adapted mean).
+        streams = [
+            AsrStream(resources.pool, input_rate_hz=tts.native_rate_hz)
+            for _ in range(min(WARM_DECODERS, resources.pool.max_size))
+        ]
+        for stream in streams:
+            stream.feed(speech)
+        for stream in streams:
+            stream.finish()
+    except Exception as exc:  # warming is an optimisation; sessions report real failures
+        log.warning("local_engine.warm_failed", error=type(exc).__name__)
+        return
+    log.info("local_engine.warm", elapsed_ms=round((time.perf_counter() - started) * 1000))

@@ -1,0 +1,407 @@
+"""One local-engine session as an in-process :class:`~voxgate.backends.base.UpstreamConnection`.
+
+Owns the asyncio side of an :class:`~.engine.EngineSession`: the relay's ``send_str`` puts
+client events into a bounded inbox; one session task handles them in order (turn detection
+and transcription run in the engine's worker threads, so the event loop never stalls); one
+task per running response asks the responder for sentences, synthesises each in a worker
+thread and streams ``output_audio.delta`` / ``output_audio_transcript.delta`` as it goes; every
+event goes through one bounded outbox that the relay drains with ``receive``. A relay that
+reads slowly therefore holds back TTS instead of growing memory.
+
+Failure: a responder, TTS or ASR error or timeout ends the response with ``response.done``
+status ``failed`` plus an ``error`` event (realtime-protocol.md §11); a bug in the engine
+ends the session with an ``error`` and close 1011. Must not: block the event loop, share
+state between sessions, or log transcripts and answers above debug level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import WSMsgType
+
+from voxgate.backends.local.asr import AsrError
+from voxgate.backends.local.engine import EngineResources, EngineSession, history_of, tools_of
+from voxgate.backends.local.responder import FunctionCall, ResponderError, TextPiece
+from voxgate.backends.local.tts import TTSError, get_tts
+from voxgate.backends.local.turns import (
+    TurnDetector,
+    TurnEnded,
+    TurnEvent,
+    TurnPartial,
+    TurnStarted,
+    transcribe_turn,
+)
+from voxgate.protocol import conversation as cv
+from voxgate.protocol.audio import AudioFormat, bytes_per_ms
+from voxgate.protocol.close import CloseCode
+from voxgate.protocol.errors import SERVER_ERROR, error_event
+from voxgate.protocol.realtime_server import Action, Close, Send, StartResponse
+from voxgate.protocol.session_config import format_type, input_format, output_format
+
+log = structlog.get_logger(__name__)
+
+_CLOSED: Final = aiohttp.WSMessage(WSMsgType.CLOSED, None, None)
+
+
+class _ResponseStopped(Exception):
+    """The response is no longer running (cancelled): stop producing it."""
+
+
+class _ResponseFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class LocalConnection:
+    """The engine side of one session; looks like an aiohttp client WebSocket to the relay."""
+
+    def __init__(self, core: EngineSession, resources: EngineResources, *, session_id: str):
+        self._core = core
+        self._res = resources
+        self._limits = resources.limits
+        self._log = log.bind(session_id=session_id, backend="local")
+        self._inbox: asyncio.Queue[str] = asyncio.Queue(maxsize=self._limits.inbox_events)
+        self._outbox: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue(
+            maxsize=self._limits.outbox_events
+        )
+        self._emit_lock = asyncio.Lock()
+        self._close_code: int | None = None
+        self._detector: TurnDetector | None = None
+        self._detector_base = (0, 0.0)  # (stream offset, stream ms) where it started
+        self._responses: dict[str, asyncio.Task[None]] = {}
+        self._turn_error: str | None = None
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="local_engine_session")
+
+    # ------------------------------------------------------------------ UpstreamConnection
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        if self._close_code is not None:
+            raise ConnectionResetError("local engine session is closed")
+        await self._inbox.put(data)
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:  # noqa: ASYNC109
+        if self._close_code is not None and self._outbox.empty():
+            return _CLOSED
+        async with asyncio.timeout(timeout):
+            return await self._outbox.get()
+
+    async def close(self, *, code: int = CloseCode.NORMAL, message: bytes = b"") -> bool:
+        if self._close_code is not None:
+            return False
+        self._close_code = code
+        await self._stop()
+        self._wake_reader(_CLOSED)
+        return True
+
+    async def ping(self, message: bytes = b"") -> None:
+        """The relay's heartbeat: answer with a PONG frame (unless frames are queued anyway)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(aiohttp.WSMessage(WSMsgType.PONG, message, None))
+
+    async def pong(self, message: bytes = b"") -> None:
+        """The engine never pings, so there is nothing to answer."""
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close_code
+
+    # ------------------------------------------------------------------ the session task
+
+    async def _run(self) -> None:
+        core = self._core
+        try:
+            await self._perform(core.open())
+            while True:
+                text = await self._inbox.get()
+                await self._perform(core.receive_text(text))
+                await self._after_event()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the engine: end this session, never the process
+            self._log.exception("local_engine.internal_error", error=type(exc).__name__)
+            event = error_event("The server had an error.", code=None, error_type=SERVER_ERROR)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._put(orjson.dumps(event).decode())
+            self._close_code = CloseCode.INTERNAL_ERROR
+            self._wake_reader(
+                aiohttp.WSMessage(WSMsgType.CLOSE, CloseCode.INTERNAL_ERROR, "server_error")
+            )
+        finally:
+            for task in self._responses.values():
+                task.cancel()
+            await self._drop_detector()
+
+    async def _after_event(self) -> None:
+        core = self._core
+        if core.detector_stale:
+            await self._rebuild_detector()
+        chunks = core.take_audio()
+        if chunks and self._detector is not None:
+            events = await self._in_worker(self._detector.feed_many, chunks)
+            await self._apply_turn_events(events)
+        for item_id, audio in core.take_transcriptions():
+            await self._transcribe(item_id, audio)
+        for rid in core.take_cancelled():
+            task = self._responses.pop(rid, None)
+            if task is not None:
+                task.cancel()
+
+    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async with asyncio.timeout(self._limits.asr_timeout_s):
+            return await self._loop.run_in_executor(self._res.executor, fn, *args)
+
+    async def _rebuild_detector(self) -> None:
+        core = self._core
+        core.detector_stale = False
+        await self._drop_detector()
+        td = core.turn_detection
+        if td is None:
+            return
+        self._detector = await self._in_worker(
+            lambda: TurnDetector(
+                td,
+                format_type(input_format(core.session)),
+                start_ms=int(core.stream_ms),
+                pool=self._res.pool,
+                final_decode=self._res.final_decode,
+                max_turn_ms=int(self._limits.max_turn_s * 1000),
+            )
+        )
+        self._detector_base = (core.stream_offset, core.stream_ms)
+
+    async def _drop_detector(self) -> None:
+        detector, self._detector = self._detector, None
+        if detector is not None:
+            with contextlib.suppress(Exception):
+                await self._loop.run_in_executor(self._res.executor, detector.close)
+
+    async def _apply_turn_events(self, events: Sequence[TurnEvent]) -> None:
+        core = self._core
+        detector = self._detector
+        for event in events:
+            if isinstance(event, TurnStarted):
+                await self._perform(core.on_speech_started(event.audio_start_ms))
+            elif isinstance(event, TurnPartial):
+                await self._perform(core.partial_transcript(event.text))
+            elif isinstance(event, TurnEnded):
+                await self._perform(core.on_speech_stopped(event.audio_end_ms))
+                item_id = core.current_turn_item_id
+                if event.error is not None and item_id is not None:
+                    self._turn_error = event.error
+                    await self._perform(
+                        core.fail_transcription(
+                            item_id, code="voxgate_asr_failed", message=event.error
+                        )
+                    )
+                await self._perform(
+                    core.commit_turn(
+                        self._offset_of(event.decided_at_ms), transcript=event.transcript
+                    )
+                )
+        if detector is not None and not detector.in_turn:
+            fmt = format_type(input_format(core.session))
+            keep = detector.prefix_padding_ms * bytes_per_ms(_audio_fmt(fmt))
+            core.discard_buffered(keep)
+
+    def _offset_of(self, ms: float) -> int:
+        base_offset, base_ms = self._detector_base
+        fmt = _audio_fmt(format_type(input_format(self._core.session)))
+        offset = base_offset + int((ms - base_ms) * bytes_per_ms(fmt))
+        offset -= offset % (2 if fmt == "audio/pcm" else 1)
+        return max(0, min(offset, self._core.stream_offset))
+
+    async def _transcribe(self, item_id: str, audio: bytes) -> None:
+        core = self._core
+        fmt = format_type(input_format(core.session))
+        try:
+            text, audio_ms = await self._in_worker(
+                # a whole committed buffer: the batch pass's utterance-wide mean is worth it
+                lambda: transcribe_turn(audio, fmt, pool=self._res.pool, final_decode="batch")
+            )
+        except (AsrError, TimeoutError) as exc:
+            message = str(exc) or "speech recognition timed out"
+            self._turn_error = message
+            await self._perform(
+                core.fail_transcription(item_id, code="voxgate_asr_failed", message=message)
+            )
+            return
+        await self._perform(core.complete_transcription(item_id, text, audio_ms))
+
+    # ------------------------------------------------------------------ responses
+
+    async def _respond(self, rid: str) -> None:
+        core = self._core
+        try:
+            if self._turn_error is not None:
+                error, self._turn_error = self._turn_error, None
+                raise _ResponseFailed("voxgate_asr_failed", f"speech recognition failed: {error}")
+            async with asyncio.timeout(self._limits.response_timeout_s):
+                await self._stream_reply(rid)
+        except _ResponseStopped:
+            pass
+        except _ResponseFailed as exc:
+            await self._perform(core.fail_response(rid, code=exc.code, message=exc.message))
+        except ResponderError as exc:
+            code = exc.code or "voxgate_responder_error"
+            await self._perform(core.fail_response(rid, code=code, message=exc.message))
+        except TTSError:
+            await self._perform(
+                core.fail_response(
+                    rid, code="voxgate_tts_failed", message="speech synthesis failed"
+                )
+            )
+        except TimeoutError:
+            await self._perform(
+                core.fail_response(
+                    rid, code="voxgate_response_timeout", message="the response timed out"
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log.exception("local_engine.response_error", error=type(exc).__name__)
+            await self._perform(
+                core.fail_response(
+                    rid, code="voxgate_engine_error", message="the local engine failed"
+                )
+            )
+        finally:
+            self._responses.pop(rid, None)
+
+    async def _stream_reply(self, rid: str) -> None:
+        active = self._core.active_response(rid)
+        if active is None:
+            return
+        ctx, effective = active.context, active.effective
+        history, user_text = history_of(ctx.items)
+        out = (effective.get("audio") or {}).get("output") or {}
+        voice = out.get("voice") if isinstance(out.get("voice"), str) else "alloy"
+        speed = float(out.get("speed") or 1.0)
+        fmt = _audio_fmt(format_type(output_format(effective)))
+        pieces = self._res.responder.respond(
+            instructions=ctx.instructions,
+            history=history,
+            tools=tools_of(ctx.tools, ctx.tool_choice),
+            user_text=user_text,
+        )
+        opened = False
+        first = True
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._limits.responder_piece_timeout_s):
+                        piece = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise _ResponseFailed(
+                        "voxgate_responder_timeout", "the responder did not answer in time"
+                    ) from None
+                if isinstance(piece, FunctionCall):
+                    if opened:
+                        await self._add(rid, lambda b: b.end_message())
+                        opened = False
+                    await self._add(rid, _call(piece.name, piece.arguments, piece.call_id))
+                    continue
+                if not isinstance(piece, TextPiece) or not piece.text.strip():
+                    continue
+                if not opened:
+                    await self._add(rid, lambda b: b.begin_message())
+                    opened, first = True, True
+                text = piece.text if first else " " + piece.text
+                first = False
+                if "audio" in ctx.output_modalities:
+                    await self._speak(rid, text, fmt, str(voice), speed)
+                else:
+                    await self._add(rid, _text(text))
+        finally:
+            aclose = getattr(pieces, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._add(rid, lambda b: b.finish())
+
+    async def _speak(self, rid: str, text: str, fmt: AudioFormat, voice: str, speed: float) -> None:
+        try:
+            async with asyncio.timeout(self._limits.tts_timeout_s):
+                wire = await self._loop.run_in_executor(
+                    self._res.executor,
+                    lambda: get_tts().synthesize(text.strip(), fmt=fmt, voice=voice, speed=speed),
+                )
+        except TimeoutError:
+            raise _ResponseFailed("voxgate_tts_timeout", "speech synthesis timed out") from None
+        step = self._limits.audio_delta_ms * bytes_per_ms(fmt)
+        for i in range(0, max(len(wire), 1), step):
+            await self._add(rid, _audio(wire[i : i + step], text if i == 0 else None))
+
+    async def _add(self, rid: str, make: Callable[[cv.ResponseBuilder], list[Any]]) -> None:
+        actions = self._core.response_events(rid, make)
+        if actions is None:
+            raise _ResponseStopped
+        await self._perform(actions)
+
+    # ------------------------------------------------------------------ output
+
+    async def _perform(self, actions: Sequence[Action]) -> None:
+        """Send the core's actions in order (one writer at a time keeps build order)."""
+        async with self._emit_lock:
+            for action in actions:
+                if isinstance(action, Send):
+                    await self._put(orjson.dumps(action.event).decode())
+                elif isinstance(action, StartResponse):
+                    rid = action.response_id
+                    self._responses[rid] = asyncio.create_task(
+                        self._respond(rid), name=f"local_engine_response_{rid}"
+                    )
+                elif isinstance(action, Close):
+                    self._close_code = action.code
+                    self._wake_reader(
+                        aiohttp.WSMessage(WSMsgType.CLOSE, action.code, action.reason)
+                    )
+
+    async def _put(self, text: str) -> None:
+        if self._close_code is not None:
+            return
+        await self._outbox.put(aiohttp.WSMessage(WSMsgType.TEXT, text, None))
+
+    def _wake_reader(self, msg: aiohttp.WSMessage) -> None:
+        """Make a pending or next ``receive`` return ``msg`` (drops unread events)."""
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait(msg)
+
+    async def _stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        for task in list(self._responses.values()):
+            task.cancel()
+        tasks = [self._task, *self._responses.values()]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _audio_fmt(fmt_type: str) -> AudioFormat:
+    if fmt_type in ("audio/pcmu", "audio/pcma"):
+        return fmt_type  # type: ignore[return-value]
+    return "audio/pcm"
+
+
+def _call(name: str, arguments: str, call_id: str) -> Callable[[cv.ResponseBuilder], list[Any]]:
+    return lambda b: b.function_call(name, arguments, call_id=call_id)
+
+
+def _text(delta: str) -> Callable[[cv.ResponseBuilder], list[Any]]:
+    return lambda b: b.text(delta)
+
+
+def _audio(chunk: bytes, transcript: str | None) -> Callable[[cv.ResponseBuilder], list[Any]]:
+    return lambda b: b.audio(chunk, transcript)

@@ -1,0 +1,221 @@
+"""Turn detection for the local engine: Silero VAD plus streaming pocketsphinx ASR.
+
+Owns: :class:`TurnDetector`, one session's listener. It takes the session's appended input
+audio (wire format), decides ``server_vad`` turns with :class:`~.vad.VadStream` and streams
+each turn's audio, prefix padding included, into an :class:`~.asr.AsrStream` so partial
+transcripts are ready while the user speaks and the final one right after the turn ends.
+It returns plain event objects; the engine maps them onto the protocol core.
+
+Threading: every method is blocking CPU work for a worker thread; one detector belongs to one
+session and is driven by one worker at a time. Bounded: the audio history kept outside a
+turn is ``prefix_padding_ms`` plus a little; a turn longer than ``max_turn_ms`` is ended
+there. Must not: touch the event loop, the clock or the protocol state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from voxgate.backends.local.asr import AsrError, AsrStream, DecoderPool, FinalDecode
+from voxgate.backends.local.vad import SpeechStarted, VadConfig, VadStream
+from voxgate.protocol.audio import AudioFormat, decode_input, rate_hz
+
+DEFAULT_MAX_TURN_MS: Final = 30_000
+_EAGERNESS_SILENCE_MS: Final = {"high": 200, "medium": 500, "auto": 500, "low": 800}
+_HISTORY_SLACK_MS: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStarted:
+    """Speech began at ``audio_start_ms`` (session audio time, prefix padding included)."""
+
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPartial:
+    """A new partial hypothesis of the turn in progress."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    """The turn ended at ``audio_end_ms``; decided at ``decided_at_ms`` (session audio time).
+
+    ``error`` is set (and ``transcript`` empty) when speech recognition failed.
+    """
+
+    audio_end_ms: int
+    decided_at_ms: int
+    transcript: str
+    audio_ms: float
+    error: str | None = None
+
+
+TurnEvent = TurnStarted | TurnPartial | TurnEnded
+
+
+def vad_config(turn_detection: Mapping[str, Any]) -> VadConfig:
+    """Map a session's ``turn_detection`` (server_vad or semantic_vad) to Silero settings.
+
+    ``semantic_vad`` has no semantic model here: its ``eagerness`` picks a silence window.
+    """
+    if turn_detection.get("type") == "semantic_vad":
+        eagerness = str(turn_detection.get("eagerness") or "auto")
+        silence = _EAGERNESS_SILENCE_MS.get(eagerness, 500)
+        return VadConfig(silence_duration_ms=silence)
+    threshold = float(turn_detection.get("threshold", 0.5))
+    return VadConfig(
+        threshold=min(max(threshold, 0.01), 0.99),
+        prefix_padding_ms=int(turn_detection.get("prefix_padding_ms", 300)),
+        silence_duration_ms=int(turn_detection.get("silence_duration_ms", 200)),
+    )
+
+
+class TurnDetector:
+    """VAD + streaming ASR over one session's input audio (blocking; one thread at a time).
+
+    Args:
+        turn_detection: the session's ``audio.input.turn_detection`` object.
+        fmt: the session's input format type (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``).
+        start_ms: session audio time of the first byte this detector will see.
+        pool: the process's ASR decoder pool.
+        final_decode: how :class:`AsrStream` computes the final transcript.
+        max_turn_ms: a turn is ended after this much speech.
+        acquire_timeout_s: longest wait for a free decoder when a turn starts.
+    """
+
+    def __init__(
+        self,
+        turn_detection: Mapping[str, Any],
+        fmt: str,
+        *,
+        start_ms: int,
+        pool: DecoderPool,
+        final_decode: FinalDecode = "batch",
+        max_turn_ms: int = DEFAULT_MAX_TURN_MS,
+        acquire_timeout_s: float = 2.0,
+    ) -> None:
+        self.fmt = cast(AudioFormat, fmt)
+        self.config = vad_config(turn_detection)
+        rate = rate_hz(self.fmt)
+        self._bytes_per_ms = rate * 2 / 1000
+        self._vad = VadStream(self.config, input_rate_hz=rate, start_ms=start_ms)
+        self._asr = AsrStream(
+            pool,
+            input_rate_hz=rate,
+            final_decode=final_decode,
+            max_utterance_s=max_turn_ms / 1000,
+            acquire_timeout_s=acquire_timeout_s,
+        )
+        self._max_turn_ms = max_turn_ms
+        self._history = bytearray()  # decoded PCM16 at ``rate``
+        self._history_start_ms = float(start_ms)
+        self._turn_start_ms: float | None = None
+        self._asr_error: str | None = None
+
+    @property
+    def in_turn(self) -> bool:
+        return self._turn_start_ms is not None
+
+    @property
+    def prefix_padding_ms(self) -> int:
+        return self.config.prefix_padding_ms
+
+    def feed_many(self, chunks: Iterable[bytes]) -> list[TurnEvent]:
+        """:meth:`feed` several wire chunks; returns their events in order."""
+        events: list[TurnEvent] = []
+        for chunk in chunks:
+            events.extend(self.feed(chunk))
+        return events
+
+    def feed(self, wire: bytes) -> list[TurnEvent]:
+        """Process one appended wire chunk; return the turn events it completed."""
+        pcm = decode_input(wire, self.fmt)
+        self._history += pcm
+        events: list[TurnEvent] = []
+        fed = False
+        for vad_event in self._vad.feed(pcm):
+            if isinstance(vad_event, SpeechStarted):
+                events.append(TurnStarted(vad_event.audio_start_ms))
+                self._start_turn(vad_event.audio_start_ms)
+                fed = True  # _start_turn fed everything since the turn's start
+            else:
+                events.append(self._end_turn(vad_event.audio_end_ms, vad_event.decided_at_ms))
+                fed = True
+        if self._turn_start_ms is not None and not fed:
+            partial = self._asr_feed(pcm)
+            if partial:
+                events.append(TurnPartial(partial))
+        end_ms = self._history_start_ms + len(self._history) / self._bytes_per_ms
+        if self._turn_start_ms is not None and end_ms - self._turn_start_ms >= self._max_turn_ms:
+            events.append(self._end_turn(int(end_ms), int(end_ms)))
+        self._trim_history()
+        return events
+
+    def close(self) -> None:
+        """Drop a turn in progress and return its decoder to the pool."""
+        self._asr.cancel()
+        self._turn_start_ms = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _start_turn(self, audio_start_ms: int) -> None:
+        self._turn_start_ms = float(audio_start_ms)
+        self._asr_error = None
+        offset = int((audio_start_ms - self._history_start_ms) * self._bytes_per_ms) & ~1
+        self._asr_feed(bytes(self._history[max(0, offset) :]))
+
+    def _asr_feed(self, pcm: bytes) -> str | None:
+        if self._asr_error is not None or not pcm:
+            return None
+        try:
+            partial = self._asr.feed(pcm)
+        except AsrError as exc:
+            self._asr_error = str(exc)
+            return None
+        return partial.text if partial is not None else None
+
+    def _end_turn(self, audio_end_ms: int, decided_at_ms: int) -> TurnEnded:
+        start = self._turn_start_ms if self._turn_start_ms is not None else audio_end_ms
+        self._turn_start_ms = None
+        error, self._asr_error = self._asr_error, None
+        if error is not None:
+            self._asr.cancel()
+            return TurnEnded(audio_end_ms, decided_at_ms, "", audio_end_ms - start, error)
+        try:
+            final = self._asr.finish()
+        except (AsrError, RuntimeError) as exc:
+            self._asr.cancel()
+            return TurnEnded(audio_end_ms, decided_at_ms, "", audio_end_ms - start, str(exc))
+        return TurnEnded(audio_end_ms, decided_at_ms, final.text, final.audio_ms)
+
+    def _trim_history(self) -> None:
+        if self._turn_start_ms is not None:
+            return  # the turn's audio is bounded by max_turn_ms
+        keep = int((self.config.prefix_padding_ms + _HISTORY_SLACK_MS) * self._bytes_per_ms) & ~1
+        excess = len(self._history) - keep
+        if excess > 0:
+            del self._history[:excess]
+            self._history_start_ms += excess / self._bytes_per_ms
+
+
+def transcribe_turn(
+    wire: bytes, fmt: str, *, pool: DecoderPool, final_decode: FinalDecode = "batch"
+) -> tuple[str, float]:
+    """Transcribe a whole committed turn (manual commits); returns ``(text, audio_ms)``.
+
+    Raises:
+        AsrError: no decoder became free.
+    """
+    audio_fmt = cast(AudioFormat, fmt)
+    stream = AsrStream(pool, input_rate_hz=rate_hz(audio_fmt), final_decode=final_decode)
+    try:
+        stream.feed(decode_input(wire, audio_fmt))
+        final = stream.finish()
+    finally:
+        stream.cancel()
+    return final.text, final.audio_ms

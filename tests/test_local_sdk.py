@@ -1,0 +1,200 @@
+"""The local engine through voxgate with stock clients: real models, real sockets, real time.
+
+Speech is voxgate's own espeak-ng output (``tests/speech_fixtures.py``) streamed in 20 ms
+chunks paced by the clock (the sleeps pace audio; every wait for a result is an event wait
+with a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+
+from speech_fixtures import chunks, silence_pcm24k, synth_pcm24k
+from voxgate.app import BACKEND
+from voxgate.backends.local.backend import LocalBackend
+from voxgate.backends.local.responder import KnowledgeResponder
+from voxgate.config import Settings
+from voxgate.testing.gateway import RunningGateway, run_gateway
+from voxgate.tools.knowledge import KnowledgeBase
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+
+QUESTION = "What is a stop loss order?"
+EVENT_TIMEOUT_S = 20.0
+
+
+def kb_answer(question: str) -> str:
+    return " ".join(KnowledgeResponder(KnowledgeBase.example()).answer(question))
+
+
+@contextlib.asynccontextmanager
+async def local_gateway() -> AsyncIterator[RunningGateway]:
+    async with run_gateway(Settings(backend="local", api_keys="vk-test")) as gw:
+        backend = gw.app[BACKEND]
+        assert isinstance(backend, LocalBackend)
+        await asyncio.wait_for(backend.wait_warm(), 60)
+        yield gw
+
+
+class Events:
+    """Events from a pump task, kept in order; waits are event-driven with timeouts."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._changed = asyncio.Condition()
+
+    async def pump(self, source: AsyncIterator[Any]) -> None:
+        async for event in source:
+            async with self._changed:
+                self.items.append(event)
+                self._changed.notify_all()
+
+    def of(self, event_type: str) -> list[Any]:
+        return [e for e in self.items if e.type == event_type]
+
+    async def wait_for(self, event_type: str, *, count: int = 1, timeout: float = EVENT_TIMEOUT_S) -> Any:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(self.of(event_type)) >= count)
+        return self.of(event_type)[count - 1]
+
+
+async def stream_realtime(conn: Any, pcm: bytes, chunk_ms: int = 20) -> None:
+    """Append ``pcm`` in ``chunk_ms`` chunks at real-time pace (the clock paces the audio)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i, chunk in enumerate(chunks(pcm, chunk_ms)):
+        await asyncio.sleep(max(0.0, start + i * chunk_ms / 1000 - loop.time()))
+        await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+
+
+def rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+
+
+async def test_text_turn_answers_from_the_knowledge_base() -> None:
+    async with local_gateway() as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            created = await events.wait_for("session.created")
+            assert created.session.model == "gpt-realtime"
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": QUESTION}],
+                }
+            )
+            await conn.response.create()
+            done = await events.wait_for("response.done")
+            pump.cancel()
+    assert done.response.status == "completed"
+    transcript = events.of("response.output_audio_transcript.done")[0].transcript
+    assert transcript == kb_answer(QUESTION)
+    assert done.response.usage is not None
+    assert events.of("response.output_audio.delta")
+
+
+async def test_manual_audio_turn_with_text_output() -> None:
+    async with local_gateway() as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            await conn.session.update(
+                session={
+                    "type": "realtime",
+                    "output_modalities": ["text"],
+                    "audio": {
+                        "input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}
+                    },
+                }
+            )
+            await events.wait_for("session.updated")
+            pcm = synth_pcm24k(QUESTION, lead_ms=200, trail_ms=300)
+            await conn.input_audio_buffer.append(audio=base64.b64encode(pcm).decode())
+            await conn.input_audio_buffer.commit()
+            await conn.response.create()
+            completed = await events.wait_for(
+                "conversation.item.input_audio_transcription.completed"
+            )
+            done = await events.wait_for("response.done")
+            pump.cancel()
+    assert "stop loss" in completed.transcript
+    assert completed.usage is not None
+    assert done.response.status == "completed"
+    assert not events.of("response.output_audio.delta")
+    text = events.of("response.output_text.done")[0].text
+    assert text == kb_answer(QUESTION)
+
+
+async def test_openai_sdk_speech_in_real_time_gets_spoken_answer() -> None:
+    async with local_gateway() as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            await conn.session.update(
+                session={
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}},
+                }
+            )
+            await events.wait_for("session.updated")
+            await stream_realtime(conn, synth_pcm24k(QUESTION, lead_ms=400, trail_ms=1200))
+            await events.wait_for("input_audio_buffer.speech_started")
+            await events.wait_for("input_audio_buffer.speech_stopped")
+            completed = await events.wait_for(
+                "conversation.item.input_audio_transcription.completed"
+            )
+            done = await events.wait_for("response.done")
+            pump.cancel()
+    assert "stop loss" in completed.transcript
+    assert done.response.status == "completed", done.response.status_details
+    transcript = events.of("response.output_audio_transcript.done")[0].transcript
+    assert transcript == kb_answer(QUESTION)
+    audio = b"".join(base64.b64decode(e.delta) for e in events.of("response.output_audio.delta"))
+    assert len(audio) > 48_000  # more than a second of speech
+    assert rms(audio) > 500
+    assert not events.of("error")
+
+
+async def test_barge_in_cancels_the_response_with_turn_detected() -> None:
+    async with local_gateway() as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            await events.wait_for("session.created")
+            # A long answer, so the response is still running when the user speaks again.
+            long_question = "Tell me everything about a stop loss order. " * 40
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": long_question}],
+                }
+            )
+            await conn.response.create()
+            await events.wait_for("response.output_audio.delta")
+            # the client stops reading audio: the bounded outbox holds the response back
+            speech = silence_pcm24k(200) + synth_pcm24k(QUESTION, trail_ms=800)
+            await stream_realtime(conn, speech)
+            first_done = await events.wait_for("response.done")
+            await events.wait_for("response.done", count=2)
+            pump.cancel()
+    assert first_done.response.status == "cancelled"
+    assert first_done.response.status_details.reason == "turn_detected"
+    started = events.of("input_audio_buffer.speech_started")
+    assert started
+    assert events.items.index(started[0]) < events.items.index(first_done)
