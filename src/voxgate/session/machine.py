@@ -62,6 +62,14 @@ CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
 )
 _SUPPORTED = ", ".join(f"'{t}'" for t in sorted(CLIENT_EVENT_TYPES))
 APPEND = "input_audio_buffer.append"
+#: Exact heads of the two audio events that are most of the traffic, as the SDKs and the real
+#: server serialise them (type first, with or without a space). A frame that starts with one
+#: is routed with a single ``startswith``; anything else goes through :func:`event_type`.
+_APPEND_HEADS = ('{"type":"input_audio_buffer.append"', '{"type": "input_audio_buffer.append"')
+_AUDIO_DELTA_HEADS = (
+    '{"type":"response.output_audio.delta"',
+    '{"type": "response.output_audio.delta"',
+)
 
 #: Upstream error codes after which the session cannot continue (§7); never retried.
 FATAL_UPSTREAM_CODES: frozenset[str] = frozenset(
@@ -117,6 +125,8 @@ class SessionMachine:
 
     def client_text(self, text: str, now: float) -> Outcome:
         """A text frame from the client. Returns FORWARD, nothing, or actions."""
+        if self.phase is Phase.READY and text.startswith(_APPEND_HEADS):
+            return FORWARD
         try:
             etype = event_type(text)
         except NotAnEvent as exc:
@@ -183,6 +193,8 @@ class SessionMachine:
 
     def upstream_text(self, text: str, now: float) -> Outcome:
         """A text frame from the upstream. Returns FORWARD, nothing, or actions."""
+        if text.startswith(_AUDIO_DELTA_HEADS) and self.phase is Phase.READY:
+            return FORWARD
         try:
             etype = event_type(text)
         except NotAnEvent:

@@ -94,8 +94,7 @@ class SessionRunner:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._client_pump(), name="client_pump")
                 tg.create_task(self._upstream_pump(), name="upstream_pump")
-                tg.create_task(self._expiry(), name="expiry")
-                tg.create_task(self._heartbeat(), name="heartbeat")
+                tg.create_task(self._timers(), name="timers")
         except* _SessionOver as group:
             first = group.exceptions[0]
             self.end = first.end if isinstance(first, _SessionOver) else None
@@ -196,27 +195,34 @@ class SessionRunner:
         elif msg.type is WSMsgType.PONG:
             self.pongs_from_upstream += 1
 
-    async def _heartbeat(self) -> None:
-        """Ping idle peers; a peer silent for two intervals is dead.
+    async def _timers(self) -> None:
+        """The session's clock: its maximum length, and heartbeats to both peers.
 
-        aiohttp's own heartbeat reschedules a timer on every received frame (two timer
-        operations per audio frame per socket); this costs nothing per frame: it compares
-        frame counters once per interval, pings only a peer that sent nothing during the last
-        interval, and declares it dead when the next interval also brings nothing (a pong
-        counts), so a dead peer is found within two intervals and a late pong under load
-        still counts as long as it arrives within one.
+        One task for both (a task per timer would cost memory per session). Heartbeat: ping
+        idle peers; a peer silent for two intervals is dead. aiohttp's own heartbeat
+        reschedules a timer on every received frame (timer churn on every audio frame of every
+        socket); this one costs nothing per frame: once per interval it compares frame
+        counters, pings only a peer that sent nothing during the last interval, and declares it
+        dead when the next interval also brings nothing (a pong counts). So a dead peer is
+        found within two intervals, and a late pong under load still counts if it arrives
+        within one.
         """
-        interval = self._ping_interval_s
-        if not interval:
-            return
-        stats = self.stats
+        loop = self._loop
+        deadline = loop.time() + self._max_session_s
+        interval = self._ping_interval_s or float("inf")
+        next_beat = loop.time() + interval
         last = (-1, -1)
         missed = [0, 0]
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, min(deadline, next_beat) - loop.time()))
+            if loop.time() >= deadline:
+                await self._execute(self._machine.session_expired(self._max_session_s))
+            if loop.time() < next_beat:
+                continue
+            next_beat += interval
             seen = (
-                stats.client_frames + self.pongs_from_client,
-                stats.upstream_frames + self.pongs_from_upstream,
+                self.stats.client_frames + self.pongs_from_client,
+                self.stats.upstream_frames + self.pongs_from_upstream,
             )
             for side in (0, 1):
                 missed[side] = missed[side] + 1 if seen[side] == last[side] else 0
@@ -285,10 +291,6 @@ class SessionRunner:
         self.stats.flushed_frames, self.stats.flushed_bytes = frames, size
         if frames:
             self._log.info("prebuffer.flushed", events=frames, bytes=size)
-
-    async def _expiry(self) -> None:
-        await asyncio.sleep(self._max_session_s)
-        await self._execute(self._machine.session_expired(self._max_session_s))
 
     # ------------------------------------------------------------------ actions
 
