@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
-from speech_fixtures import chunks, silence_pcm24k, synth_pcm24k
+from speech_fixtures import chunks, synth_pcm24k
 from voxgate.app import BACKEND
 from voxgate.backends.local.backend import LocalBackend
-from voxgate.backends.local.responder import KnowledgeResponder
+from voxgate.backends.local.responder import KnowledgeResponder, ResponderError, TextPiece
 from voxgate.config import Settings
 from voxgate.testing.gateway import RunningGateway, run_gateway
 from voxgate.tools.knowledge import KnowledgeBase
@@ -60,7 +60,9 @@ class Events:
     def of(self, event_type: str) -> list[Any]:
         return [e for e in self.items if e.type == event_type]
 
-    async def wait_for(self, event_type: str, *, count: int = 1, timeout: float = EVENT_TIMEOUT_S) -> Any:
+    async def wait_for(
+        self, event_type: str, *, count: int = 1, timeout: float = EVENT_TIMEOUT_S
+    ) -> Any:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: len(self.of(event_type)) >= count)
         return self.of(event_type)[count - 1]
@@ -169,32 +171,126 @@ async def test_openai_sdk_speech_in_real_time_gets_spoken_answer() -> None:
     assert not events.of("error")
 
 
+class HoldingResponder:
+    """Says one sentence, then holds the response open until the test ends."""
+
+    async def respond(self, **_: Any) -> AsyncIterator[TextPiece]:
+        yield TextPiece("Let me think about that for a while.")
+        await asyncio.Event().wait()
+
+
+class FailingResponder:
+    async def respond(self, **_: Any) -> AsyncIterator[TextPiece]:
+        yield TextPiece("Let me check.")
+        raise ResponderError("the model server went away", code="voxgate_responder_error")
+
+
 async def test_barge_in_cancels_the_response_with_turn_detected() -> None:
-    async with local_gateway() as gw:
+    backend = LocalBackend(responder=HoldingResponder())
+    await asyncio.wait_for(backend.wait_warm(), 60)
+    async with run_gateway(Settings(backend="local", api_keys="vk-test"), backend=backend) as gw:
         client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
         async with client.realtime.connect(model="gpt-realtime") as conn:
             events = Events()
             pump = asyncio.create_task(events.pump(conn))
             await events.wait_for("session.created")
-            # A long answer, so the response is still running when the user speaks again.
-            long_question = "Tell me everything about a stop loss order. " * 40
             await conn.conversation.item.create(
                 item={
                     "type": "message",
                     "role": "user",
-                    "content": [{"type": "input_text", "text": long_question}],
+                    "content": [{"type": "input_text", "text": "Tell me a long story."}],
                 }
             )
             await conn.response.create()
             await events.wait_for("response.output_audio.delta")
-            # the client stops reading audio: the bounded outbox holds the response back
-            speech = silence_pcm24k(200) + synth_pcm24k(QUESTION, trail_ms=800)
-            await stream_realtime(conn, speech)
+            await stream_realtime(conn, synth_pcm24k(QUESTION, lead_ms=200, trail_ms=800))
             first_done = await events.wait_for("response.done")
-            await events.wait_for("response.done", count=2)
+            started = await events.wait_for("input_audio_buffer.speech_started")
             pump.cancel()
     assert first_done.response.status == "cancelled"
     assert first_done.response.status_details.reason == "turn_detected"
-    started = events.of("input_audio_buffer.speech_started")
-    assert started
-    assert events.items.index(started[0]) < events.items.index(first_done)
+    assert events.items.index(started) < events.items.index(first_done)
+
+
+async def test_failing_responder_ends_the_response_as_failed() -> None:
+    backend = LocalBackend(responder=FailingResponder(), warm=False)
+    async with run_gateway(Settings(backend="local", api_keys="vk-test"), backend=backend) as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": QUESTION}],
+                }
+            )
+            await conn.response.create()
+            done = await events.wait_for("response.done")
+            error = await events.wait_for("error")
+            # the session goes on: a second request is answered (and fails the same way)
+            await conn.response.create()
+            await events.wait_for("response.done", count=2)
+            pump.cancel()
+    assert done.response.status == "failed"
+    assert done.response.status_details.type == "failed"
+    assert done.response.status_details.error.code == "voxgate_responder_error"
+    assert error.error.code == "voxgate_responder_error"
+
+
+async def test_transcription_session_transcribes_without_responses() -> None:
+    async with local_gateway() as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(
+            model=None, extra_query={"intent": "transcription"}
+        ) as conn:  # type: ignore[arg-type]
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            created = await events.wait_for("session.created")
+            assert created.session.type == "transcription"
+            await stream_realtime(conn, synth_pcm24k(QUESTION, lead_ms=300, trail_ms=900))
+            completed = await events.wait_for(
+                "conversation.item.input_audio_transcription.completed"
+            )
+            await conn.input_audio_buffer.clear()
+            await events.wait_for("input_audio_buffer.cleared")
+            pump.cancel()
+    assert "stop loss" in completed.transcript
+    assert events.of("input_audio_buffer.speech_stopped")
+    assert not [e for e in events.items if e.type.startswith("response.")]
+
+
+@pytest.mark.parametrize(
+    ("audio", "fragment"),
+    [
+        ("not base64 at all!", "base64"),
+        (base64.b64encode(b"\x01\x02\x03").decode(), "odd"),
+        (base64.b64encode(b"hello there, this is text and not audio").decode(), "text"),
+        (base64.b64encode(b"RIFF\x24\x08\x00\x00WAVEfmt " + bytes(32)).decode(), "WAV"),
+    ],
+)
+async def test_bad_audio_is_an_error_and_the_session_goes_on(audio: str, fragment: str) -> None:
+    backend = LocalBackend(responder=KnowledgeResponder(KnowledgeBase.example()), warm=False)
+    async with run_gateway(Settings(backend="local", api_keys="vk-test"), backend=backend) as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            await conn.session.update(
+                session={"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+            )
+            await conn.send(
+                {"type": "input_audio_buffer.append", "audio": audio, "event_id": "bad_1"}
+            )
+            error = await events.wait_for("error")
+            await conn.input_audio_buffer.commit()  # nothing was buffered
+            empty = await events.wait_for("error", count=2)
+            await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+            await events.wait_for("session.updated", count=2)
+            pump.cancel()
+    assert error.error.event_id == "bad_1"
+    assert error.error.param == "audio"
+    assert fragment in error.error.message
+    assert empty.error.code == "input_audio_buffer_commit_empty"

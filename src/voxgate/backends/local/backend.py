@@ -40,6 +40,7 @@ from voxgate.backends.local.tts import get_tts
 from voxgate.backends.local.vad import VadStream
 from voxgate.config import Settings
 from voxgate.protocol import ids
+from voxgate.protocol.audio import PCM_RATE_HZ
 from voxgate.protocol.session_config import (
     SessionType,
     bytes_per_ms,
@@ -55,7 +56,7 @@ ASR_DECODERS_ENV: Final = "VOXGATE_LOCAL_ASR_DECODERS"
 FINAL_DECODE_ENV: Final = "VOXGATE_LOCAL_ASR_FINAL"
 DEFAULT_ASR_DECODERS: Final = 4
 WARM_DECODERS: Final = 2
-_WARM_UP_TEXT: Final = "What is a stop loss order? How do I place a limit order on a stock?"
+_WARM_UP_TEXT: Final = "How do I place a limit order on a stock? What is a margin call?"
 
 
 class LocalBackend:
@@ -149,13 +150,12 @@ def _warm_up(resources: EngineResources) -> None:
     """Load the models once, in a worker thread, so the first turn does not pay for it."""
     started = time.perf_counter()
     try:
-        tts = get_tts()
-        speech = tts.synthesize_native(_WARM_UP_TEXT)
+        speech = get_tts().synthesize_pcm16(_WARM_UP_TEXT, rate=PCM_RATE_HZ, speed=0.8)
         VadStream()
         # Decoding some speech adapts each decoder's cepstral mean, so the fast "stream"
         # final is accurate from the first user turn on (asr.py keeps the adapted mean).
         streams = [
-            AsrStream(resources.pool, input_rate_hz=tts.native_rate_hz)
+            AsrStream(resources.pool, input_rate_hz=PCM_RATE_HZ)
             for _ in range(min(WARM_DECODERS, resources.pool.max_size))
         ]
         for stream in streams:
