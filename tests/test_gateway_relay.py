@@ -24,6 +24,7 @@ from gateway_helpers import (
     recv_until,
     text_item,
 )
+from voxgate.app import ENDPOINT
 from voxgate.auth import client_keys
 from voxgate.testing import FakeRealtimeServer, b64, tone
 from voxgate.testing.gateway import RunningGateway
@@ -607,3 +608,40 @@ async def test_idle_healthy_client_survives_pings_and_a_dead_one_is_dropped() ->
         # within two intervals (plus scheduling slack) the session ends and frees its upstream
         assert await record.wait_closed(timeout_s=3) == 1000
         writer.close()
+
+
+# ---------------------------------------------------------------- limits
+
+
+async def test_session_limits_refuse_with_a_clear_error_not_a_hang() -> None:
+    async with (
+        fake_and_gateway(max_sessions=2, max_sessions_per_subject=1) as (_, gw),
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await _mint(gw, {"voxgate": {"subject": "alice"}})
+        bob = await _mint(gw, {"voxgate": {"subject": "bob"}})
+        async with http.ws_connect(
+            gw.realtime_url(), headers={"Authorization": f"Bearer {alice}"}
+        ) as first:
+            await recv_until(first, "session.created")
+            async with http.ws_connect(
+                gw.realtime_url(), headers={"Authorization": f"Bearer {alice}"}
+            ) as again:
+                assert (await recv_json(again))["error"]["code"] == "voxgate_subject_limit"
+                assert (await expect_close(again))[0] == 1013
+            async with http.ws_connect(
+                gw.realtime_url(), headers={"Authorization": f"Bearer {bob}"}
+            ) as second:
+                await recv_until(second, "session.created")
+                async with http.ws_connect(
+                    gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
+                ) as third:
+                    error = await recv_json(third)
+                    assert error["error"]["code"] == "voxgate_capacity_exceeded"
+                    assert (await expect_close(third))[0] == 1013
+        # both slots are free again once the sessions end
+        assert await gw.app[ENDPOINT].wait_idle(5)
+        async with http.ws_connect(
+            gw.realtime_url(), headers={"Authorization": f"Bearer {alice}"}
+        ) as later:
+            assert (await recv_json(later))["type"] == "session.created"

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_upstream_frame_bytes: int = Field(default=32 * MIB, ge=64 * 1024)
     #: Longest session started with a server key; ek_ keys carry their own cap.
     max_session_s: float = Field(default=4 * 3600.0, gt=0)
+    #: Concurrent sessions in this process, and per subject (the end user of an ek_ key).
+    max_sessions: int = Field(default=1000, ge=1)
+    max_sessions_per_subject: int = Field(default=5, ge=1)
     #: WebSocket ping interval towards clients and upstreams (0 disables).
     ping_interval_s: float = Field(default=20.0, ge=0)
     #: Identical errors to one client within this window are coalesced into one, with a count.

@@ -24,6 +24,7 @@ from voxgate.observability.metrics import Metrics
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import INVALID_REQUEST, AuthError, FatalSessionError
 from voxgate.protocol.ids import new_id
+from voxgate.session.limits import SessionLimits
 from voxgate.session.machine import SessionMachine
 from voxgate.session.runner import SessionRunner
 from voxgate.transports.negotiate import ConnectRequest, negotiate, offered_subprotocols
@@ -77,6 +78,7 @@ class RealtimeEndpoint:
         self._settings = settings
         self._known = known_secrets
         self._clock = clock
+        self._limits = SessionLimits(settings.max_sessions, settings.max_sessions_per_subject)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -119,11 +121,7 @@ class RealtimeEndpoint:
         try:
             grant = self._admit(req)
         except FatalSessionError as exc:
-            slog.info("session.refused", code=exc.code, close_code=exc.close_code)
-            self._metrics.sessions_refused.labels(reason=exc.code or "auth").inc()
-            await ws.send_str(orjson.dumps(exc.to_event()).decode())
-            await ws.close(code=exc.close_code, message=exc.reason.encode())
-            return ws
+            return await self._refuse(ws, exc, slog)
         target = self._target(req, grant, session_id)
         slog = slog.bind(auth=grant.kind, subject_set=grant.subject is not None)
         machine = SessionMachine(
@@ -143,18 +141,33 @@ class RealtimeEndpoint:
             log=slog,
             ping_interval_s=s.ping_interval_s,
         )
+        try:
+            self._limits.acquire(grant.subject)
+        except FatalSessionError as exc:
+            return await self._refuse(ws, exc, slog)
         self._metrics.sessions_active.inc()
         self._active += 1
         self._idle.clear()
         try:
             end = await runner.run()
         finally:
+            self._limits.release(grant.subject)
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
             self._metrics.sessions_active.dec()
             self._metrics.record_session(runner.stats)
         self._metrics.sessions_total.labels(cause=end.cause.split(":")[0]).inc()
+        return ws
+
+    async def _refuse(
+        self, ws: web.WebSocketResponse, exc: FatalSessionError, slog: Any
+    ) -> web.WebSocketResponse:
+        """The real server's refusal: the ``error`` event, then the close frame (§7)."""
+        slog.info("session.refused", code=exc.code, close_code=exc.close_code)
+        self._metrics.sessions_refused.labels(reason=exc.code or "auth").inc()
+        await ws.send_str(orjson.dumps(exc.to_event()).decode())
+        await ws.close(code=exc.close_code, message=exc.reason.encode())
         return ws
 
     def _admit(self, req: ConnectRequest) -> Grant:
