@@ -645,3 +645,56 @@ async def test_session_limits_refuse_with_a_clear_error_not_a_hang() -> None:
             gw.realtime_url(), headers={"Authorization": f"Bearer {alice}"}
         ) as later:
             assert (await recv_json(later))["type"] == "session.created"
+
+
+# ---------------------------------------------------------------- query and extensions
+
+
+async def test_transcription_intent_reaches_the_upstream() -> None:
+    async with fake_and_gateway() as (fake, gw), aiohttp.ClientSession() as http:
+        async with http.ws_connect(
+            gw.realtime_url("intent=transcription"),
+            headers={"Authorization": f"Bearer {SERVER_KEY}"},
+        ) as ws:
+            created = await recv_json(ws)
+            assert created["session"]["type"] == "transcription"
+        record = await fake.wait_for_connection()
+        assert record.handshake.query.get("intent") == "transcription"
+        assert "model" not in record.handshake.query
+
+
+async def test_opted_in_client_sends_binary_audio_and_stock_clients_get_no_gateway_events() -> None:
+    async with fake_and_gateway() as (fake, gw), aiohttp.ClientSession() as http:
+        pcm = tone(200)
+        async with http.ws_connect(
+            gw.realtime_url(),
+            headers={"Authorization": f"Bearer {SERVER_KEY}"},
+            protocols=["realtime", "voxgate.v1"],
+        ) as ws:
+            assert ws.protocol == "voxgate.v1"
+            await ws.send_str(
+                orjson.dumps(
+                    {
+                        "type": "session.update",
+                        "session": {
+                            "type": "realtime",
+                            "audio": {"input": {"turn_detection": None}},
+                        },
+                    }
+                ).decode()
+            )
+            for i in range(0, len(pcm), 960):
+                await ws.send_bytes(pcm[i : i + 960])
+            await ws.send_str('{"type":"input_audio_buffer.commit"}')
+            events = await recv_until(ws, "input_audio_buffer.committed")
+            item_id = events[-1]["item_id"]
+        record = await fake.wait_for_connection()
+        assert record.audio.committed_audio(item_id) == pcm
+        # a stock client's whole session: only OpenAI event types
+        async with http.ws_connect(
+            gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
+        ) as ws:
+            await ws.send_str(orjson.dumps(text_item("hi")).decode())
+            await ws.send_str('{"type":"response.create"}')
+            events = await recv_until(ws, "response.done")
+            assert not [e for e in events if e["type"].startswith("voxgate.")]
