@@ -201,3 +201,10 @@ def test_pending_audio_never_exceeds_its_bound_and_keeps_the_newest(
         assert m.pending_audio_bytes <= limit
     assert stream.endswith(m.pending_audio())
     assert m.pending_audio_bytes + m.dropped_audio_bytes == len(stream)
+
+
+def test_undecodable_audio_counts_as_nothing_replayed() -> None:
+    m = mirror()
+    m.on_client_append("%%%not base64%%%")
+    m.on_client_append(b64(b"\x05" * 96))
+    assert m.pending_audio() == b"\x05" * 96

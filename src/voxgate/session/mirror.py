@@ -45,8 +45,8 @@ class Mirror:
         self._item_sizes: dict[str, int] = {}
         self.items_bytes = 0
         self.dropped_items = 0
-        # pending audio: (stream offset in bytes of the frame's first byte, decoded bytes)
-        self._pending: deque[tuple[int, bytes]] = deque()
+        # pending audio: (stream offset in bytes of the frame's first byte, base64 text)
+        self._pending: deque[tuple[int, str]] = deque()
         self.pending_audio_bytes = 0
         self.dropped_audio_bytes = 0
         self._stream_bytes = 0  # every input byte appended in the session, as the upstream counts
@@ -54,18 +54,21 @@ class Mirror:
     # ------------------------------------------------------------------ inputs
 
     def on_client_append(self, audio_b64: str) -> None:
-        """The client appended audio (already forwarded upstream)."""
-        try:
-            data = base64.b64decode(audio_b64, validate=True)
-        except (binascii.Error, ValueError):
-            return  # the upstream rejects it too; nothing was appended
-        self._pending.append((self._stream_bytes, data))
-        self._stream_bytes += len(data)
-        self.pending_audio_bytes += len(data)
+        """The client appended audio (already forwarded upstream).
+
+        Cheap enough for the audio path: the base64 text is kept as is and its byte length
+        computed from its length; it is decoded only when a commit cuts through it or when
+        the pending audio is replayed.
+        """
+        size = _b64_len(audio_b64)
+        self._pending.append((self._stream_bytes, audio_b64))
+        self._stream_bytes += size
+        self.pending_audio_bytes += size
         while self.pending_audio_bytes > self.audio_limit_bytes and self._pending:
             _, dropped = self._pending.popleft()
-            self.pending_audio_bytes -= len(dropped)
-            self.dropped_audio_bytes += len(dropped)
+            dropped_size = _b64_len(dropped)
+            self.pending_audio_bytes -= dropped_size
+            self.dropped_audio_bytes += dropped_size
 
     def on_server_event(self, etype: str, event: dict[str, Any]) -> None:
         """Every non-audio server event, in order. Unknown types are ignored."""
@@ -80,7 +83,9 @@ class Mirror:
         return list(self._items.values())
 
     def pending_audio(self) -> bytes:
-        return b"".join(data for _, data in self._pending)
+        """The uncommitted audio, decoded (undecodable frames count as empty: the upstream
+        rejected them too, so they were never in its buffer)."""
+        return b"".join(_decode(b64) for _, b64 in self._pending)
 
     def replay_events(self) -> list[dict[str, Any]]:
         """Client events that rebuild this session on a fresh upstream, in order.
@@ -184,18 +189,26 @@ class Mirror:
     def _commit_until(self, stream_offset: int) -> None:
         """Drop pending audio before ``stream_offset`` (bytes since the session began)."""
         while self._pending:
-            start, data = self._pending[0]
-            end = start + len(data)
+            start, b64 = self._pending[0]
+            end = start + _b64_len(b64)
             if end <= stream_offset:
                 self._pending.popleft()
-                self.pending_audio_bytes -= len(data)
+                self.pending_audio_bytes -= end - start
             elif start < stream_offset:
                 cut = stream_offset - start
-                self._pending[0] = (stream_offset, data[cut:])
+                rest = _decode(b64)[cut:]
+                self._pending[0] = (stream_offset, base64.b64encode(rest).decode("ascii"))
                 self.pending_audio_bytes -= cut
                 return
             else:
                 return
+
+
+def _decode(b64: str) -> bytes:
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def _without_audio(item: dict[str, Any]) -> dict[str, Any]:
