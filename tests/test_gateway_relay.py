@@ -698,3 +698,40 @@ async def test_opted_in_client_sends_binary_audio_and_stock_clients_get_no_gatew
             await ws.send_str('{"type":"response.create"}')
             events = await recv_until(ws, "response.done")
             assert not [e for e in events if e["type"].startswith("voxgate.")]
+
+
+# ---------------------------------------------------------------- backpressure
+
+
+async def test_client_that_stops_reading_is_dropped_and_voxgate_does_not_buffer_for_it() -> None:
+    async with fake_and_gateway(client_send_timeout_s=0.5) as (fake, gw):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer "
+            + SERVER_KEY.encode()
+            + b"\r\n\r\n"
+        )
+        await writer.drain()
+        record = await fake.wait_for_connection()
+        # the upstream streams 64 MiB of audio at a client that never reads another byte
+        delta = {
+            "type": "response.output_audio.delta",
+            "event_id": "event_x",
+            "response_id": "resp_x",
+            "item_id": "item_x",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "A" * (256 * 1024),
+        }
+        for _ in range(256):
+            fake.send_raw(delta, record)
+        # voxgate stops reading the upstream once the client's socket is full, then, past the
+        # send timeout, treats the client as gone and closes the upstream
+        assert await record.wait_closed(timeout_s=10) == 1000
+        sent_to_voxgate = sum(
+            1 for e in record.sent_events if e["type"] == "response.output_audio.delta"
+        )
+        assert sent_to_voxgate < 256  # the rest was never pulled from the fake
+        writer.close()

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     #: Concurrent sessions in this process, and per subject (the end user of an ek_ key).
     max_sessions: int = Field(default=1000, ge=1)
     max_sessions_per_subject: int = Field(default=5, ge=1)
+    #: A client whose socket accepts no data for this long is treated as gone (0 disables).
+    client_send_timeout_s: float = Field(default=10.0, ge=0)
     #: WebSocket ping interval towards clients and upstreams (0 disables).
     ping_interval_s: float = Field(default=20.0, ge=0)
     #: Identical errors to one client within this window are coalesced into one, with a count.

@@ -73,6 +73,7 @@ class SessionRunner:
         max_session_s: float,
         log: Any,
         ping_interval_s: float = 0.0,
+        client_send_timeout_s: float = 10.0,
     ) -> None:
         self._client = client
         self._backend = backend
@@ -81,6 +82,11 @@ class SessionRunner:
         self._ready_timeout_s = ready_timeout_s
         self._max_session_s = max_session_s
         self._ping_interval_s = ping_interval_s
+        self._send_timeout_s = client_send_timeout_s
+        self.client_sends_started = 0
+        self.client_sends_done = 0
+        self._stall_mark = -1
+        self._stall_since = 0.0
         self.pongs_from_client = 0
         self.pongs_from_upstream = 0
         self._log = log
@@ -178,7 +184,9 @@ class SessionRunner:
                 stats.upstream_bytes += len(text)
                 outcome = machine.upstream_text(text, now())
                 if outcome is FORWARD:
-                    await send(text)
+                    self.client_sends_started += 1
+                    await send(text)  # waits while the client's socket buffer is full
+                    self.client_sends_done += 1
                 elif outcome:
                     await self._execute(outcome)
             elif msg.type in _CLOSE_TYPES:
@@ -211,13 +219,20 @@ class SessionRunner:
         deadline = loop.time() + self._max_session_s
         interval = self._ping_interval_s or float("inf")
         next_beat = loop.time() + interval
+        stall_check_s = self._send_timeout_s / 4 if self._send_timeout_s else float("inf")
+        next_stall_check = loop.time() + stall_check_s
         last = (-1, -1)
         missed = [0, 0]
         while True:
-            await asyncio.sleep(max(0.0, min(deadline, next_beat) - loop.time()))
-            if loop.time() >= deadline:
+            wake = min(deadline, next_beat, next_stall_check)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+            now = loop.time()
+            if now >= deadline:
                 await self._execute(self._machine.session_expired(self._max_session_s))
-            if loop.time() < next_beat:
+            if now >= next_stall_check:
+                next_stall_check = now + stall_check_s
+                self._check_stall(now)
+            if now < next_beat:
                 continue
             next_beat += interval
             seen = (
@@ -234,10 +249,28 @@ class SessionRunner:
             if missed[1] >= 2 and self._upstream is not None:
                 self._log.warning("upstream.heartbeat_timeout", interval_s=interval)
                 await self._execute(self._machine.upstream_closed(None, "heartbeat timeout"))
-            if missed[0]:
-                await self._client.ping()
+            if missed[0] and self.client_sends_started == self.client_sends_done:
+                await self._client.ping()  # (never behind a blocked send: see _check_stall)
             if missed[1] and self._upstream is not None:
                 await self._upstream.ping()
+
+    def _check_stall(self, now: float) -> None:
+        """End the session if one send to the client has been blocked for the send timeout.
+
+        A client that stops reading fills its socket buffer; the send then waits, the upstream
+        pump stops reading the upstream, and nothing grows in voxgate. Past the timeout the
+        client is treated as gone (its upstream is closed and every resource freed).
+        """
+        done = self.client_sends_done
+        if self.client_sends_started == done:
+            self._stall_mark = -1
+            return
+        if done != self._stall_mark:
+            self._stall_mark, self._stall_since = done, now
+            return
+        if now - self._stall_since >= self._send_timeout_s:
+            self._log.warning("session.client_stalled", blocked_s=round(now - self._stall_since, 1))
+            raise _SessionOver(EndSession(CloseCode.POLICY, "", None, "client_stalled"))
 
     async def _connect_and_gate(self) -> None:
         """Connect, then read until the machine is past CONFIGURING, all within the deadline."""

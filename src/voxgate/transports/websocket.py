@@ -140,6 +140,7 @@ class RealtimeEndpoint:
             max_session_s=grant.max_session_s,
             log=slog,
             ping_interval_s=s.ping_interval_s,
+            client_send_timeout_s=s.client_send_timeout_s,
         )
         try:
             self._limits.acquire(grant.subject)
