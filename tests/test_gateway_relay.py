@@ -705,7 +705,7 @@ async def test_opted_in_client_sends_binary_audio_and_stock_clients_get_no_gatew
 
 async def test_client_that_stops_reading_is_dropped_and_voxgate_does_not_buffer_for_it() -> None:
     async with fake_and_gateway(client_send_timeout_s=0.5) as (fake, gw):
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(
             b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
