@@ -56,6 +56,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _console_url(app: web.Application, host: str, port: int) -> str:
+    """The console link with a one-time login token (valid 24 h, works once)."""
+    from voxgate.auth.console import CONSOLE_AUTH, new_login_url
+
+    if CONSOLE_AUTH not in app:
+        return "(console not installed)"
+    # A wildcard bind address is not something a browser can open.
+    shown = "localhost" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104
+    return new_login_url(app, f"http://{shown}:{port}", ttl_s=24 * 3600)
+
+
 async def _serve(settings: Settings, drain_timeout_s: float, generated_key: str | None) -> None:
     app = create_app(settings)
     runner = web.AppRunner(
@@ -72,6 +83,7 @@ async def _serve(settings: Settings, drain_timeout_s: float, generated_key: str 
     sys.stdout.write(
         f"voxgate {__version__} serving backend '{settings.backend}' on {base}\n"
         f"  realtime: ws://{settings.host}:{port}/v1/realtime?model={settings.default_model}\n"
+        f"  console:  {_console_url(app, settings.host, port)}\n"
     )
     if generated_key:
         sys.stdout.write(

@@ -21,7 +21,7 @@ from typing import Any, Final
 import structlog
 
 from voxgate.backends.base import UpstreamConnection, UpstreamTarget
-from voxgate.backends.local.asr import AsrStream, FinalDecode
+from voxgate.backends.local.asr import ASR_RATE_HZ, FinalDecode
 from voxgate.backends.local.connection import LocalConnection
 from voxgate.backends.local.engine import (
     EngineLimits,
@@ -40,7 +40,6 @@ from voxgate.backends.local.tts import get_tts
 from voxgate.backends.local.vad import VadStream
 from voxgate.config import Settings
 from voxgate.protocol import ids
-from voxgate.protocol.audio import PCM_RATE_HZ
 from voxgate.protocol.session_config import (
     SessionType,
     bytes_per_ms,
@@ -56,6 +55,7 @@ ASR_DECODERS_ENV: Final = "VOXGATE_LOCAL_ASR_DECODERS"
 FINAL_DECODE_ENV: Final = "VOXGATE_LOCAL_ASR_FINAL"
 DEFAULT_ASR_DECODERS: Final = 4
 WARM_DECODERS: Final = 2
+"""Decoders created at startup (each takes ~0.3-1 s); more are made on demand."""
 _WARM_UP_TEXT: Final = "How do I place a limit order on a stock? What is a margin call?"
 
 
@@ -150,18 +150,13 @@ def _warm_up(resources: EngineResources) -> None:
     """Load the models once, in a worker thread, so the first turn does not pay for it."""
     started = time.perf_counter()
     try:
-        speech = get_tts().synthesize_pcm16(_WARM_UP_TEXT, rate=PCM_RATE_HZ, speed=0.8)
+        speech = get_tts().synthesize_pcm16(_WARM_UP_TEXT, rate=ASR_RATE_HZ, speed=0.8)
         VadStream()
-        # Decoding some speech adapts each decoder's cepstral mean, so the fast "stream"
-        # final is accurate from the first user turn on (asr.py keeps the adapted mean).
-        streams = [
-            AsrStream(resources.pool, input_rate_hz=PCM_RATE_HZ)
-            for _ in range(min(WARM_DECODERS, resources.pool.max_size))
-        ]
-        for stream in streams:
-            stream.feed(speech)
-        for stream in streams:
-            stream.finish()
+        # Decoding some speech gives the pool the cepstral mean every utterance starts from.
+        resources.pool.adapt(speech)
+        decoders = [resources.pool.acquire() for _ in range(WARM_DECODERS)]
+        for decoder in decoders:
+            resources.pool.release(decoder)
     except Exception as exc:  # warming is an optimisation; sessions report real failures
         log.warning("local_engine.warm_failed", error=type(exc).__name__)
         return

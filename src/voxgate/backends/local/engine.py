@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
+
+from pocketsphinx import Decoder
 
 from voxgate.backends.local.asr import DecoderPool, FinalDecode
 from voxgate.backends.local.responder import (
@@ -46,10 +49,53 @@ def engine_executor(workers: int | None = None) -> ThreadPoolExecutor:
     )
 
 
+class EngineDecoderPool(DecoderPool):
+    """A decoder pool whose utterances start from a cepstral mean adapted on real speech.
+
+    pocketsphinx adapts its live cepstral mean (CMN) as it decodes, so a pooled decoder's
+    accuracy would depend on whatever the previous session said, and a fresh decoder's model
+    default is poor on the first turn. :meth:`adapt` decodes some speech once and every
+    utterance (``AsrStream(reset_cmn=True)``) then starts from that mean: transcripts are
+    reproducible and good from the first turn.
+    """
+
+    def __init__(self, *, max_size: int) -> None:
+        super().__init__(max_size=max_size)
+        self._adapted_cmn: str | None = None
+        # pocketsphinx model loading is not safe to run twice at once (it crashed when two
+        # backends warmed up together), so decoder creation and adaptation are serialised.
+        self._create_lock = threading.Lock()
+
+    @property
+    def initial_cmn(self) -> str | None:
+        return self._adapted_cmn or super().initial_cmn
+
+    def _new_decoder(self) -> Decoder:
+        with self._create_lock:
+            return super()._new_decoder()
+
+    def adapt(self, pcm16_16k: bytes) -> None:
+        """Decode ``pcm16_16k`` (16 kHz speech) once and keep the resulting mean. Blocking."""
+        with self._create_lock:
+            if self._adapted_cmn is not None:
+                return
+        decoder = self.acquire()
+        try:
+            with self._create_lock:
+                if self._adapted_cmn is not None:
+                    return
+                decoder.start_utt()
+                decoder.process_raw(pcm16_16k, False, False)
+                self._adapted_cmn = decoder.get_cmn(True)
+                decoder.end_utt()
+        finally:
+            self.release(decoder)
+
+
 @functools.cache
-def decoder_pool(max_size: int) -> DecoderPool:
+def decoder_pool(max_size: int) -> EngineDecoderPool:
     """The process's ASR decoder pool of ``max_size`` decoders (~95 MB each, made lazily)."""
-    return DecoderPool(max_size=max_size)
+    return EngineDecoderPool(max_size=max_size)
 
 
 @dataclass(frozen=True)
@@ -79,7 +125,7 @@ class EngineResources:
     """What all sessions of one local backend share (thread-safe or immutable)."""
 
     executor: ThreadPoolExecutor
-    pool: DecoderPool
+    pool: EngineDecoderPool
     responder: Responder
     final_decode: FinalDecode = "batch"
     limits: EngineLimits = EngineLimits()

@@ -110,6 +110,7 @@ class TurnDetector:
             final_decode=final_decode,
             max_utterance_s=max_turn_ms / 1000,
             acquire_timeout_s=acquire_timeout_s,
+            reset_cmn=True,
         )
         self._max_turn_ms = max_turn_ms
         self._history = bytearray()  # decoded PCM16 at ``rate``
@@ -212,7 +213,9 @@ def transcribe_turn(
         AsrError: no decoder became free.
     """
     audio_fmt = cast(AudioFormat, fmt)
-    stream = AsrStream(pool, input_rate_hz=rate_hz(audio_fmt), final_decode=final_decode)
+    stream = AsrStream(
+        pool, input_rate_hz=rate_hz(audio_fmt), final_decode=final_decode, reset_cmn=True
+    )
     try:
         stream.feed(decode_input(wire, audio_fmt))
         final = stream.finish()

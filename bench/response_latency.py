@@ -1,0 +1,258 @@
+"""Response latency of the local engine through voxgate, at real-time pace, and its WER.
+
+Starts ``python -m voxgate serve --backend local`` as a subprocess (pinned to one core with
+``taskset -c 0`` unless ``--no-pin``), streams synthesised questions (voxgate's espeak-ng,
+voice alloy at 0.8, like the tests) in 20 ms chunks paced by the clock, each chunk sent when
+its 20 ms have "been captured", and measures, per turn, the time from the end of speech in
+the stream to the first ``response.output_audio.delta``. End of speech is the end of the last
+20 ms frame above -40 dBFS in the clip (espeak appends a few hundred ms of near-silence,
+which does not count as speech). Word error rate comes from the engine's input transcripts.
+
+Then it runs 1, 2, 4, 8 sessions talking at once and reports p50/p95 for each, and how many
+sessions one core carries before p95 doubles.
+
+    .venv/bin/python bench/response_latency.py            # full run (~6 min)
+    .venv/bin/python bench/response_latency.py --quick    # 1 and 2 sessions, 6 turns each
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from voxgate.backends.local.tts import get_tts
+
+QUESTIONS = [
+    "What is a stop loss order?",
+    "What is a limit order?",
+    "What is a market order?",
+    "What is a stop limit order?",
+    "What is a trailing stop?",
+    "What is a take profit order?",
+    "What is a margin call?",
+    "What is margin?",
+    "What is leverage?",
+    "What is the spread?",
+    "What is slippage?",
+    "What is the bid and ask?",
+    "What is liquidity?",
+    "What is volatility?",
+    "What is a long position?",
+    "What is short selling?",
+    "What is a dividend?",
+    "What is a pip?",
+    "What is a candlestick chart?",
+    "What is the order book?",
+]
+RATE_HZ = 24_000
+CHUNK_MS = 20
+LEAD_MS = 400
+TRAIL_MS = 1500
+KEY = "vk-bench"
+
+
+@dataclass
+class Clip:
+    text: str
+    pcm: bytes
+    speech_end_ms: float
+
+
+@dataclass
+class Results:
+    latencies_ms: list[float] = field(default_factory=list)
+    transcripts: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def make_clip(text: str) -> Clip:
+    speech = get_tts().synthesize_pcm16(text, rate=RATE_HZ, voice="alloy", speed=0.8)
+    samples = np.frombuffer(speech, dtype="<i2").astype(np.float64) / 32768
+    frame = RATE_HZ * CHUNK_MS // 1000
+    last = 0
+    for i in range(0, len(samples) - frame + 1, frame):
+        rms = float(np.sqrt(np.mean(samples[i : i + frame] ** 2)))
+        if rms > 10 ** (-40 / 20):
+            last = i + frame
+    lead = b"\0\0" * (RATE_HZ * LEAD_MS // 1000)
+    trail = b"\0\0" * (RATE_HZ * TRAIL_MS // 1000)
+    return Clip(text, lead + speech + trail, LEAD_MS + last * 1000 / RATE_HZ)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def wer(pairs: list[tuple[str, str]]) -> float:
+    errors = total = 0
+    for ref, hyp in pairs:
+        r, h = words(ref), words(hyp)
+        d = list(range(len(h) + 1))
+        for i in range(1, len(r) + 1):
+            prev, d[0] = d[0], i
+            for j in range(1, len(h) + 1):
+                cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+                prev, d[j] = d[j], cur
+        errors += d[len(h)]
+        total += len(r)
+    return errors / max(1, total)
+
+
+async def one_session(url: str, clips: list[Clip], results: Results) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+        update = {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+            },
+        }
+        await ws.send_str(json.dumps(update))
+        loop = asyncio.get_running_loop()
+        for clip in clips:
+            done = asyncio.Event()
+            first_audio: list[float] = []
+            transcript: list[str] = []
+
+            async def reader(
+                done: asyncio.Event = done,
+                first_audio: list[float] = first_audio,
+                transcript: list[str] = transcript,
+            ) -> None:
+                async for msg in ws:
+                    event = json.loads(msg.data)
+                    kind = event["type"]
+                    if kind == "response.output_audio.delta" and not first_audio:
+                        first_audio.append(loop.time())
+                    elif kind == "conversation.item.input_audio_transcription.completed":
+                        transcript.append(event["transcript"])
+                    elif kind == "error":
+                        results.errors.append(event["error"].get("code") or "error")
+                    elif kind == "response.done":
+                        done.set()
+                        return
+
+            task = asyncio.create_task(reader())
+            start = loop.time()
+            step = RATE_HZ * 2 * CHUNK_MS // 1000
+            for i in range(0, len(clip.pcm), step):
+                # a chunk is sent once its 20 ms have been "captured" (real-time pace)
+                await asyncio.sleep(max(0.0, start + (i + step) / (RATE_HZ * 2) - loop.time()))
+                if done.is_set():
+                    break
+                chunk = base64.b64encode(clip.pcm[i : i + step]).decode()
+                await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+            try:
+                async with asyncio.timeout(15):
+                    await done.wait()
+            except TimeoutError:
+                results.errors.append("timeout")
+            task.cancel()
+            if first_audio:
+                results.latencies_ms.append((first_audio[0] - start) * 1000 - clip.speech_end_ms)
+            results.transcripts.append((clip.text, transcript[0] if transcript else ""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int, *, pin: bool, final: str) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        VOXGATE_API_KEYS=KEY,
+        VOXGATE_LOCAL_ASR_FINAL=final,
+        VOXGATE_LOCAL_ASR_DECODERS="8",
+        VOXGATE_LOG_LEVEL="warning",
+    )
+    cmd = [sys.executable, "-m", "voxgate", "serve", "--backend", "local", "--port", str(port)]
+    if pin and shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def wait_ready(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200 and (await resp.json()).get("warm"):
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)  # polling a starting process
+    raise TimeoutError("voxgate did not become ready")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    clips = [make_clip(q) for q in QUESTIONS]
+    port = free_port()
+    proc = start_server(port, pin=not args.no_pin, final=args.final)
+    report: dict[str, object] = {"final_decode": args.final, "pinned": not args.no_pin}
+    try:
+        await wait_ready(port)
+        url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+        levels = [1, 2] if args.quick else [1, 2, 4, 8]
+        per_level = {}
+        for n in levels:
+            turns = clips[: 6 if args.quick else (20 if n == 1 else 8)]
+            res = Results()
+            await asyncio.gather(*(one_session(url, turns, res) for _ in range(n)))
+            lat = res.latencies_ms
+            per_level[n] = {
+                "turns": len(lat),
+                "p50_ms": round(pct(lat, 50)),
+                "p95_ms": round(pct(lat, 95)),
+                "mean_ms": round(statistics.fmean(lat)) if lat else None,
+                "wer": round(wer(res.transcripts), 3),
+                "errors": res.errors,
+            }
+            print(f"sessions={n}: {per_level[n]}", flush=True)
+        report["levels"] = per_level
+        base = per_level[1]["p95_ms"]
+        carried = max((n for n in per_level if per_level[n]["p95_ms"] <= 2 * base), default=1)
+        report["sessions_per_core_before_p95_doubles"] = carried
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin voxgate to core 0")
+    parser.add_argument("--final", choices=["stream", "batch"], default="stream")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    args = parser.parse_args()
+    report = asyncio.run(run(args))
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

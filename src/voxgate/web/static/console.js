@@ -1,0 +1,286 @@
+// The voxgate console page: sign-in (one-time link → cookie + CSRF), controls, transcripts,
+// event log. All audio and protocol work is in voxgate-client.js.
+
+import { VoxgateClient, PROBLEMS } from "./voxgate-client.js";
+
+const $ = (id) => document.getElementById(id);
+const LOG_MAX = 500;
+const STATE_WORDS = {
+  connecting: "Connecting…",
+  ready: "Connected — listening",
+  reconnecting: "Connection lost — reconnecting…",
+  closed: "Not connected",
+};
+
+let csrfToken = null;
+const transcriptItems = new Map(); // item id → <li>
+
+// ---------------------------------------------------------------- sign-in
+
+async function signIn() {
+  const params = new URLSearchParams(location.search);
+  const token = params.get("login");
+  if (token) {
+    // Drop the one-time token from the address bar and history before anything else.
+    params.delete("login");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+    const r = await fetch("/console/api/login", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token }),
+    }).catch(() => null);
+    if (r && r.ok) {
+      csrfToken = (await r.json()).csrf_token;
+      return true;
+    }
+  }
+  const r = await fetch("/console/api/session", { credentials: "same-origin" }).catch(() => null);
+  if (!r) {
+    showProblem(PROBLEMS.unreachable);
+    return false;
+  }
+  if (r.ok) {
+    csrfToken = (await r.json()).csrf_token;
+    return true;
+  }
+  showProblem(token ? "This console link was already used or has expired. " + PROBLEMS.login_required
+                    : PROBLEMS.login_required);
+  return false;
+}
+
+async function getKey() {
+  let r;
+  try {
+    r = await fetch("/console/api/key", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken || "" },
+      body: JSON.stringify({ session: sessionConfig() }),
+    });
+  } catch {
+    throw Object.assign(new Error(PROBLEMS.unreachable), { code: "unreachable" });
+  }
+  if (r.status === 401 || r.status === 403) {
+    throw Object.assign(new Error(PROBLEMS.login_required), { code: "login_required" });
+  }
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({}));
+    const message = body.error?.message || PROBLEMS.unreachable;
+    throw Object.assign(new Error(message), { code: r.status >= 500 ? "unreachable" : "bad_settings" });
+  }
+  return (await r.json()).value;
+}
+
+// ---------------------------------------------------------------- settings
+
+function handsFree() {
+  return document.querySelector('input[name="mode"]:checked').value === "handsfree";
+}
+
+function sessionConfig() {
+  const silence = Math.min(3000, Math.max(100, Number($("silence").value) || 500));
+  const config = {
+    type: "realtime",
+    audio: {
+      input: {
+        format: { type: "audio/pcm", rate: 24000 },
+        turn_detection: handsFree() ? { type: "server_vad", silence_duration_ms: silence } : null,
+        transcription: $("transcribe").checked ? { model: "gpt-4o-mini-transcribe" } : null,
+      },
+      output: { format: { type: "audio/pcm", rate: 24000 }, voice: $("voice").value },
+    },
+  };
+  const instructions = $("instructions").value.trim();
+  if (instructions) config.instructions = instructions;
+  return config;
+}
+
+function liveUpdate() {
+  if (!client || client.state !== "ready") return;
+  const { type, ...rest } = sessionConfig();
+  if (!rest.instructions) delete rest.instructions;
+  delete rest.audio.output.format;
+  delete rest.audio.input.format;
+  client.setHandsFree(handsFree());
+  client.updateSession(rest);
+}
+
+// ---------------------------------------------------------------- UI helpers
+
+function showProblem(message) {
+  const box = $("problem");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function setStatus(state, reason) {
+  const el = $("status");
+  el.dataset.state = state;
+  let text = STATE_WORDS[state] || state;
+  if (state === "ready" && !handsFree()) text = "Connected — hold to talk";
+  if (reason && state !== "ready" && state !== "closed") text += ` (${reason})`;
+  $("status-text").textContent = text;
+  const running = state !== "closed";
+  $("start").disabled = running || !csrfToken;
+  $("stop").disabled = !running;
+  $("ptt").disabled = state !== "ready";
+}
+
+function syncMode() {
+  const ptt = !handsFree();
+  $("ptt").hidden = !ptt;
+  $("ptt-help").hidden = !ptt;
+  $("silence").disabled = ptt;
+  if (client) setStatus(client.state);
+}
+
+function transcriptLine(role, itemId) {
+  let li = transcriptItems.get(itemId);
+  if (!li) {
+    li = document.createElement("li");
+    li.className = `${role} partial`;
+    li.dataset.item = itemId;
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Assistant";
+    const text = document.createElement("span");
+    text.className = "text";
+    li.append(who, text);
+    $("transcript").append(li);
+    transcriptItems.set(itemId, li);
+    $("empty").hidden = true;
+  }
+  return li;
+}
+
+function onTranscript({ role, itemId, text, final }) {
+  const li = transcriptLine(role, itemId);
+  const span = li.querySelector(".text");
+  span.textContent = final ? text : span.textContent + text;
+  if (final) li.classList.remove("partial");
+  const list = $("transcript");
+  list.scrollTop = list.scrollHeight;
+}
+
+function summarize(ev) {
+  switch (ev.type) {
+    case "response.output_audio.delta": return `${ev.type} ${ev.item_id} ${ev.delta.length}b64`;
+    case "error": return `error ${ev.error?.code || ""}: ${ev.error?.message || ""}`;
+    case "conversation.item.truncate":
+      return `${ev.type} ${ev.item_id} audio_end_ms=${ev.audio_end_ms}`;
+    case "input_audio_buffer.speech_started": return `${ev.type} at ${ev.audio_start_ms} ms`;
+    case "input_audio_buffer.speech_stopped": return `${ev.type} at ${ev.audio_end_ms} ms`;
+    default: {
+      const text = ev.transcript ?? ev.delta ?? ev.text;
+      return typeof text === "string" ? `${ev.type} “${text}”` : ev.type;
+    }
+  }
+}
+
+function log(direction, ev) {
+  if (!$("log-audio").checked && /audio\.delta$|audio_transcript\.delta$/.test(ev.type)) return;
+  const list = $("log");
+  const li = document.createElement("li");
+  li.className = ev.type === "error" ? "err" : direction;
+  li.dataset.type = ev.type;
+  const t = new Date().toLocaleTimeString([], { hour12: false });
+  li.textContent = `${t} ${direction === "in" ? "←" : "→"} ${summarize(ev)}`;
+  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  list.append(li);
+  while (list.children.length > LOG_MAX) list.firstChild.remove();
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+// ---------------------------------------------------------------- wiring
+
+let client = null;
+
+function makeClient() {
+  const processing = $("processing").checked;
+  const c = new VoxgateClient({
+    getKey,
+    handsFree: handsFree(),
+    audio: { echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
+  });
+  c.on("state", ({ state, reason }) => {
+    setStatus(state, reason);
+    if (state === "ready") showProblem("");
+  });
+  c.on("problem", ({ message }) => showProblem(message));
+  c.on("notice", ({ message }) => showProblem(message));
+  c.on("transcript", onTranscript);
+  c.on("level", ({ rms }) => { $("level").value = Math.min(1, Math.sqrt(rms) * 1.5); });
+  c.on("latency", ({ ms }) => { $("latency").value = `${ms} ms`; });
+  c.on("event", (ev) => {
+    log("in", ev);
+    if (ev.type === "input_audio_buffer.committed" && ev.item_id) transcriptLine("user", ev.item_id);
+  });
+  c.on("sent", (ev) => log("out", ev));
+  c.on("bargein", ({ why }) => log("out", { type: `(playback stopped: ${why})` }));
+  return c;
+}
+
+function bindPushToTalk() {
+  const btn = $("ptt");
+  const down = (e) => {
+    if (!client || btn.hidden) return;
+    e.preventDefault();
+    btn.setAttribute("aria-pressed", "true");
+    client.pttDown();
+  };
+  const up = () => {
+    if (btn.getAttribute("aria-pressed") !== "true") return;
+    btn.setAttribute("aria-pressed", "false");
+    client?.pttUp();
+  };
+  btn.addEventListener("pointerdown", down);
+  btn.addEventListener("pointerup", up);
+  btn.addEventListener("pointercancel", up);
+  btn.addEventListener("pointerleave", up);
+  const isSpace = (e) => e.code === "Space" || e.key === " ";
+  const inField = (e) => /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
+  document.addEventListener("keydown", (e) => {
+    if (isSpace(e) && !e.repeat && !inField(e) && !btn.hidden && !btn.disabled) down(e);
+  });
+  document.addEventListener("keyup", (e) => { if (isSpace(e)) up(); });
+}
+
+async function main() {
+  setStatus("closed");
+  syncMode();
+  bindPushToTalk();
+  $("start").addEventListener("click", async () => {
+    showProblem("");
+    client = makeClient();
+    window.voxgateConsole.client = client;
+    await client.start();
+  });
+  $("stop").addEventListener("click", () => client?.stop("stopped by you"));
+  for (const radio of document.querySelectorAll('input[name="mode"]')) {
+    radio.addEventListener("change", () => { syncMode(); liveUpdate(); });
+  }
+  for (const id of ["instructions", "voice", "silence", "transcribe"]) {
+    $(id).addEventListener("change", liveUpdate);
+  }
+  $("settings").addEventListener("submit", (e) => e.preventDefault());
+  $("log-clear").addEventListener("click", () => { $("log").textContent = ""; });
+  if (await signIn()) setStatus("closed");
+}
+
+// A small read-only window for tests and curious users; it never holds a key.
+window.voxgateConsole = {
+  client: null,
+  stats() {
+    const c = window.voxgateConsole.client;
+    if (!c) return null;
+    const s = c.stats;
+    const rms = s.playedOutSamples ? Math.sqrt(s.playedSumSq / s.playedOutSamples) : 0;
+    return { ...s, state: c.state, playing: c.playing, playedRms: rms,
+             playedMs: Math.round(s.playedSamples / 24) };
+  },
+  signedIn: () => csrfToken !== null,
+};
+
+main();

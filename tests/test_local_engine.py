@@ -1,0 +1,143 @@
+"""The local engine's turn logic without sockets: EngineSession (sans-I/O) and TurnDetector."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from speech_fixtures import chunks, synth_pcm24k
+from voxgate.backends.local.engine import EngineSession, decoder_pool, history_of, tools_of
+from voxgate.backends.local.responder import FunctionCall, FunctionCallOutput, Message
+from voxgate.backends.local.turns import TurnDetector, TurnEnded, TurnStarted, vad_config
+from voxgate.protocol.realtime_server import Send, StartResponse
+from voxgate.protocol.session_config import default_realtime_session, server_vad_defaults
+
+
+def session() -> EngineSession:
+    return EngineSession(default_realtime_session(session_id="sess_t"), max_buffer_bytes=48_000)
+
+
+def append(core: EngineSession, data: bytes, event_id: str = "e1") -> list[Any]:
+    text = json.dumps(
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(data).decode(),
+            "event_id": event_id,
+        }
+    )
+    return core.receive_text(text)
+
+
+def sent(actions: list[Any]) -> list[dict[str, Any]]:
+    return [a.event for a in actions if isinstance(a, Send)]
+
+
+def test_appended_audio_is_handed_to_the_caller_for_turn_detection() -> None:
+    core = session()
+    assert append(core, b"\0\0" * 480) == []
+    assert core.take_audio() == [b"\0\0" * 480]
+    assert core.take_audio() == []
+
+
+def test_odd_byte_count_is_an_error_and_nothing_is_buffered() -> None:
+    core = session()
+    (error,) = sent(append(core, b"\0" * 3))
+    assert error["type"] == "error"
+    assert error["error"]["param"] == "audio"
+    assert error["error"]["event_id"] == "e1"
+    assert core.take_audio() == []
+
+
+def test_buffer_cap_rejects_audio_beyond_the_turn_limit() -> None:
+    core = session()
+    append(core, b"\0\0" * 20_000)
+    (error,) = sent(append(core, b"\0\0" * 10_000))
+    assert error["error"]["code"] == "voxgate_input_audio_buffer_full"
+
+
+def test_speech_turn_commits_with_transcript_and_starts_a_response() -> None:
+    core = session()
+    core.session["audio"]["input"]["transcription"] = {"model": "whisper-1"}
+    append(core, b"\1\0" * 4800)
+    started = sent(core.on_speech_started(0))
+    item_id = started[0]["item_id"]
+    assert sent(core.partial_transcript("what is"))[0]["delta"] == "what is"
+    assert core.partial_transcript("what") == []  # not an extension: nothing sent
+    core.on_speech_stopped(80)
+    actions = core.commit_turn(core.stream_offset, transcript="what is a stop loss")
+    types = [e["type"] for e in sent(actions)]
+    assert types[:3] == [
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    deltas = [e["delta"] for e in sent(actions) if e["type"].endswith("transcription.delta")]
+    assert deltas == [" a stop loss"]
+    assert "conversation.item.input_audio_transcription.completed" in types
+    assert any(isinstance(a, StartResponse) for a in actions)
+    assert core.conversation.get(item_id)["content"][0]["transcript"] == "what is a stop loss"
+
+
+def test_barge_in_cancels_and_reports_the_response_to_stop() -> None:
+    core = session()
+    core.receive_text(
+        json.dumps(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "hi"}],
+                },
+            }
+        )
+    )
+    actions = core.receive_text(json.dumps({"type": "response.create"}))
+    rid = next(a.response_id for a in actions if isinstance(a, StartResponse))
+    done = [e for e in sent(core.on_speech_started(0)) if e["type"] == "response.done"]
+    assert done[0]["response"]["status_details"]["reason"] == "turn_detected"
+    assert core.take_cancelled() == [rid]
+    assert core.response_events(rid, lambda b: b.finish()) is None
+
+
+def test_history_maps_items_for_the_responder() -> None:
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": "x"}],
+        },
+    ]
+    history, user_text = history_of(items)
+    assert history == [
+        Message("user", "hi"),
+        FunctionCall("c1", "f", "{}"),
+        FunctionCallOutput("c1", "42"),
+        Message("user", "x"),
+    ]
+    assert user_text == "x"
+    tool = {"type": "function", "name": "f", "parameters": {}}
+    assert [t.name for t in tools_of([tool], "auto")] == ["f"]
+    assert tools_of([tool], "none") == []
+
+
+def test_semantic_vad_maps_eagerness_to_silence() -> None:
+    assert vad_config({"type": "semantic_vad", "eagerness": "high"}).silence_duration_ms == 200
+    assert vad_config(server_vad_defaults()).silence_duration_ms == 200
+
+
+def test_turn_detector_finds_one_turn_in_speech() -> None:
+    detector = TurnDetector(server_vad_defaults(), "audio/pcm", start_ms=0, pool=decoder_pool(4))
+    pcm = synth_pcm24k("What is a stop loss order?", lead_ms=400, trail_ms=1200)
+    events = detector.feed_many(chunks(pcm))
+    detector.close()
+    starts = [e for e in events if isinstance(e, TurnStarted)]
+    ends = [e for e in events if isinstance(e, TurnEnded)]
+    assert len(starts) == len(ends) == 1
+    assert 0 <= starts[0].audio_start_ms < 400
+    assert ends[0].error is None
+    assert ends[0].transcript
