@@ -13,6 +13,7 @@ import wave
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ async def start_hands_free(page: Page) -> None:
     )
 
 
-async def console_stats(page: Page) -> dict[str, object]:
+async def console_stats(page: Page) -> dict[str, Any]:
     stats = await page.evaluate("() => window.voxgateConsole.stats()")
     assert isinstance(stats, dict)
     return stats

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Page
+from pydantic import SecretStr
 
 from browser_helpers import (
     ARTIFACTS,
@@ -77,7 +78,9 @@ async def _text(page: Page, selector: str) -> str:
 
 async def test_hands_free_conversation_with_the_local_engine(tmp_path: Path) -> None:
     wav = speech_wav(tmp_path / "ask.wav", [1000, QUESTION, 8000])
-    settings = Settings(backend="local", api_keys="vk-browser-local-000001", ping_interval_s=0)
+    settings = Settings(
+        backend="local", api_keys=[SecretStr("vk-browser-local-000001")], ping_interval_s=0
+    )
     async with run_gateway(settings) as gw, chromium(wav) as browser:
         page = await open_console(browser, new_login_url(gw.app, gw.http_url))
         await start_hands_free(page)
@@ -131,9 +134,9 @@ async def test_barge_in_stops_playback_and_truncates(tmp_path: Path) -> None:
         await start_hands_free(page)
         await page.wait_for_function("() => window.voxgateConsole.stats().truncates.length > 0")
         stats = await console_stats(page)
-        truncate = stats["truncates"][0]  # type: ignore[index]
+        truncate = stats["truncates"][0]
         assert 500 < truncate["audio_end_ms"] < 8000
-        played_at_stop = int(stats["playedMs"])  # type: ignore[call-overload]
+        played_at_stop = int(stats["playedMs"])
         assert not stats["playing"]
         await page.wait_for_selector('#log li[data-type="conversation.item.truncate"]')
 

@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import math
 import socket
 import struct
+import termios
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -256,6 +258,33 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def _unsent_bytes(writer: asyncio.StreamWriter) -> int:
+    """Bytes in the kernel send queue not yet acknowledged by the peer (0 if unknown)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+async def _wait_delivered(writer: asyncio.StreamWriter, timeout_s: float) -> None:
+    """Wait until the peer's kernel has every byte written, or ``timeout_s`` passes.
+
+    A reset discards whatever is still in our send queue, so a cut after N bytes first lets the
+    queue empty (it does once the receiver reads). The kernel has no readiness event for
+    "acknowledged", so this is the one place that polls: backing off from 1 ms to 50 ms, bounded.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pause_s = 0.001
+    while _unsent_bytes(writer) > 0 and loop.time() < deadline:
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.05)
+
+
 # ---------------------------------------------------------------------------- I/O
 
 
@@ -340,6 +369,7 @@ class _Pipe:
             if rate is not None:
                 self._pacer.consume(len(piece), asyncio.get_running_loop().time(), rate)
             if spent:
+                await _wait_delivered(self.writer, self.link.proxy.flush_timeout_s)
                 self.link.end("cut")
                 return False
         return True
@@ -471,6 +501,7 @@ class FaultProxy(Waitable):
         host, port: where to listen (default 127.0.0.1, a free port).
         buffer_limit_bytes: bytes held per direction per connection before back-pressure.
         connect_timeout_s: connecting to the target; on failure the client is reset.
+        flush_timeout_s: how long a cut-after waits for its last bytes to reach the peer.
         max_connections: live connections; beyond it new ones are reset (and counted refused).
         history_limit: connection records kept after they end.
     """
@@ -484,12 +515,14 @@ class FaultProxy(Waitable):
         port: int = 0,
         buffer_limit_bytes: int = 1024 * 1024,
         connect_timeout_s: float = 5.0,
+        flush_timeout_s: float = 5.0,
         max_connections: int = 1024,
         history_limit: int = 1024,
     ) -> None:
         super().__init__()
         self.target_host, self.target_port = target_host, target_port
         self.connect_timeout_s = connect_timeout_s
+        self.flush_timeout_s = flush_timeout_s
         self.queue_items = max(1, buffer_limit_bytes // READ_BYTES)
         self.faults = _Faults()
         self._host, self._port = host, port

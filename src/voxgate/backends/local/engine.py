@@ -39,6 +39,7 @@ from voxgate.protocol.realtime_server import Action, RealtimeCore, Send
 
 DEFAULT_MAX_TURN_S: Final = 30.0
 MAX_PENDING_CHUNKS: Final = 4096
+_ADAPT_CHUNK_BYTES: Final = 640  # 20 ms at 16 kHz, as sessions feed it
 
 
 @functools.cache
@@ -84,8 +85,13 @@ class EngineDecoderPool(DecoderPool):
             with self._create_lock:
                 if self._adapted_cmn is not None:
                     return
+                # after a full-utterance ("batch") decode a decoder must get a live mean
+                # before streaming again, or pocketsphinx 5.1.1 crashes in process_raw
+                if super().initial_cmn:
+                    decoder.set_cmn(super().initial_cmn)
                 decoder.start_utt()
-                decoder.process_raw(pcm16_16k, False, False)
+                for i in range(0, len(pcm16_16k), _ADAPT_CHUNK_BYTES):
+                    decoder.process_raw(pcm16_16k[i : i + _ADAPT_CHUNK_BYTES], False, False)
                 self._adapted_cmn = decoder.get_cmn(True)
                 decoder.end_utt()
         finally:

@@ -18,13 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from voxgate.backends.local.asr import AsrError, AsrStream, DecoderPool, FinalDecode
+from voxgate.backends.local.asr import AsrError, AsrStream, DecoderPool, FinalDecode, Transcript
 from voxgate.backends.local.vad import SpeechStarted, VadConfig, VadStream
 from voxgate.protocol.audio import AudioFormat, decode_input, rate_hz
 
 DEFAULT_MAX_TURN_MS: Final = 30_000
 _EAGERNESS_SILENCE_MS: Final = {"high": 200, "medium": 500, "auto": 500, "low": 800}
 _HISTORY_SLACK_MS: Final = 200
+_FEED_MS: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,7 @@ class TurnDetector:
         if self._asr_error is not None or not pcm:
             return None
         try:
-            partial = self._asr.feed(pcm)
+            partial = _feed_chunked(self._asr, pcm, self._bytes_per_ms)
         except AsrError as exc:
             self._asr_error = str(exc)
             return None
@@ -217,8 +218,18 @@ def transcribe_turn(
         pool, input_rate_hz=rate_hz(audio_fmt), final_decode=final_decode, reset_cmn=True
     )
     try:
-        stream.feed(decode_input(wire, audio_fmt))
+        _feed_chunked(stream, decode_input(wire, audio_fmt), rate_hz(audio_fmt) * 2 / 1000)
         final = stream.finish()
     finally:
         stream.cancel()
     return final.text, final.audio_ms
+
+
+def _feed_chunked(stream: AsrStream, pcm: bytes, bytes_per_ms: float) -> Transcript | None:
+    """Feed ``pcm`` in 20 ms pieces: pocketsphinx 5.1.1 can crash on one large live-mode
+    buffer after a full-utterance decode on the same decoder (seen with pooled decoders)."""
+    step = int(_FEED_MS * bytes_per_ms) & ~1
+    latest: Transcript | None = None
+    for i in range(0, len(pcm), step):
+        latest = stream.feed(pcm[i : i + step]) or latest
+    return latest
