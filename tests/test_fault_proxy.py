@@ -1,4 +1,4 @@
-"""The fault proxy: its pure policies, then real sockets (raw TCP, aiohttp echo, the fake)."""
+"""The fault proxy: its pure policy (fault_policy), then real sockets (raw TCP, echo, the fake)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 
 from voxgate.testing import FakeRealtimeServer
-from voxgate.testing.fault_proxy import READ_BYTES, CutBudget, FaultProxy, Pacer, RefusePolicy
+from voxgate.testing.fault_policy import READ_BYTES, CutBudget, Pacer, RefusePolicy
+from voxgate.testing.fault_proxy import FaultProxy
 
 TIMEOUT_S = 10.0
 AUTH = {"Authorization": "Bearer sk-test"}
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[object]]
 
 # ====================================================================== pure policies
 
@@ -40,7 +41,7 @@ def test_cut_budget_forwards_exactly_the_prefix(chunks: list[bytes], n_bytes: in
             break
     whole = b"".join(chunks)
     assert bytes(forwarded) == whole[:n_bytes]
-    assert spent_at == (n_bytes if len(whole) >= n_bytes and chunks else None) or n_bytes == 0
+    assert spent_at == (n_bytes if chunks and len(whole) >= n_bytes else None)
 
 
 @given(st.lists(st.integers(min_value=1, max_value=10_000), min_size=1, max_size=30))
@@ -375,6 +376,26 @@ async def test_delay_adds_at_least_the_latency_and_keeps_order(echo_port: int) -
             assert loop.time() - sent_at >= delay_s
             assert received == messages
             proxy.set_delay(0)
+
+
+async def test_heal_clears_every_fault(echo_port: int) -> None:
+    async with FaultProxy("127.0.0.1", echo_port) as proxy:
+        url = proxy.url_for(f"ws://x:{echo_port}/ws")
+        async with ws_connect(url) as ws:
+            record = await proxy.wait_for_connections(1)
+            proxy.stall("to_client")
+            proxy.set_delay(30.0)
+            proxy.set_throttle(1.0)
+            proxy.cut_after(1, "to_client", next_connections=3)
+            proxy.refuse()
+            await ws.send("after heal")
+            await record.wait_for_bytes(record.bytes_to_target + 1, "to_target", forwarded=False)
+            proxy.heal()
+            assert await ws.recv() == "after heal"
+        async with ws_connect(url) as second:
+            await second.send("fresh")
+            assert await second.recv() == "fresh"
+        assert (proxy.cuts, proxy.refused) == (0, 0)
 
 
 async def test_throttle_limits_bandwidth() -> None:
