@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # local engine (issue 4)
     local_llm_url: str | None = None
     local_llm_model: str = "llama3.2"
+    local_llm_api_key: SecretStr | None = None
+    #: ASR decoders (users mid-utterance at once; ~95 MB each) and the final-transcript pass:
+    #: ``stream`` (the live decoder's result, fast) or ``batch`` (re-decode, ~300 ms slower).
+    local_asr_decoders: int = Field(default=4, ge=1, le=64)
+    local_asr_final: Literal["stream", "batch"] = "stream"
     knowledge_path: str | None = None
 
     @field_validator("api_keys", mode="before")

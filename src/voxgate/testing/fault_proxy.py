@@ -19,10 +19,14 @@ live in :mod:`voxgate.testing.fault_policy` (:class:`CutBudget`, :class:`Pacer`,
 Ownership and bounds: one task per accepted connection, created synchronously in the accept
 callback and kept by the proxy; it owns a :class:`asyncio.TaskGroup` with a reader and a writer
 task per direction joined by a bounded queue. A stalled or delayed direction holds at most
-``buffer_limit_bytes`` plus two reads (:data:`READ_BYTES` each); beyond that the proxy stops
-reading and TCP flow control pushes back on the sender. :meth:`FaultProxy.close` resets every
-live connection and awaits every task. Nothing here sleeps to synchronise: waits are timers for
-delay and throttle, and :class:`asyncio.Event` wake-ups for everything else.
+``buffer_limit_bytes`` plus two reads (:data:`READ_BYTES` each, plus asyncio's own stream
+buffer); beyond that the proxy stops reading and TCP flow control pushes back on the sender.
+:meth:`FaultProxy.close` resets every live connection and awaits every task. Waits are timers
+for delay and throttle and :class:`asyncio.Event` wake-ups for everything else, with one
+exception: a cut-after waits (bounded, backing off) for the kernel to hand its last bytes to the
+peer, because a reset discards unsent data and the kernel offers no event for that. A plain
+:meth:`FaultProxy.cut` does not wait: bytes still in flight are lost, as on a real network.
+Linux only for that wait (``TIOCOUTQ``); elsewhere a cut-after may deliver fewer bytes.
 
 Example::
 

@@ -13,7 +13,6 @@ Must not: download anything, or keep per-session state here.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from concurrent.futures import Future
 from typing import Any, Final
@@ -31,7 +30,6 @@ from voxgate.backends.local.engine import (
     engine_executor,
 )
 from voxgate.backends.local.responder import (
-    LLM_KEY_ENV,
     ChatCompletionsResponder,
     KnowledgeResponder,
     Responder,
@@ -50,9 +48,6 @@ from voxgate.tools.knowledge import KnowledgeBase
 
 log = structlog.get_logger(__name__)
 
-#: Interim knobs read from the environment until they are Settings fields (see the docs).
-ASR_DECODERS_ENV: Final = "VOXGATE_LOCAL_ASR_DECODERS"
-FINAL_DECODE_ENV: Final = "VOXGATE_LOCAL_ASR_FINAL"
 DEFAULT_ASR_DECODERS: Final = 4
 WARM_DECODERS: Final = 2
 """Decoders created at startup (each takes ~0.3-1 s); more are made on demand."""
@@ -94,7 +89,11 @@ class LocalBackend:
             responder = ChatCompletionsResponder(
                 settings.local_llm_url,
                 model=settings.local_llm_model,
-                api_key=os.environ.get(LLM_KEY_ENV) or None,
+                api_key=(
+                    settings.local_llm_api_key.get_secret_value()
+                    if settings.local_llm_api_key
+                    else None
+                ),
             )
             name = "chat_completions"
         else:
@@ -105,10 +104,12 @@ class LocalBackend:
             )
             responder = KnowledgeResponder(kb)
             name = "knowledge"
-        decoders = int(os.environ.get(ASR_DECODERS_ENV) or DEFAULT_ASR_DECODERS)
-        final: FinalDecode = "batch" if os.environ.get(FINAL_DECODE_ENV) == "batch" else "stream"
+        final: FinalDecode = settings.local_asr_final
         return cls(
-            responder=responder, responder_name=name, asr_decoders=decoders, final_decode=final
+            responder=responder,
+            responder_name=name,
+            asr_decoders=settings.local_asr_decoders,
+            final_decode=final,
         )
 
     async def connect(self, target: UpstreamTarget) -> UpstreamConnection:
