@@ -9,6 +9,14 @@ per-connection records.
 from voxgate.testing.audio import b64, silence, tone
 from voxgate.testing.core import AudioLedger, FakeSession
 from voxgate.testing.fake_upstream import FakeRealtimeServer
+from voxgate.testing.fault_proxy import (
+    Direction,
+    DirectionStats,
+    FaultProxy,
+    Outcome,
+    ProxyConnection,
+    RefuseMode,
+)
 from voxgate.testing.handshake import Handshake, mask_key
 from voxgate.testing.records import ConnectionRecord
 from voxgate.testing.responder import (
@@ -25,7 +33,13 @@ __all__ = [
     "AudioLedger",
     "CallTool",
     "ConnectionRecord",
+    "Direction",
+    "DirectionStats",
     "FakeRealtimeServer",
+    "FaultProxy",
+    "Outcome",
+    "ProxyConnection",
+    "RefuseMode",
     "FakeSession",
     "Handshake",
     "Reply",
