@@ -47,12 +47,10 @@ class OpenAIBackend:
         *,
         url: str,
         api_key: str | None,
-        connect_timeout_s: float = 10.0,
         max_frame_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self._url = url
         self._api_key = api_key
-        self._connect_timeout_s = connect_timeout_s
         self._max_frame_bytes = max_frame_bytes
         self._http: aiohttp.ClientSession | None = None
 
