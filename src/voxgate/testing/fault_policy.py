@@ -1,7 +1,9 @@
-"""Sans-I/O decisions of :mod:`voxgate.testing.fault_proxy`: cut budgets, pacing, refusals.
+"""Sans-I/O decisions of the fault proxy: cut budgets, pacing, refusals.
 
 Nothing here touches sockets, tasks or the clock: callers pass ``now`` and act on the answer
-(each class says what the caller must do next). The proxy's I/O layer owns everything else.
+(each class says what the caller must do next). The I/O layer owns everything else:
+:mod:`voxgate.testing.fault_proxy` (listening, refusing, fault controls) and
+:mod:`voxgate.testing.fault_link` (one connection's pipes).
 """
 
 from __future__ import annotations
