@@ -409,13 +409,14 @@ async def test_prebuffer_overflow_is_an_error_not_a_silent_drop() -> None:
 # ---------------------------------------------------------------- upstream failures
 
 
-async def test_upstream_unreachable() -> None:
+async def test_upstream_unreachable_is_retried_until_the_ready_deadline_then_reported() -> None:
     async with FakeRealtimeServer() as fake:
         fake.refuse_connections(mode="http_503")
         from gateway_helpers import gateway_settings
         from voxgate.testing.gateway import run_gateway
 
-        async with run_gateway(gateway_settings(fake.url)) as gw, aiohttp.ClientSession() as http:
+        settings = gateway_settings(fake.url, ready_timeout_s=1.5)
+        async with run_gateway(settings) as gw, aiohttp.ClientSession() as http:
             async with http.ws_connect(
                 gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
             ) as ws:
@@ -423,8 +424,9 @@ async def test_upstream_unreachable() -> None:
                 assert error["error"]["code"] == "voxgate_upstream_unreachable"
                 assert "503" in error["error"]["message"]
                 assert (await expect_close(ws))[0] == 1013
+        assert fake.refused_count >= 3  # a 503 is retried with backoff, not given up at once
         async with (
-            run_gateway(gateway_settings("ws://127.0.0.1:1/v1/realtime")) as gw,
+            run_gateway(gateway_settings("ws://127.0.0.1:1/v1/realtime", ready_timeout_s=1.5)) as gw,
             aiohttp.ClientSession() as http,
             http.ws_connect(
                 gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
@@ -468,8 +470,12 @@ async def test_upstream_quota_error_is_fatal_and_forwarded() -> None:
             assert code == 4000
 
 
-async def test_upstream_session_expired_and_upstream_loss() -> None:
-    async with fake_and_gateway() as (fake, gw), aiohttp.ClientSession() as http:
+async def test_without_reconnect_upstream_expiry_and_loss_end_the_session() -> None:
+    # reconnect_attempts=0 turns recovery off (test_upstream_resilience.py covers it on)
+    async with (
+        fake_and_gateway(reconnect_attempts=0) as (fake, gw),
+        aiohttp.ClientSession() as http,
+    ):
         async with http.ws_connect(
             gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
         ) as ws:

@@ -67,6 +67,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         metrics=metrics,
         settings=settings,
         known_secrets=secrets_known,
+        secret=secret,
     )
 
     app = web.Application(client_max_size=1024 * 1024)

@@ -59,6 +59,35 @@ class Settings(BaseSettings):
     #: Largest HTTP header field (ek_ keys with long instructions travel in headers).
     max_header_bytes: int = Field(default=64 * 1024, ge=8190)
 
+    # upstream resilience (issue 6)
+    #: Attempts to reconnect a lost upstream, backoff (equal jitter) and per-attempt timeout.
+    reconnect_attempts: int = Field(default=10, ge=0, le=100)
+    reconnect_base_delay_s: float = Field(default=0.2, gt=0)
+    reconnect_max_delay_s: float = Field(default=5.0, gt=0)
+    reconnect_connect_timeout_s: float = Field(default=5.0, gt=0)
+    #: Move a session to a fresh upstream at a quiet point after this long (OpenAI caps a
+    #: session at 60 minutes); 0 disables.
+    upstream_max_session_s: float = Field(default=55 * 60.0, ge=0)
+    #: Session mirror bounds: conversation items (JSON), recent user-turn audio, audio since
+    #: the last commit (bytes of PCM).
+    mirror_items_bytes: int = Field(default=512 * 1024, ge=4096)
+    mirror_turn_audio_bytes: int = Field(default=1 * MIB, ge=0)
+    mirror_audio_bytes: int = Field(default=2 * MIB, ge=48_000)
+    #: Client input limits (pacing, never dropping): frames per second with a burst, and audio
+    #: faster than real time by this multiple with a burst of seconds of audio; 0 disables.
+    client_max_events_per_s: float = Field(default=250.0, ge=0)
+    client_events_burst: float = Field(default=1000.0, ge=1)
+    client_max_audio_realtime: float = Field(default=4.0, ge=0)
+    client_audio_burst_s: float = Field(default=30.0, ge=1)
+
+    # client resilience (issue 7)
+    #: How long a dropped voxgate.v1 client may take to resume (0 disables resume).
+    resume_grace_s: float = Field(default=30.0, ge=0)
+    #: Server events kept per resumable session for replay, in bytes of frame text.
+    replay_bytes: int = Field(default=2 * MIB, ge=64 * 1024)
+    #: How long a resuming connection may take to send its resume request.
+    resume_wait_s: float = Field(default=5.0, gt=0)
+
     # local engine (issue 4)
     local_llm_url: str | None = None
     local_llm_model: str = "llama3.2"

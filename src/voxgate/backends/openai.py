@@ -41,6 +41,8 @@ def upstream_url(base: str, target: UpstreamTarget) -> str:
 
 class OpenAIBackend:
     name = "openai"
+    #: a lost connection can be replaced by a fresh one and the session replayed on it
+    reconnectable = True
 
     def __init__(
         self,

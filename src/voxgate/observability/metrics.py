@@ -18,6 +18,13 @@ class _Stats(Protocol):
     client_bytes: int
     upstream_frames: int
     upstream_bytes: int
+    prebuffer_peak_bytes: int
+    reconnect_gaps_ms: list[float]
+    recycles: int
+    detaches: int
+    resumes: int
+    stalls: int
+    paced_frames: int
 
 
 class Metrics:
@@ -46,6 +53,35 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
             registry=r,
         )
+        self.reconnect_seconds = Histogram(
+            "voxgate_upstream_reconnect_seconds",
+            "Upstream lost → rebuilt and traffic flowing again",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
+        self.recycles = Counter(
+            "voxgate_upstream_recycles_total", "Planned moves to a fresh upstream", registry=r
+        )
+        self.resumes = Counter(
+            "voxgate_client_resumes_total", "Resume attempts, by outcome", ["outcome"], registry=r
+        )
+        self.detaches = Counter(
+            "voxgate_client_detached_total", "Resumable clients that vanished", registry=r
+        )
+        self.stalls = Counter(
+            "voxgate_client_stalls_total", "Clients that stopped reading", registry=r
+        )
+        self.paced = Counter(
+            "voxgate_client_paced_frames_total",
+            "Client frames after which reading paused (over the rate limits)",
+            registry=r,
+        )
+        self.prebuffer_peak = Histogram(
+            "voxgate_prebuffer_peak_bytes",
+            "Largest pre-ready / reconnect buffer per flush, per session",
+            buckets=(0, 1024, 16384, 65536, 262144, 1048576, 4194304),
+            registry=r,
+        )
         self.keys_minted = Counter(
             "voxgate_client_keys_minted_total", "ek_ keys minted", ["shape"], registry=r
         )
@@ -57,6 +93,13 @@ class Metrics:
         self.bytes.labels(direction="upstream_to_client").inc(stats.upstream_bytes)
         if stats.ready_at is not None:
             self.ready_seconds.observe(stats.ready_at - stats.started_at)
+        for gap_ms in stats.reconnect_gaps_ms:
+            self.reconnect_seconds.observe(gap_ms / 1000)
+        self.recycles.inc(stats.recycles)
+        self.detaches.inc(stats.detaches)
+        self.stalls.inc(stats.stalls)
+        self.paced.inc(stats.paced_frames)
+        self.prebuffer_peak.observe(stats.prebuffer_peak_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,9 @@ import orjson
 from voxgate.protocol.ids import event_id
 
 SUBPROTOCOL = "voxgate.v1"
+#: Offered next to ``voxgate.v1`` by a connection whose first frame is a resume request
+#: (``voxgate.session.resume``); never selected, it carries no secret.
+RESUME_SUBPROTOCOL = "voxgate.resume"
 #: The subprotocol every OpenAI browser client offers, selected when offered (§1.3).
 REALTIME_SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
@@ -34,3 +37,27 @@ def append_from_binary(audio: bytes) -> str:
         + base64.b64encode(audio).decode("ascii")
         + '"}'
     )
+
+
+class ResumeRequestError(ValueError):
+    """The first frame of a resuming connection is not a valid resume request."""
+
+
+def parse_resume_request(text: str | bytes) -> tuple[str, int]:
+    """``voxgate.session.resume {resume_token, received_events}`` → ``(token, received)``.
+
+    Raises:
+        ResumeRequestError: not JSON, another type, or fields of the wrong type.
+    """
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ResumeRequestError("not JSON") from None
+    if not isinstance(event, dict) or event.get("type") != "voxgate.session.resume":
+        raise ResumeRequestError("expected voxgate.session.resume")
+    token, received = event.get("resume_token"), event.get("received_events")
+    if not isinstance(token, str) or not token:
+        raise ResumeRequestError("resume_token must be a string")
+    if isinstance(received, bool) or not isinstance(received, int) or received < 0:
+        raise ResumeRequestError("received_events must be a non-negative integer")
+    return token, received

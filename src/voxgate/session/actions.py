@@ -40,7 +40,22 @@ class EndSession:
     cause: str = ""
 
 
-Action: TypeAlias = SendClient | SendUpstream | StartFlush | EndSession
+@dataclass(frozen=True, slots=True)
+class StartReconnect:
+    """The upstream is gone but the session is not: open a fresh one and rebuild it.
+
+    ``before_ready``: the client never saw ``session.created``, so the runner simply retries the
+    initial connect and readiness gating. Otherwise it replays the mirror
+    (:meth:`SessionMachine.replay`), then calls :meth:`SessionMachine.reconnected` or
+    :meth:`SessionMachine.reconnect_failed`.
+    """
+
+    cause: str
+    before_ready: bool = False
+    retry_response: bool = False
+
+
+Action: TypeAlias = SendClient | SendUpstream | StartFlush | EndSession | StartReconnect
 
 
 class _Forward:

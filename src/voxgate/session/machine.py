@@ -15,8 +15,15 @@ Caller's duty: feed every frame to :meth:`client_text` / :meth:`client_binary` /
 Phases::
 
     CONNECTING --session.created--> CONFIGURING --session.updated--> FLUSHING --flush_done--> READY
-         \\______(no embedded config)_____________________________/^
+         \\______(no embedded config)_____________________________/^                        |
+         ^__(lost before ready: retry)                    RECONNECTING <--(upstream lost)---/
+                                                               \\--reconnected--> FLUSHING
     any phase --fatal--> CLOSED
+
+With a :class:`~voxgate.session.recovery.Recovery` (backends that can be reconnected), every
+frame that leaves for the upstream is first recorded there (audio in the mirror, control events
+until acknowledged), so a frame lost with a dying upstream is never lost for the session; and
+a retryable upstream loss becomes :class:`StartReconnect` instead of the end.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import orjson
 
 from voxgate.protocol.close import CloseCode, close_reason
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, InvalidState, error_event
-from voxgate.protocol.extensions import append_from_binary
+from voxgate.protocol.extensions import append_from_binary, gateway_event
 from voxgate.protocol.ids import event_id as new_event_id
 from voxgate.protocol.redaction import redact
 from voxgate.protocol.sniff import NotAnEvent, client_event_id, event_type, parse_event
@@ -41,9 +48,12 @@ from voxgate.session.actions import (
     SendClient,
     SendUpstream,
     StartFlush,
+    StartReconnect,
 )
 from voxgate.session.coalesce import ErrorCoalescer
 from voxgate.session.prebuffer import PreBuffer
+from voxgate.session.reconnect import is_retryable_close
+from voxgate.session.recovery import Recovery, ReplayDriver, ReplayStats
 
 #: Client event types of the GA WebSocket protocol (realtime-protocol.md §4).
 CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
@@ -83,6 +93,8 @@ FATAL_UPSTREAM_CODES: frozenset[str] = frozenset(
         "session_expired",
     }
 )
+#: With recovery, the upstream's own 60-minute cap is not the end of the call (issue #6).
+_RECOVERABLE_UPSTREAM_CODES = frozenset({"session_expired"})
 #: Upstream events held while the embedded config is applied (they precede session.created
 #: for the client); more than this is an upstream protocol violation.
 _MAX_HELD_UPSTREAM = 64
@@ -93,6 +105,7 @@ class Phase(enum.Enum):
     CONFIGURING = "configuring"
     FLUSHING = "flushing"
     READY = "ready"
+    RECONNECTING = "reconnecting"
     CLOSED = "closed"
 
 
@@ -107,8 +120,14 @@ class SessionMachine:
         prebuffer_limit_bytes: int,
         coalesce_window_s: float,
         known_secrets: tuple[str, ...] = (),
+        recovery: Recovery | None = None,
     ) -> None:
         self.phase = Phase.CONNECTING
+        self.recovery = recovery
+        #: answers voxgate gives the client itself while flushing (sent by the runner)
+        self.flush_replies: list[str] = []
+        self._upstream_expired = False
+        self.ready_once = False
         self.extensions = extensions
         self.prebuffer = PreBuffer(prebuffer_limit_bytes)
         self.errors = ErrorCoalescer(coalesce_window_s)
@@ -126,6 +145,8 @@ class SessionMachine:
     def client_text(self, text: str, now: float) -> Outcome:
         """A text frame from the client. Returns FORWARD, nothing, or actions."""
         if self.phase is Phase.READY and text.startswith(_APPEND_HEADS):
+            if self.recovery is not None:
+                self.recovery.sent_append(text)
             return FORWARD
         try:
             etype = event_type(text)
@@ -141,10 +162,26 @@ class SessionMachine:
             )
         phase = self.phase
         if phase is Phase.READY:
-            return FORWARD
+            if self.recovery is None:
+                return FORWARD
+            return self._sending(etype, text, now)
         if phase is Phase.CLOSED:
             return NOTHING
         return self._hold(text)
+
+    def _sending(self, etype: str, text: str, now: float) -> Outcome:
+        """Record a frame that is about to go upstream (recovery on)."""
+        recovery = self.recovery
+        assert recovery is not None  # noqa: S101 (callers check)
+        if etype == APPEND:
+            recovery.sent_append(text)
+            return FORWARD
+        to_upstream, to_client = recovery.sent_control(etype, text, now)
+        if to_client is not None:
+            return (SendClient(to_client),)
+        if to_upstream is None:
+            return NOTHING
+        return FORWARD if to_upstream is text else (SendUpstream(to_upstream),)
 
     def client_binary(self, data: bytes, now: float) -> Outcome:
         """A binary frame: raw input audio for opted-in clients, an error for everyone else."""
@@ -158,6 +195,8 @@ class SessionMachine:
             )
         text = append_from_binary(data)
         if self.phase is Phase.READY:
+            if self.recovery is not None:
+                self.recovery.sent_append(text)
             return (SendUpstream(text),)
         if self.phase is Phase.CLOSED:
             return NOTHING
@@ -175,11 +214,27 @@ class SessionMachine:
             cause="prebuffer_overflow",
         )
 
-    def pop_buffered(self) -> str | None:
-        """Next frame to flush upstream (phase FLUSHING), or None when the buffer is empty."""
+    def pop_buffered(self, now: float = 0.0) -> str | None:
+        """Next frame to flush upstream (phase FLUSHING), or None when the buffer is empty.
+
+        With recovery on, the frame is recorded as sent (it may come back changed: ids mapped);
+        an answer voxgate gives itself lands in :attr:`flush_replies` for the runner to send.
+        """
         if self.phase is not Phase.FLUSHING:
             raise InvalidState(f"pop_buffered in phase {self.phase.value}")
-        return self.prebuffer.pop()
+        while True:
+            frame = self.prebuffer.pop()
+            if frame is None or self.recovery is None:
+                return frame
+            etype = APPEND if frame.startswith(_APPEND_HEADS) else event_type(frame)
+            outcome = self._sending(etype, frame, now)
+            if outcome is FORWARD:
+                return frame
+            for action in outcome:  # type: ignore[union-attr]
+                if isinstance(action, SendUpstream):
+                    return action.text
+                if isinstance(action, SendClient):
+                    self.flush_replies.append(action.text)
 
     def flush_done(self) -> None:
         """The runner sent every buffered frame: from now on frames are forwarded directly."""
@@ -203,8 +258,13 @@ class SessionMachine:
         phase = self.phase
         if etype == "error":
             return self._upstream_error(text, now)
-        if phase is Phase.READY or phase is Phase.FLUSHING:
-            return FORWARD
+        if phase is Phase.READY or phase is Phase.FLUSHING or phase is Phase.RECONNECTING:
+            if self.recovery is None:
+                return FORWARD
+            out = self.recovery.on_server(etype, text, now)
+            if out is None:
+                return NOTHING
+            return FORWARD if out is text else (SendClient(out),)
         if phase is Phase.CONNECTING:
             if etype == "session.created":
                 return self._on_session_created(text)
@@ -231,6 +291,8 @@ class SessionMachine:
         self.session_object = (
             event.get("session") if isinstance(event.get("session"), dict) else None
         )
+        if self.recovery is not None:
+            self.recovery.mirror.on_server_event("session.created", event)
         if self._embedded is None:
             return self._become_ready(text)
         self._created_event_id = (
@@ -248,6 +310,8 @@ class SessionMachine:
         _, event = parse_event(text)
         session = event.get("session")
         self.session_object = session if isinstance(session, dict) else self.session_object
+        if self.recovery is not None:
+            self.recovery.mirror.on_server_event("session.updated", event)
         created = {
             "type": "session.created",
             "event_id": self._created_event_id or new_event_id(),
@@ -257,6 +321,7 @@ class SessionMachine:
 
     def _become_ready(self, created_text: str) -> Outcome:
         self.phase = Phase.FLUSHING
+        self.ready_once = True  # the client has session.created from here on
         actions: list[Action] = [SendClient(created_text)]
         actions.extend(SendClient(t) for t in self._held_upstream)
         self._held_upstream.clear()
@@ -274,6 +339,11 @@ class SessionMachine:
         etype = str(err.get("type")) if isinstance(err.get("type"), str) else SERVER_ERROR
         message = str(err.get("message") or "")
         clean = redact(message, self._known)
+        if self.recovery is not None:
+            if code in _RECOVERABLE_UPSTREAM_CODES:
+                self._upstream_expired = True  # its close follows; voxgate moves the call
+                return NOTHING
+            self.recovery.on_server("error", text, now)
         if code in FATAL_UPSTREAM_CODES:
             self._fatal_error_seen = (etype, code)
         if self.phase is Phase.CONFIGURING and err.get("event_id") == self._config_event_id:
@@ -295,9 +365,17 @@ class SessionMachine:
         return (SendClient(orjson.dumps({**event, "error": {**err, "message": clean}}).decode()),)
 
     def upstream_closed(self, code: int | None, reason: str) -> Outcome:
-        """The upstream socket closed (or was lost, ``code`` None). Returns how to end."""
+        """The upstream socket closed (or was lost, ``code`` None). Returns how to go on.
+
+        With recovery and a retryable loss, that is :class:`StartReconnect` (after the events
+        that end a running response for the client); otherwise how the session ends.
+        """
         if self.phase is Phase.CLOSED:
             return NOTHING
+        if self.recovery is not None and self._fatal_error_seen is None:
+            expired, self._upstream_expired = self._upstream_expired, False
+            if expired or is_retryable_close(code):
+                return self._begin_reconnect("session_expired" if expired else f"lost:{code}")
         clean_reason = redact(reason, self._known)[:120]
         if self._fatal_error_seen is not None:
             etype, ecode = self._fatal_error_seen
@@ -325,6 +403,91 @@ class SessionMachine:
             cause="upstream_lost",
         )
 
+    def _begin_reconnect(self, cause: str) -> Outcome:
+        recovery = self.recovery
+        assert recovery is not None  # noqa: S101 (caller checks)
+        if not self.ready_once and self.phase is not Phase.RECONNECTING:
+            # The client has not seen session.created yet: just start over.
+            self.phase = Phase.CONNECTING
+            self._held_upstream.clear()
+            self._created_event_id = None
+            return (StartReconnect(cause, before_ready=True),)
+        self.phase = Phase.RECONNECTING
+        message = (
+            "The connection to the upstream was lost while this response was running; "
+            "voxgate is reconnecting."
+        )
+        texts, retry = recovery.begin("voxgate_upstream_lost", message)
+        actions: list[Action] = [SendClient(t) for t in texts]
+        if self.extensions:
+            actions.append(SendClient(gateway_event("voxgate.upstream.reconnecting", reason=cause)))
+        actions.append(StartReconnect(cause, retry_response=retry))
+        return actions
+
+    def start_recycle(self, now: float) -> Outcome:
+        """Move to a fresh upstream at a quiet point (before the upstream's maximum length).
+
+        Returns the same actions as a lost upstream (the runner closes the old one
+        gracefully), or nothing if the session is not quiet right now.
+        """
+        if self.recovery is None or self.phase is not Phase.READY:
+            return NOTHING
+        if not self.recovery.is_quiet(now):
+            return NOTHING
+        return self._begin_reconnect("recycle")
+
+    def replay(self, retry_response: bool) -> ReplayDriver:
+        """The driver that rebuilds this session on a new upstream (phase RECONNECTING)."""
+        if self.recovery is None or self.phase is not Phase.RECONNECTING:
+            raise InvalidState(f"replay in phase {self.phase.value}")
+        return self.recovery.replay(retry_response=retry_response)
+
+    def reconnected(self, stats: ReplayStats, gap_ms: float) -> Outcome:
+        """The new upstream is rebuilt: tell an opted-in client, then flush what it sent."""
+        if self.phase is not Phase.RECONNECTING:
+            raise InvalidState(f"reconnected in phase {self.phase.value}")
+        self.phase = Phase.FLUSHING
+        actions: list[Action] = []
+        if self.extensions and self.recovery is not None:
+            bpm = self.recovery.mirror.bytes_per_ms
+            actions.append(
+                SendClient(
+                    gateway_event(
+                        "voxgate.upstream.reconnected",
+                        state_restored=stats.state_restored,
+                        replayed_items=stats.replayed_items,
+                        resent_events=stats.resent_events,
+                        audio_resent_ms=stats.audio_resent_bytes // bpm,
+                        gap_ms=round(gap_ms),
+                    )
+                )
+            )
+        actions.append(StartFlush())
+        return actions
+
+    def reconnect_failed(self, reason: str, *, fatal_code: str | None = None) -> Outcome:
+        """Every attempt failed (or the upstream refused for good): end the session."""
+        actions: list[Action] = []
+        if self.extensions:
+            actions.append(SendClient(gateway_event("voxgate.upstream.lost", reason=reason)))
+        if fatal_code is not None:
+            self._fatal_error_seen = (SERVER_ERROR, fatal_code)
+            end = self._fatal(
+                f"The upstream refused the session ({fatal_code}).",
+                fatal_code,
+                CloseCode.INTERNAL_ERROR,
+                cause="upstream_fatal",
+            )
+        else:
+            end = self._fatal(
+                f"The connection to the upstream was lost and could not be restored ({reason}).",
+                "voxgate_upstream_lost",
+                CloseCode.INTERNAL_ERROR,
+                cause="upstream_lost",
+            )
+        actions.extend(end)  # type: ignore[arg-type]
+        return actions
+
     def upstream_unreachable(self, detail: str) -> Outcome:
         """Connecting to the upstream failed (refused, DNS, TLS, HTTP error, timeout)."""
         return self._fatal(
@@ -337,7 +500,7 @@ class SessionMachine:
 
     def ready_timeout(self, timeout_s: float) -> Outcome:
         """The upstream was not ready within ``timeout_s``."""
-        if self.phase in (Phase.READY, Phase.CLOSED):
+        if self.phase in (Phase.READY, Phase.CLOSED, Phase.RECONNECTING):
             return NOTHING
         return self._fatal(
             f"The upstream session was not ready within {timeout_s:g} s; no buffered event was "

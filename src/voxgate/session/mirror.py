@@ -1,21 +1,35 @@
-"""The session mirror: what voxgate must keep to rebuild a session on a fresh upstream. Pure.
+"""The session mirror: what voxgate keeps to rebuild a session on a fresh upstream. Pure.
 
-Groundwork for upstream reconnect (issue #6); DESIGN.md principle 2. It follows the
-*upstream's* view (the server events), not the client's requests, so it holds only what the
-upstream accepted:
+DESIGN.md principle 2, issue #6. It follows the *upstream's* view (the server events), not the
+client's requests, so it holds only what the upstream accepted:
 
 * the effective session config (``session.created`` / ``session.updated``);
 * the conversation items in order, as text: user text, transcripts of user audio, assistant
-  text and audio transcripts, function calls and their outputs (audio bytes are never kept);
-* the input audio appended since the last commit, as the original append frames.
+  text and audio transcripts, function calls and their outputs (assistant audio is never kept);
+* the audio of the most recent user audio turns (so a turn whose transcript is not known yet
+  is replayed as audio, not lost);
+* the input audio appended since the last commit, as the original base64 text.
 
-Bounds and policy: items are kept up to ``items_limit_bytes`` (their JSON size); past it the
-oldest items are dropped first and counted in ``dropped_items`` (a replayed conversation then
-starts later; the session config's instructions are always kept). Uncommitted audio is kept up
-to ``audio_limit_bytes``; past it the oldest frames are dropped and counted in
-``dropped_audio_bytes``. With server VAD the upstream commits on its own: the mirror uses
-``speech_stopped.audio_end_ms`` to cut the committed part off the pending audio exactly, to the
-byte, so a replay re-sends only what the upstream had not committed.
+Audio positions are bytes on the *client's* timeline: every byte the client appended in the
+session, in order. Callers translate a new upstream's ``audio_*_ms`` to it before feeding
+events in (see :mod:`voxgate.session.recovery`).
+
+Bounds and policy (every one counted):
+
+* items: up to ``items_limit_bytes`` of JSON; past it the oldest items are dropped first
+  (``dropped_items``); the config and its instructions are always kept;
+* turn audio: up to ``turn_audio_limit_bytes``; past it the oldest turns keep only their
+  transcripts ("oldest audio items become their transcripts");
+* pending audio: up to ``audio_limit_bytes``, oldest dropped first (``dropped_audio_bytes``).
+  With server VAD and nobody speaking only the newest ``idle_keep_bytes`` are kept: the
+  upstream needs no more than its prefix padding before speech, so an idle session holds
+  about two seconds of audio, not minutes of silence.
+
+Commits are driven by the caller (:mod:`voxgate.session.recovery`), which knows each
+upstream's place on the client's timeline: ``speech_stopped`` marks where a VAD turn ends
+(:meth:`speech_stopped_at`), and the audio leaves pending only when ``committed`` confirms it
+(:meth:`commit_until`), so a cut between the two does not lose the turn. A manual commit takes
+what was appended before the client sent it.
 """
 
 from __future__ import annotations
@@ -30,45 +44,67 @@ import orjson
 #: Fields of a session object a client may not send back in ``session.update``.
 _SERVER_ONLY = ("object", "id", "expires_at")
 _BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
+#: Replayed audio goes out in appends of this many milliseconds.
+REPLAY_CHUNK_MS = 100
 
 
-def _b64_len(b64: str) -> int:
+def b64_len(b64: str) -> int:
+    """Decoded length of a base64 string, without decoding it."""
     return len(b64) * 3 // 4 - b64.count("=", max(0, len(b64) - 2))
 
 
 class Mirror:
-    def __init__(self, *, items_limit_bytes: int, audio_limit_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        items_limit_bytes: int = 512 * 1024,
+        audio_limit_bytes: int = 2 * 1024 * 1024,
+        turn_audio_limit_bytes: int = 1024 * 1024,
+        idle_keep_ms: int = 2000,
+    ) -> None:
         self.items_limit_bytes = items_limit_bytes
         self.audio_limit_bytes = audio_limit_bytes
+        self.turn_audio_limit_bytes = turn_audio_limit_bytes
+        self.idle_keep_ms = idle_keep_ms
         self.session: dict[str, Any] | None = None
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._item_sizes: dict[str, int] = {}
         self.items_bytes = 0
         self.dropped_items = 0
-        # pending audio: (stream offset in bytes of the frame's first byte, base64 text)
+        self._turn_audio: OrderedDict[str, bytes] = OrderedDict()
+        self.turn_audio_bytes = 0
+        # pending audio: (client-timeline offset of the frame's first byte, base64 text)
         self._pending: deque[tuple[int, str]] = deque()
         self.pending_audio_bytes = 0
         self.dropped_audio_bytes = 0
-        self._stream_bytes = 0  # every input byte appended in the session, as the upstream counts
+        self.stream_bytes = 0  # every input byte the client appended, on its timeline
+        self._bpm = 48
+        self._vad = True
+        self._idle_keep_bytes = idle_keep_ms * 48
+        self.speaking = False  # between speech_started and the turn's commit
+        self._vad_cut: int | None = None
 
     # ------------------------------------------------------------------ inputs
 
     def on_client_append(self, audio_b64: str) -> None:
-        """The client appended audio (already forwarded upstream).
-
-        Cheap enough for the audio path: the base64 text is kept as is and its byte length
-        computed from its length; it is decoded only when a commit cuts through it or when
-        the pending audio is replayed.
-        """
-        size = _b64_len(audio_b64)
-        self._pending.append((self._stream_bytes, audio_b64))
-        self._stream_bytes += size
+        """The client appended audio (about to be sent upstream). Cheap: no decoding."""
+        if len(audio_b64) % 4:
+            return  # not base64: the upstream rejects it, so it never enters its buffer
+        size = b64_len(audio_b64)
+        self._pending.append((self.stream_bytes, audio_b64))
+        self.stream_bytes += size
         self.pending_audio_bytes += size
-        while self.pending_audio_bytes > self.audio_limit_bytes and self._pending:
-            _, dropped = self._pending.popleft()
-            dropped_size = _b64_len(dropped)
-            self.pending_audio_bytes -= dropped_size
-            self.dropped_audio_bytes += dropped_size
+        idle = self._vad and not self.speaking and self._vad_cut is None
+        limit = (
+            min(self.audio_limit_bytes, self._idle_keep_bytes) if idle else self.audio_limit_bytes
+        )
+        pending = self._pending
+        while self.pending_audio_bytes > limit and len(pending) > 1:
+            _, first = pending.popleft()
+            first_size = b64_len(first)
+            self.pending_audio_bytes -= first_size
+            if not idle:
+                self.dropped_audio_bytes += first_size  # idle trimming drops only silence
 
     def on_server_event(self, etype: str, event: dict[str, Any]) -> None:
         """Every non-audio server event, in order. Unknown types are ignored."""
@@ -76,34 +112,94 @@ class Mirror:
         if handler is not None:
             handler(self, event)
 
+    def commit_until(self, stream_offset: int, item_id: str | None) -> None:
+        """The upstream committed the audio before ``stream_offset`` as ``item_id``."""
+        audio = self._take_pending(stream_offset)
+        self.speaking = False
+        self._vad_cut = None
+        if item_id is not None and audio:
+            self._keep_turn_audio(item_id, audio)
+
+    def clear_pending(self) -> None:
+        self._take_pending(self.stream_bytes)
+        self.speaking = False
+        self._vad_cut = None
+
+    def drop_unfinished_items(self) -> list[str]:
+        """Forget items still ``in_progress`` (their response was cut short); return their ids."""
+        gone = [i for i, item in self._items.items() if item.get("status") == "in_progress"]
+        for item_id in gone:
+            self._forget(item_id)
+        return gone
+
     # ------------------------------------------------------------------ views
 
     @property
     def items(self) -> list[dict[str, Any]]:
         return list(self._items.values())
 
+    @property
+    def bytes_per_ms(self) -> int:
+        return self._bpm
+
+    @property
+    def vad_on(self) -> bool:
+        return self._vad
+
+    @property
+    def pending_start(self) -> int:
+        """Client-timeline offset of the first pending byte (the stream end when none)."""
+        return self._pending[0][0] if self._pending else self.stream_bytes
+
     def pending_audio(self) -> bytes:
-        """The uncommitted audio, decoded (undecodable frames count as empty: the upstream
-        rejected them too, so they were never in its buffer)."""
         return b"".join(_decode(b64) for _, b64 in self._pending)
 
-    def replay_events(self) -> list[dict[str, Any]]:
-        """Client events that rebuild this session on a fresh upstream, in order.
+    def pending_frames(self) -> list[tuple[int, str]]:
+        """Pending audio as the original ``(client offset, base64)`` frames, oldest first."""
+        return list(self._pending)
 
-        ``session.update`` with the effective config, one ``conversation.item.create`` per
-        item (items keep their ids, so ``previous_item_id`` chains hold), then the pending
-        audio in frames of at most 100 ms.
+    def memory_bytes(self) -> int:
+        """What the mirror holds, approximately: items JSON + turn audio + pending base64."""
+        pending_chars = sum(len(b64) for _, b64 in self._pending)
+        return self.items_bytes + self.turn_audio_bytes + pending_chars
+
+    def config_event(self) -> dict[str, Any] | None:
+        """``session.update`` restoring the effective config, or None before session.created."""
+        if self.session is None:
+            return None
+        config = {k: v for k, v in self.session.items() if k not in _SERVER_ONLY}
+        return {"type": "session.update", "session": config}
+
+    def item_events(self) -> list[tuple[str, dict[str, Any], bool]]:
+        """``conversation.item.create`` events rebuilding the conversation, in order.
+
+        Returns ``(item_id, event, as_audio)`` triples; ``as_audio`` is True for an assistant
+        audio message replayed as text (the upstream cannot truncate it any more). Items keep
+        their ids; an item whose content cannot be re-created (assistant audio without a
+        transcript) is skipped, and ``previous_item_id`` is not sent (order is the send order).
         """
-        events: list[dict[str, Any]] = []
-        if self.session is not None:
-            config = {k: v for k, v in self.session.items() if k not in _SERVER_ONLY}
-            events.append({"type": "session.update", "session": config})
-        for item in self._items.values():
-            creatable = _creatable(item)
+        out: list[tuple[str, dict[str, Any], bool]] = []
+        for item_id, item in self._items.items():
+            creatable = _creatable(item, self._turn_audio.get(item_id))
             if creatable is not None:
-                events.append({"type": "conversation.item.create", "item": creatable})
-        step = self._bytes_per_ms() * 100
+                was_audio = any(
+                    isinstance(p, dict) and p.get("type") == "output_audio"
+                    for p in item.get("content") or []
+                )
+                out.append(
+                    (item_id, {"type": "conversation.item.create", "item": creatable}, was_audio)
+                )
+        return out
+
+    def replay_events(self) -> list[dict[str, Any]]:
+        """Config, items, then pending audio in 100 ms appends (what a fresh upstream needs)."""
+        events: list[dict[str, Any]] = []
+        config = self.config_event()
+        if config is not None:
+            events.append(config)
+        events.extend(event for _, event, _ in self.item_events())
         audio = self.pending_audio()
+        step = self._bpm * REPLAY_CHUNK_MS
         for i in range(0, len(audio), step):
             chunk = base64.b64encode(audio[i : i + step]).decode("ascii")
             events.append({"type": "input_audio_buffer.append", "audio": chunk})
@@ -111,14 +207,16 @@ class Mirror:
 
     # ------------------------------------------------------------------ handlers
 
-    def _bytes_per_ms(self) -> int:
-        fmt = (((self.session or {}).get("audio") or {}).get("input") or {}).get("format") or {}
-        return _BYTES_PER_MS.get(str(fmt.get("type", "audio/pcm")), 48)
-
     def _session(self, event: dict[str, Any]) -> None:
         session = event.get("session")
-        if isinstance(session, dict):
-            self.session = session
+        if not isinstance(session, dict):
+            return
+        self.session = session
+        audio_in = (session.get("audio") or {}).get("input") or {}
+        fmt = audio_in.get("format") or {}
+        self._bpm = _BYTES_PER_MS.get(str(fmt.get("type", "audio/pcm")), 48)
+        self._idle_keep_bytes = self.idle_keep_ms * self._bpm
+        self._vad = audio_in.get("turn_detection") is not None
 
     def _item(self, event: dict[str, Any]) -> None:
         item = event.get("item")
@@ -126,7 +224,9 @@ class Mirror:
             return
         item_id: str = item["id"]
         clean = _without_audio(item)
-        if item_id in self._items:
+        old = self._items.get(item_id)
+        if old is not None:
+            _keep_known_transcripts(old, clean)
             self._items[item_id] = clean
         else:
             self._insert(item_id, clean, event.get("previous_item_id"))
@@ -136,8 +236,9 @@ class Mirror:
         """Put a new item right after ``previous`` (null or ``root``: first), as the server did."""
         self._items[item_id] = item
         if previous is None or previous == "root":
-            self._items.move_to_end(item_id, last=False)
-            return
+            if previous == "root" or len(self._items) == 1:
+                self._items.move_to_end(item_id, last=False)
+            return  # a null previous_item_id on a later item means "appended"
         if previous not in self._items:
             return  # its predecessor was dropped by the bound: it stays last
         keys = list(self._items)
@@ -149,59 +250,72 @@ class Mirror:
         self.items_bytes += size - self._item_sizes.get(item_id, 0)
         self._item_sizes[item_id] = size
         while self.items_bytes > self.items_limit_bytes and len(self._items) > 1:
-            oldest, _ = self._items.popitem(last=False)
-            self.items_bytes -= self._item_sizes.pop(oldest, 0)
+            oldest = next(iter(self._items))
+            self._forget(oldest)
             self.dropped_items += 1
+
+    def _forget(self, item_id: str) -> None:
+        if self._items.pop(item_id, None) is not None:
+            self.items_bytes -= self._item_sizes.pop(item_id, 0)
+        audio = self._turn_audio.pop(item_id, None)
+        if audio is not None:
+            self.turn_audio_bytes -= len(audio)
 
     def _deleted(self, event: dict[str, Any]) -> None:
         item_id = event.get("item_id")
-        if isinstance(item_id, str) and self._items.pop(item_id, None) is not None:
-            self.items_bytes -= self._item_sizes.pop(item_id, 0)
+        if isinstance(item_id, str):
+            self._forget(item_id)
 
     def _transcribed(self, event: dict[str, Any]) -> None:
-        item = self._items.get(str(event.get("item_id")))
+        item_id = str(event.get("item_id"))
+        item = self._items.get(item_id)
         transcript = event.get("transcript")
         if item is None or not isinstance(transcript, str):
             return
         for part in item.get("content") or []:
             if isinstance(part, dict) and part.get("type") == "input_audio":
                 part["transcript"] = transcript
-        self._account(str(event.get("item_id")))
+        self._account(item_id)
 
-    def _speech_stopped(self, event: dict[str, Any]) -> None:
-        end_ms = event.get("audio_end_ms")
-        if isinstance(end_ms, int | float):
-            self._commit_until(int(end_ms * self._bytes_per_ms()))
+    def speech_started(self) -> None:
+        self.speaking = True
 
-    def _committed(self, event: dict[str, Any]) -> None:
-        # With server VAD the cut was set by speech_stopped (audio after it stays pending);
-        # a manual commit takes everything appended so far.
-        if not self._vad_on():
-            self._commit_until(self._stream_bytes)
+    def speech_stopped_at(self, stream_offset: int) -> None:
+        """VAD says the turn ends at ``stream_offset``; applied when the commit is confirmed."""
+        self._vad_cut = stream_offset
 
-    def _cleared(self, event: dict[str, Any]) -> None:
-        self._commit_until(self._stream_bytes)
+    @property
+    def vad_cut(self) -> int | None:
+        return self._vad_cut
 
-    def _vad_on(self) -> bool:
-        audio_in = ((self.session or {}).get("audio") or {}).get("input") or {}
-        return audio_in.get("turn_detection") is not None
-
-    def _commit_until(self, stream_offset: int) -> None:
-        """Drop pending audio before ``stream_offset`` (bytes since the session began)."""
-        while self._pending:
-            start, b64 = self._pending[0]
-            end = start + _b64_len(b64)
-            if end <= stream_offset:
-                self._pending.popleft()
-                self.pending_audio_bytes -= end - start
+    def _take_pending(self, stream_offset: int) -> bytes:
+        """Remove and return the pending audio before ``stream_offset``."""
+        taken: list[bytes] = []
+        pending = self._pending
+        while pending:
+            start, b64 = pending[0]
+            size = b64_len(b64)
+            if start + size <= stream_offset:
+                pending.popleft()
+                self.pending_audio_bytes -= size
+                taken.append(_decode(b64))
             elif start < stream_offset:
                 cut = stream_offset - start
-                rest = _decode(b64)[cut:]
-                self._pending[0] = (stream_offset, base64.b64encode(rest).decode("ascii"))
+                raw = _decode(b64)
+                taken.append(raw[:cut])
+                pending[0] = (stream_offset, base64.b64encode(raw[cut:]).decode("ascii"))
                 self.pending_audio_bytes -= cut
-                return
+                break
             else:
-                return
+                break
+        return b"".join(taken)
+
+    def _keep_turn_audio(self, item_id: str, audio: bytes) -> None:
+        self._turn_audio[item_id] = audio
+        self.turn_audio_bytes += len(audio)
+        while self.turn_audio_bytes > self.turn_audio_limit_bytes and self._turn_audio:
+            _, old = self._turn_audio.popitem(last=False)
+            self.turn_audio_bytes -= len(old)
 
 
 def _decode(b64: str) -> bytes:
@@ -222,12 +336,26 @@ def _without_audio(item: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def _creatable(item: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``conversation.item.create`` shape of a mirrored item, or None if it has no text.
+def _keep_known_transcripts(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """``item.done`` for a user audio item may say ``transcript: null`` after we learnt it."""
+    for before, after in zip(old.get("content") or [], new.get("content") or [], strict=False):
+        if (
+            isinstance(before, dict)
+            and isinstance(after, dict)
+            and after.get("type") == "input_audio"
+            and after.get("transcript") is None
+            and before.get("transcript")
+        ):
+            after["transcript"] = before["transcript"]
 
-    Audio cannot be re-created by a client (assistant audio never; user audio is gone), so
-    audio parts become their transcripts: ``input_audio`` → ``input_text``, ``output_audio`` →
-    ``output_text``.
+
+def _creatable(item: dict[str, Any], turn_audio: bytes | None) -> dict[str, Any] | None:
+    """The ``conversation.item.create`` shape of a mirrored item, or None if it has no content.
+
+    Assistant audio cannot be re-created by a client, so ``output_audio`` becomes
+    ``output_text`` with its transcript. User audio is re-sent as audio while the mirror still
+    has it (a turn whose transcript is not known yet), else as ``input_text`` with its
+    transcript.
     """
     kind = item.get("type")
     if kind in ("function_call", "function_call_output"):
@@ -242,6 +370,10 @@ def _creatable(item: dict[str, Any]) -> dict[str, Any] | None:
         ptype = part.get("type")
         if ptype in ("input_text", "output_text", "input_image"):
             parts.append(dict(part))
+        elif ptype == "input_audio" and turn_audio is not None and not part.get("transcript"):
+            parts.append(
+                {"type": "input_audio", "audio": base64.b64encode(turn_audio).decode("ascii")}
+            )
         elif ptype in ("input_audio", "output_audio") and part.get("transcript"):
             text_type = "input_text" if ptype == "input_audio" else "output_text"
             parts.append({"type": text_type, "text": part["transcript"]})
@@ -258,7 +390,7 @@ _HANDLERS = {
     "conversation.item.created": Mirror._item,
     "conversation.item.deleted": Mirror._deleted,
     "conversation.item.input_audio_transcription.completed": Mirror._transcribed,
-    "input_audio_buffer.speech_stopped": Mirror._speech_stopped,
-    "input_audio_buffer.committed": Mirror._committed,
-    "input_audio_buffer.cleared": Mirror._cleared,
 }
+
+#: Server event types the mirror reads (the machine parses only these, plus its own).
+MIRRORED_TYPES: frozenset[str] = frozenset(_HANDLERS)

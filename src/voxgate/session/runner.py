@@ -1,10 +1,22 @@
-"""SessionRunner: the owner of one client session's I/O (DESIGN.md principle 4).
+"""SessionRunner: the owner of one session's I/O (DESIGN.md principle 4).
 
 It connects the upstream, pumps frames client → machine → upstream and upstream → machine →
-client, executes the machine's actions in order, and ends everything together. One TaskGroup per
-session; no queue between the sockets: each pump awaits the other socket's ``send_str``, so a
-peer that stops reading holds back the pump feeding it (aiohttp's writer drains past its 64 KiB
-limit), and memory per session stays bounded by the transport buffers and the pre-ready buffer.
+client, executes the machine's actions in order, and ends everything together: one TaskGroup
+per session holds the upstream pump, the timers, and the pump of whichever client connection is
+attached. There is no queue between the sockets: each pump awaits the other socket's
+``send_str``, so a peer that stops reading holds back the pump feeding it and memory stays
+bounded by the transport buffers, the pre-ready buffer and (for resumable clients) the replay log.
+
+The session outlives its connections on both sides:
+
+* **upstream** (issue #6): a retryable loss, the upstream's own ``session_expired``, a missed
+  heartbeat or a planned recycle becomes a reconnect: backoff, a fresh upstream, the mirror
+  replayed by :class:`~voxgate.session.recovery.ReplayDriver`, then the client's held frames
+  flushed. Client frames wait in the same ordered, bounded buffer as before readiness.
+* **client** (issue #7): a ``voxgate.v1`` client that vanishes (no close frame, a missed
+  heartbeat, a socket that stopped draining) is *detached*: the session and its upstream stay,
+  events go to the replay log, and :meth:`resume` attaches a new connection within the grace
+  period, replaying what it missed. A stock client that drops ends the session.
 
 The hot loops call ``receive``/``send_str`` directly and ask the machine only for a sniffed
 ``type``; every frame that needs no change is forwarded as the original text.
@@ -14,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +38,7 @@ from aiohttp import WSMsgType, web
 from voxgate.backends.base import Backend, UpstreamConnectError, UpstreamConnection, UpstreamTarget
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import InvalidState
+from voxgate.protocol.extensions import gateway_event
 from voxgate.session.actions import (
     FORWARD,
     EndSession,
@@ -31,11 +46,40 @@ from voxgate.session.actions import (
     SendClient,
     SendUpstream,
     StartFlush,
+    StartReconnect,
     _Forward,
 )
 from voxgate.session.machine import Phase, SessionMachine
+from voxgate.session.ratelimit import ClientPacer
+from voxgate.session.reconnect import ReconnectPolicy
+from voxgate.session.recovery import ReplayDriver, ReplayStats
+from voxgate.session.replay import ReplayLog
+from voxgate.session.resumable import ResumeState
 
 _CLOSE_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+#: Handshake statuses that no retry will fix (bad URL, bad key).
+_FATAL_HTTP = frozenset({400, 401, 403, 404})
+#: Characters of base64 audio per second of 24 kHz PCM16 (what the audio budget counts).
+_B64_CHARS_PER_S = 64_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    ready_timeout_s: float
+    max_session_s: float
+    ping_interval_s: float = 0.0
+    client_send_timeout_s: float = 10.0
+    #: None: the backend cannot be reconnected (the in-process local engine)
+    reconnect: ReconnectPolicy | None = None
+    #: move to a fresh upstream at a quiet point after this long (None: never)
+    recycle_after_s: float | None = None
+    #: how long a detached resumable client may take to come back (0: no resume)
+    resume_grace_s: float = 0.0
+    replay_bytes: int = 2 * 1024 * 1024
+    client_events_per_s: float = 0.0
+    client_events_burst: float = 0.0
+    client_audio_multiple: float = 0.0
+    client_audio_burst_s: float = 0.0
 
 
 @dataclass
@@ -51,6 +95,23 @@ class SessionStats:
     upstream_bytes: int = 0
     flushed_frames: int = 0
     flushed_bytes: int = 0
+    prebuffer_peak_bytes: int = 0
+    reconnects: int = 0
+    reconnect_gaps_ms: list[float] = field(default_factory=list)
+    recycles: int = 0
+    detaches: int = 0
+    resumes: int = 0
+    stalls: int = 0
+    paced_frames: int = 0
+
+
+@dataclass(eq=False)
+class ClientLink:
+    """One client connection attached to a session."""
+
+    ws: web.WebSocketResponse
+    abort: Callable[[], None] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _SessionOver(Exception):
@@ -59,46 +120,64 @@ class _SessionOver(Exception):
         self.end = end
 
 
+class _AttemptFailed(Exception):
+    def __init__(self, reason: str, fatal_code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fatal_code = fatal_code
+
+
 class SessionRunner:
     """Runs one session to its end. Construct, then ``await run()``; it never raises."""
 
     def __init__(
         self,
         *,
-        client: web.WebSocketResponse,
+        client: ClientLink,
         backend: Backend,
         machine: SessionMachine,
         target: UpstreamTarget,
-        ready_timeout_s: float,
-        max_session_s: float,
+        config: RunnerConfig,
         log: Any,
-        ping_interval_s: float = 0.0,
-        client_send_timeout_s: float = 10.0,
+        resume: ResumeState | None = None,
     ) -> None:
-        self._client = client
+        self._link: ClientLink | None = client
         self._backend = backend
         self._machine = machine
         self._target = target
-        self._ready_timeout_s = ready_timeout_s
-        self._max_session_s = max_session_s
-        self._ping_interval_s = ping_interval_s
-        self._send_timeout_s = client_send_timeout_s
+        self._cfg = config
+        self._log = log
+        self._resume = resume
+        self._replay = ReplayLog(config.replay_bytes) if resume is not None else None
+        self._upstream: UpstreamConnection | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._loop = asyncio.get_running_loop()
+        self.stats = SessionStats()
+        self.end: EndSession | None = None
         self.client_sends_started = 0
         self.client_sends_done = 0
         self._stall_mark = -1
         self._stall_since = 0.0
         self.pongs_from_client = 0
         self.pongs_from_upstream = 0
-        self._log = log
-        self._upstream: UpstreamConnection | None = None
-        self.stats = SessionStats()
-        self.end: EndSession | None = None
-        self._loop = asyncio.get_running_loop()
+        self._detached_at: float | None = None
+        self._upstream_since = 0.0
+        self._recycle_requested = False
+
+    @property
+    def session_id(self) -> str:
+        return self._target.session_id
+
+    @property
+    def attached(self) -> bool:
+        return self._link is not None
 
     async def run(self) -> EndSession:
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._client_pump(), name="client_pump")
+                self._tg = tg
+                assert self._link is not None  # noqa: S101 (a session starts attached)
+                tg.create_task(self._client_pump(self._link), name="client_pump")
                 tg.create_task(self._upstream_pump(), name="upstream_pump")
                 tg.create_task(self._timers(), name="timers")
         except* _SessionOver as group:
@@ -110,50 +189,123 @@ class SessionRunner:
                 CloseCode.INTERNAL_ERROR, "server_error.voxgate_internal", None, "internal_error"
             )
         end = self.end or EndSession(CloseCode.NORMAL, "", None, "done")
+        self.end = end
         await self._shutdown(end)
         return end
 
-    # ------------------------------------------------------------------ pumps
+    # ------------------------------------------------------------------ client side
 
-    async def _client_pump(self) -> None:
+    async def _client_pump(self, link: ClientLink) -> None:
         machine = self._machine
-        receive = self._client.receive
+        receive = link.ws.receive
         stats = self.stats
         now = self._loop.time
-        while True:
-            msg = await receive()
-            mtype = msg.type
-            if mtype is WSMsgType.TEXT:
-                text: str = msg.data
-                stats.client_frames += 1
-                stats.client_bytes += len(text)
-                if stats.first_audio_at is None:
-                    self._note_first_audio(text)
-                outcome = machine.client_text(text, now())
-                if outcome is FORWARD:
-                    # FORWARD only comes in phase READY, when the upstream is connected.
-                    await self._upstream.send_str(text)  # type: ignore[union-attr]
-                elif outcome:
-                    await self._execute(outcome)
-            elif mtype is WSMsgType.BINARY:
-                stats.client_frames += 1
-                stats.client_bytes += len(msg.data)
-                outcome = machine.client_binary(msg.data, now())
-                if outcome:
-                    await self._execute(outcome)
-            elif mtype is WSMsgType.PING:
-                self.pongs_from_client += 1  # a ping proves the peer is alive too
-                await self._client.pong(msg.data)
-            elif mtype is WSMsgType.PONG:
-                self.pongs_from_client += 1
-            elif mtype in _CLOSE_TYPES:
-                raise _SessionOver(self._client_gone(msg))
+        cfg = self._cfg
+        pacer = (
+            ClientPacer(
+                rate_hz=cfg.client_events_per_s,
+                burst=cfg.client_events_burst,
+                realtime_multiple=cfg.client_audio_multiple,
+                burst_s=cfg.client_audio_burst_s,
+                now=now(),
+            )
+            if cfg.client_events_per_s or cfg.client_audio_multiple
+            else None
+        )
+        try:
+            while True:
+                msg = await receive()
+                if link is not self._link:
+                    return  # detached or superseded by a resumed connection
+                mtype = msg.type
+                if mtype is WSMsgType.TEXT:
+                    text: str = msg.data
+                    stats.client_frames += 1
+                    stats.client_bytes += len(text)
+                    if stats.first_audio_at is None:
+                        self._note_first_audio(text)
+                    outcome = machine.client_text(text, now())
+                    if outcome is FORWARD:
+                        await self._upstream_send(text)
+                    elif outcome:
+                        await self._execute(outcome)
+                    if pacer is not None:
+                        await self._pace(pacer, len(text))
+                elif mtype is WSMsgType.BINARY:
+                    stats.client_frames += 1
+                    stats.client_bytes += len(msg.data)
+                    outcome = machine.client_binary(msg.data, now())
+                    if outcome:
+                        await self._execute(outcome)
+                    if pacer is not None:
+                        await self._pace(pacer, len(msg.data) * 4 // 3)
+                elif mtype is WSMsgType.PING:
+                    self.pongs_from_client += 1  # a ping proves the peer is alive too
+                    await link.ws.pong(msg.data)
+                elif mtype is WSMsgType.PONG:
+                    self.pongs_from_client += 1
+                elif mtype in _CLOSE_TYPES:
+                    self._client_closed(link, msg)
+                    return
+        finally:
+            if link is not self._link:
+                link.done.set()
 
-    async def _upstream_send(self, text: str) -> None:
-        upstream = self._upstream
-        if upstream is None:  # only possible after the session ended
+    async def _pace(self, pacer: ClientPacer, chars: int) -> None:
+        """Stop reading a client that is over its budget (issue #6.5): pace, never drop."""
+        wait = pacer.charge(chars / _B64_CHARS_PER_S, self._loop.time())
+        if wait > 0:
+            self.stats.paced_frames += 1
+            if pacer.paced == 1:
+                self._log.info("client.paced", wait_ms=round(wait * 1000, 1))
+            await asyncio.sleep(wait)  # rate limiting, not synchronisation
+
+    def _client_closed(self, link: ClientLink, msg: aiohttp.WSMessage) -> None:
+        """The client's socket ended: detach a resumable client that vanished, else end."""
+        clean = msg.type is WSMsgType.CLOSE
+        if not clean and self._resume is not None:
+            self._detach(link, f"client_lost:{msg.type.name.lower()}")
             return
-        await upstream.send_str(text)
+        self._machine.phase = Phase.CLOSED
+        code = link.ws.close_code or CloseCode.NO_STATUS
+        if msg.type is WSMsgType.ERROR:
+            raise _SessionOver(
+                EndSession(int(code), "", None, f"client_error:{type(msg.data).__name__}")
+            )
+        raise _SessionOver(EndSession(int(code), "", None, "client_closed"))
+
+    def _detach(self, link: ClientLink, cause: str) -> None:
+        """Keep the session without this client: events go to the replay log meanwhile."""
+        if link is not self._link or self._replay is None:
+            return
+        self._link = None
+        self._replay.detach()
+        self._detached_at = self._loop.time()
+        self.stats.detaches += 1
+        self._log.info("client.detached", cause=cause, logged_events=self._replay.last_seq)
+        if link.abort is not None:
+            link.abort()  # a blocked send fails at once; the socket is gone either way
+        link.done.set()
+
+    async def _send_client(self, text: str) -> None:
+        """Send one numbered frame to the client (and log it for a resume)."""
+        replay = self._replay
+        if replay is not None and not replay.append(text):
+            raise _SessionOver(EndSession(CloseCode.GOING_AWAY, "", None, "resume_window_overflow"))
+        link = self._link
+        if link is None:
+            return
+        self.client_sends_started += 1
+        try:
+            await link.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            if self._resume is None:
+                raise _SessionOver(
+                    EndSession(CloseCode.ABNORMAL, "", None, "client_send_failed")
+                ) from None
+            self._detach(link, "client_send_failed")
+        finally:
+            self.client_sends_done += 1
 
     def _note_first_audio(self, text: str) -> None:
         if text.find("input_audio_buffer.append", 0, 64) >= 0 or text.endswith(
@@ -166,72 +318,305 @@ class SessionRunner:
                 upstream_ready=self._machine.phase is Phase.READY,
             )
 
-    async def _upstream_pump(self) -> None:
-        await self._connect_and_gate()
+    # ------------------------------------------------------------------ resume
+
+    async def resume(self, link: ClientLink, received_events: int) -> str | None:
+        """Attach ``link`` (the caller checked its token) and replay what it missed.
+
+        Returns None on success, else a refusal reason; on success the link's pump runs in this
+        session's task group until it detaches or the session ends (``link.done``).
+        """
+        replay, resume, tg = self._replay, self._resume, self._tg
+        if replay is None or resume is None or tg is None or self.end is not None:
+            return "not_resumable"
+        if not replay.can_resume_from(received_events):
+            return "events_lost"
+        token = resume.consume()
+        if self._link is not None:
+            self._detach(self._link, "superseded")  # a half-open socket the client left behind
+        self._detached_at = None  # no grace expiry while catching up
+        started = self._loop.time()
+        missed = replay.last_seq - received_events
+        try:
+            await link.ws.send_str(
+                gateway_event(
+                    "voxgate.session.resumed",
+                    resume_token=token,
+                    replayed_events=missed,
+                    session_id=self.session_id,
+                )
+            )
+            seq = received_events
+            while seq < replay.last_seq:  # the log may grow while we send; catch up fully
+                seq += 1
+                await link.ws.send_str(replay.frame(seq))
+        except (ConnectionError, RuntimeError, IndexError):
+            self._detached_at = self._loop.time()
+            return "send_failed"
+        replay.attach()
+        self._link = link
+        self.stats.resumes += 1
+        self._log.info(
+            "client.resumed",
+            replayed_events=seq - received_events,
+            resume_ms=round((self._loop.time() - started) * 1000, 1),
+            generation=resume.generation,
+        )
+        tg.create_task(self._client_pump(link), name="client_pump")
+        return None
+
+    # ------------------------------------------------------------------ upstream side
+
+    async def _upstream_send(self, text: str) -> None:
         upstream = self._upstream
-        if upstream is None or self._machine.phase is Phase.CLOSED:
+        if upstream is None:  # reconnecting: the frame is in the mirror / pending acks
+            return
+        try:  # noqa: SIM105 (hot path: a bare try costs nothing, suppress() allocates)
+            await upstream.send_str(text)
+        except (ConnectionError, RuntimeError):
+            pass  # the upstream pump sees the loss; recovery re-sends what was recorded
+
+    async def _upstream_pump(self) -> None:
+        if not await self._open_initial():
             return
         machine = self._machine
         stats = self.stats
-        send = self._client.send_str
-        receive = upstream.receive
         now = self._loop.time
         while True:
-            msg = await receive()
-            if msg.type is WSMsgType.TEXT:
-                text: str = msg.data
-                stats.upstream_frames += 1
-                stats.upstream_bytes += len(text)
-                outcome = machine.upstream_text(text, now())
-                if outcome is FORWARD:
-                    self.client_sends_started += 1
-                    await send(text)  # waits while the client's socket buffer is full
-                    self.client_sends_done += 1
-                elif outcome:
-                    await self._execute(outcome)
-            elif msg.type in _CLOSE_TYPES:
-                await self._execute(self._upstream_gone(msg))
-                return
+            upstream = self._upstream
+            assert upstream is not None  # noqa: S101 (set by _open_initial / _reconnect)
+            receive = upstream.receive
+            send = self._send_client
+            while True:
+                msg = await receive()
+                if msg.type is WSMsgType.TEXT:
+                    text: str = msg.data
+                    stats.upstream_frames += 1
+                    stats.upstream_bytes += len(text)
+                    outcome = machine.upstream_text(text, now())
+                    if outcome is FORWARD:
+                        await send(text)  # waits while the client's socket buffer is full
+                    elif outcome:
+                        await self._execute(outcome)
+                elif msg.type in _CLOSE_TYPES:
+                    break
+                else:
+                    await self._upstream_control(upstream, msg)
+                if self._recycle_requested:
+                    break
+            if self._recycle_requested:
+                self._recycle_requested = False
+                outcome = machine.start_recycle(now())
+                if not outcome:
+                    continue  # no longer quiet: try again at the next check
+                self.stats.recycles += 1
             else:
-                await self._upstream_control(upstream, msg)
+                outcome = self._upstream_gone(msg)
+            reconnect = await self._execute(outcome)
+            if reconnect is None:
+                return
+            await self._reconnect(reconnect)
 
     async def _upstream_control(self, upstream: UpstreamConnection, msg: aiohttp.WSMessage) -> None:
-        """PING/PONG from the upstream (voxgate answers pings itself: see ``_heartbeat``)."""
+        """PING/PONG from the upstream (voxgate answers pings itself: see ``_timers``)."""
         if msg.type is WSMsgType.PING:
             self.pongs_from_upstream += 1
             await upstream.pong(msg.data)
         elif msg.type is WSMsgType.PONG:
             self.pongs_from_upstream += 1
 
-    async def _timers(self) -> None:
-        """The session's clock: its maximum length, and heartbeats to both peers.
+    async def _open_initial(self) -> bool:
+        """Connect and gate, retrying a lost or refused upstream until the ready deadline."""
+        machine = self._machine
+        log = self._log
+        log.info("upstream.connecting", **self._backend.describe())
+        policy = self._cfg.reconnect
+        deadline = self._loop.time() + self._cfg.ready_timeout_s
+        attempt = 0
+        last_unreachable: str | None = None
+        while True:
+            if attempt and policy is not None:
+                delay = policy.delay_s(attempt, random.random())  # noqa: S311 (jitter)
+                if self._loop.time() + delay >= deadline:
+                    break
+                await asyncio.sleep(delay)  # backoff, not synchronisation
+            attempt += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    started = time.monotonic()
+                    try:
+                        self._upstream = await self._backend.connect(self._target)
+                    except UpstreamConnectError as exc:
+                        log.warning("upstream.unreachable", detail=exc.detail, status=exc.status)
+                        last_unreachable = exc.detail
+                        if policy is None or exc.status in _FATAL_HTTP:
+                            await self._execute(machine.upstream_unreachable(exc.detail))
+                            return False
+                        continue
+                    log.info("upstream.connected", connect_ms=_ms(started), attempt=attempt)
+                    last_unreachable = None
+                    self._upstream_since = self._loop.time()
+                    if await self._gate(self._upstream):
+                        return True
+            except TimeoutError:
+                break
+            if policy is None:
+                return False
+        if last_unreachable is not None and machine.phase is Phase.CONNECTING:
+            await self._execute(machine.upstream_unreachable(last_unreachable))
+        log.warning("upstream.ready_timeout", timeout_s=self._cfg.ready_timeout_s)
+        await self._execute(machine.ready_timeout(self._cfg.ready_timeout_s))
+        return False
 
-        One task for both (a task per timer would cost memory per session). Heartbeat: ping
-        idle peers; a peer silent for two intervals is dead. aiohttp's own heartbeat
-        reschedules a timer on every received frame (timer churn on every audio frame of every
-        socket); this one costs nothing per frame: once per interval it compares frame
-        counters, pings only a peer that sent nothing during the last interval, and declares it
-        dead when the next interval also brings nothing (a pong counts). So a dead peer is
-        found within two intervals, and a late pong under load still counts if it arrives
-        within one.
+    async def _gate(self, upstream: UpstreamConnection) -> bool:
+        """Read until the machine is past CONFIGURING. False: lost, retry (raises if over)."""
+        machine = self._machine
+        receive = upstream.receive
+        while machine.phase in (Phase.CONNECTING, Phase.CONFIGURING):
+            msg = await receive()
+            if msg.type is WSMsgType.TEXT:
+                self.stats.upstream_frames += 1
+                self.stats.upstream_bytes += len(msg.data)
+                outcome = machine.upstream_text(msg.data, self._loop.time())
+                if outcome is FORWARD:
+                    await self._send_client(msg.data)
+                elif outcome:
+                    await self._execute(outcome)
+            elif msg.type in _CLOSE_TYPES:
+                again = await self._execute(self._upstream_gone(msg))
+                self._upstream = None
+                if again is None or not again.before_ready:
+                    raise InvalidState("a loss before ready must retry or end the session")
+                return False
+            else:
+                await self._upstream_control(upstream, msg)
+        return True
+
+    async def _reconnect(self, action: StartReconnect) -> None:
+        """Open a fresh upstream and rebuild the session on it, with backoff (issue #6)."""
+        policy = self._cfg.reconnect
+        if policy is None:
+            raise InvalidState("reconnect without a policy")
+        old, self._upstream = self._upstream, None
+        if old is not None:
+            self._close_in_background(old, CloseCode.NORMAL)
+        if action.before_ready:
+            if not await self._open_initial():
+                raise InvalidState("initial open ended without ending the session")
+            return
+        machine = self._machine
+        log = self._log
+        started = self._loop.time()
+        self.stats.reconnects += 1
+        log.info("upstream.reconnecting", cause=action.cause)
+        reason = "no attempt"
+        for attempt in range(policy.attempts):
+            delay = policy.delay_s(attempt, random.random())  # noqa: S311 (jitter)
+            if delay:
+                await asyncio.sleep(delay)  # backoff, not synchronisation
+            conn: UpstreamConnection | None = None
+            try:
+                async with asyncio.timeout(policy.connect_timeout_s):
+                    conn = await self._backend.connect(self._target)
+                    driver = machine.replay(action.retry_response)
+                    stats = await self._rebuild(conn, driver)
+            except UpstreamConnectError as exc:
+                reason = exc.detail
+                if exc.status in _FATAL_HTTP:
+                    break
+                continue
+            except TimeoutError:
+                reason = "timeout"
+            except _AttemptFailed as exc:
+                reason = exc.reason
+                if exc.fatal_code is not None:
+                    if conn is not None:
+                        self._close_in_background(conn, CloseCode.NORMAL)
+                    await self._execute(machine.reconnect_failed(reason, fatal_code=exc.fatal_code))
+                    return
+            else:
+                gap_ms = (self._loop.time() - started) * 1000
+                self.stats.reconnect_gaps_ms.append(round(gap_ms, 1))
+                if len(self.stats.reconnect_gaps_ms) > 64:
+                    del self.stats.reconnect_gaps_ms[0]
+                self._upstream = conn
+                self._upstream_since = self._loop.time()
+                log.info(
+                    "upstream.reconnected",
+                    cause=action.cause,
+                    attempt=attempt + 1,
+                    gap_ms=round(gap_ms, 1),
+                    replayed_items=stats.replayed_items,
+                    resent_events=stats.resent_events,
+                    audio_resent_bytes=stats.audio_resent_bytes,
+                    state_restored=stats.state_restored,
+                )
+                await self._execute(machine.reconnected(stats, gap_ms))
+                return
+            if conn is not None:
+                self._close_in_background(conn, CloseCode.NORMAL)
+            log.info("upstream.reconnect_attempt_failed", attempt=attempt + 1, reason=reason)
+        log.warning("upstream.lost", reason=reason)
+        await self._execute(machine.reconnect_failed(reason))
+
+    async def _rebuild(self, conn: UpstreamConnection, driver: ReplayDriver) -> ReplayStats:
+        """Drive the replay over ``conn`` until done (a close fails the attempt)."""
+        receive = conn.receive
+        while not driver.done:
+            msg = await receive()
+            if msg.type is WSMsgType.TEXT:
+                sends = driver.on_text(msg.data)
+                if driver.fatal is not None:
+                    raise _AttemptFailed(driver.fatal[1][:120], fatal_code=driver.fatal[0])
+                for text in sends:
+                    await conn.send_str(text)
+            elif msg.type in _CLOSE_TYPES:
+                raise _AttemptFailed(f"closed during replay ({conn.close_code})")
+            elif msg.type is WSMsgType.PING:
+                await conn.pong(msg.data)
+        return driver.stats
+
+    def _close_in_background(self, conn: UpstreamConnection, code: int) -> None:
+        async def close() -> None:
+            with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(conn.close(code=code), 2.0)
+
+        if self._tg is not None:
+            self._tg.create_task(close(), name="upstream_close")
+
+    # ------------------------------------------------------------------ timers
+
+    async def _timers(self) -> None:
+        """The session's clock: its maximum length, heartbeats, stalls, grace, recycling.
+
+        One task for all of them (a task per timer would cost memory per session). Heartbeat:
+        once per interval compare frame counters, ping only a peer that sent nothing during the
+        last interval, and declare it dead when the next interval also brings nothing (a pong
+        counts). So a dead peer is found within two intervals, and a late pong under load still
+        counts if it arrives within one. aiohttp's own heartbeat reschedules a timer on every
+        received frame; this one costs nothing per frame.
         """
         loop = self._loop
-        deadline = loop.time() + self._max_session_s
-        interval = self._ping_interval_s or float("inf")
+        cfg = self._cfg
+        deadline = loop.time() + cfg.max_session_s
+        interval = cfg.ping_interval_s or float("inf")
         next_beat = loop.time() + interval
-        stall_check_s = self._send_timeout_s / 4 if self._send_timeout_s else float("inf")
-        next_stall_check = loop.time() + stall_check_s
+        stall_check_s = cfg.client_send_timeout_s / 4 if cfg.client_send_timeout_s else float("inf")
+        slow_check_s = 1.0 if (cfg.resume_grace_s or cfg.recycle_after_s) else float("inf")
+        next_check = loop.time() + min(stall_check_s, slow_check_s)
         last = (-1, -1)
         missed = [0, 0]
         while True:
-            wake = min(deadline, next_beat, next_stall_check)
+            wake = min(deadline, next_beat, next_check)
             await asyncio.sleep(max(0.0, wake - loop.time()))
             now = loop.time()
             if now >= deadline:
-                await self._execute(self._machine.session_expired(self._max_session_s))
-            if now >= next_stall_check:
-                next_stall_check = now + stall_check_s
+                await self._execute(self._machine.session_expired(cfg.max_session_s))
+            if now >= next_check:
+                next_check = now + min(stall_check_s, slow_check_s)
                 self._check_stall(now)
+                self._check_grace(now)
+                await self._check_recycle(now)
             if now < next_beat:
                 continue
             next_beat += interval
@@ -242,25 +627,46 @@ class SessionRunner:
             for side in (0, 1):
                 missed[side] = missed[side] + 1 if seen[side] == last[side] else 0
             last = seen
-            if missed[0] >= 2:
-                raise _SessionOver(
-                    EndSession(CloseCode.GOING_AWAY, "", None, "client_heartbeat_timeout")
-                )
-            if missed[1] >= 2 and self._upstream is not None:
+            link, upstream = self._link, self._upstream
+            if link is None:
+                missed[0] = 0
+            elif missed[0] >= 2:
+                if self._resume is None:
+                    raise _SessionOver(
+                        EndSession(CloseCode.GOING_AWAY, "", None, "client_heartbeat_timeout")
+                    )
+                self._detach(link, "client_heartbeat_timeout")
+                missed[0] = 0
+            if upstream is None or self._machine.phase is not Phase.READY:
+                missed[1] = 0
+            elif missed[1] >= 2:
                 self._log.warning("upstream.heartbeat_timeout", interval_s=interval)
-                await self._execute(self._machine.upstream_closed(None, "heartbeat timeout"))
-            if missed[0] and self.client_sends_started == self.client_sends_done:
-                await self._client.ping()  # (never behind a blocked send: see _check_stall)
-            if missed[1] and self._upstream is not None:
-                await self._upstream.ping()
+                missed[1] = 0
+                if self._cfg.reconnect is None:
+                    await self._execute(self._machine.upstream_closed(None, "heartbeat timeout"))
+                self._close_in_background(upstream, CloseCode.GOING_AWAY)  # the pump reconnects
+            link = self._link
+            if (
+                missed[0]
+                and link is not None
+                and self.client_sends_started == self.client_sends_done
+            ):
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await link.ws.ping()  # (never behind a blocked send: see _check_stall)
+            if missed[1] and upstream is not None and upstream is self._upstream:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await upstream.ping()
 
     def _check_stall(self, now: float) -> None:
-        """End the session if one send to the client has been blocked for the send timeout.
+        """Treat a client whose socket accepted nothing for the send timeout as gone.
 
         A client that stops reading fills its socket buffer; the send then waits, the upstream
-        pump stops reading the upstream, and nothing grows in voxgate. Past the timeout the
-        client is treated as gone (its upstream is closed and every resource freed).
+        pump stops reading the upstream, and nothing grows in voxgate. Past the timeout a
+        resumable client is detached (its events go to the bounded replay log); any other
+        client's session ends and every resource is freed.
         """
+        if not self._cfg.client_send_timeout_s:
+            return
         done = self.client_sends_done
         if self.client_sends_started == done:
             self._stall_mark = -1
@@ -268,87 +674,104 @@ class SessionRunner:
         if done != self._stall_mark:
             self._stall_mark, self._stall_since = done, now
             return
-        if now - self._stall_since >= self._send_timeout_s:
+        if now - self._stall_since >= self._cfg.client_send_timeout_s:
+            self.stats.stalls += 1
             self._log.warning("session.client_stalled", blocked_s=round(now - self._stall_since, 1))
+            self._stall_mark = -1
+            link = self._link
+            if self._resume is not None and link is not None:
+                self._detach(link, "client_stalled")
+                return
             raise _SessionOver(EndSession(CloseCode.POLICY, "", None, "client_stalled"))
 
-    async def _connect_and_gate(self) -> None:
-        """Connect, then read until the machine is past CONFIGURING, all within the deadline."""
-        machine = self._machine
-        log = self._log
-        log.info("upstream.connecting", **self._backend.describe())
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(self._ready_timeout_s):
-                try:
-                    self._upstream = await self._backend.connect(self._target)
-                except UpstreamConnectError as exc:
-                    log.warning("upstream.unreachable", detail=exc.detail, status=exc.status)
-                    await self._execute(machine.upstream_unreachable(exc.detail))
-                    return
-                log.info("upstream.connected", connect_ms=_ms(started))
-                receive = self._upstream.receive
-                while machine.phase in (Phase.CONNECTING, Phase.CONFIGURING):
-                    msg = await receive()
-                    if msg.type is WSMsgType.TEXT:
-                        self.stats.upstream_frames += 1
-                        self.stats.upstream_bytes += len(msg.data)
-                        outcome = machine.upstream_text(msg.data, self._loop.time())
-                        if outcome is FORWARD:
-                            await self._client.send_str(msg.data)
-                        elif outcome:
-                            await self._execute(outcome)
-                    elif msg.type in _CLOSE_TYPES:
-                        await self._execute(self._upstream_gone(msg))
-                        return
-                    else:
-                        await self._upstream_control(self._upstream, msg)
-        except TimeoutError:
-            log.warning("upstream.ready_timeout", timeout_s=self._ready_timeout_s)
-            await self._execute(machine.ready_timeout(self._ready_timeout_s))
+    def _check_grace(self, now: float) -> None:
+        since = self._detached_at
+        if self._link is None and since is not None and now - since >= self._cfg.resume_grace_s:
+            self._log.info("client.grace_expired", grace_s=self._cfg.resume_grace_s)
+            raise _SessionOver(EndSession(CloseCode.GOING_AWAY, "", None, "resume_grace_expired"))
+
+    async def _check_recycle(self, now: float) -> None:
+        """Before the upstream's own cap, ask the pump to move at a quiet point."""
+        after = self._cfg.recycle_after_s
+        upstream = self._upstream
+        if after is None or upstream is None or self._recycle_requested:
+            return
+        if now - self._upstream_since < after or self._machine.phase is not Phase.READY:
+            return
+        if self._machine.recovery is None or not self._machine.recovery.is_quiet(now):
+            return
+        self._recycle_requested = True
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await upstream.ping()  # its pong wakes the pump, which moves between two frames
+
+    # ------------------------------------------------------------------ actions
+
+    async def _execute(self, actions: Outcome) -> StartReconnect | None:
+        """Run actions in order; return a :class:`StartReconnect` for the upstream pump."""
+        if isinstance(actions, _Forward):
+            raise InvalidState("FORWARD is not an action list")
+        reconnect: StartReconnect | None = None
+        for action in actions:
+            if isinstance(action, SendClient):
+                await self._send_client(action.text)
+            elif isinstance(action, SendUpstream):
+                await self._upstream_send(action.text)
+            elif isinstance(action, StartFlush):
+                await self._flush()
+            elif isinstance(action, StartReconnect):
+                reconnect = action
+            elif isinstance(action, EndSession):
+                link = self._link
+                if action.error_text is not None and link is not None and not link.ws.closed:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await link.ws.send_str(action.error_text)
+                raise _SessionOver(action)
+        return reconnect
 
     async def _flush(self) -> None:
         machine = self._machine
         upstream = self._upstream
         if upstream is None:
             raise InvalidState("flush without an upstream")
-        self.stats.ready_at = time.monotonic()
-        self._log.info("upstream.ready", ready_ms=_ms(self.stats.started_at))
+        if self.stats.ready_at is None:
+            self.stats.ready_at = time.monotonic()
+            self._log.info("upstream.ready", ready_ms=_ms(self.stats.started_at))
+            if self._resume is not None:
+                await self._send_unnumbered(
+                    gateway_event(
+                        "voxgate.session.resumable",
+                        resume_token=self._resume.issue(),
+                        grace_s=self._cfg.resume_grace_s,
+                        session_id=self.session_id,
+                    )
+                )
+        peak = machine.prebuffer.size_bytes
         frames = 0
         size = 0
-        while (frame := machine.pop_buffered()) is not None:
-            await upstream.send_str(frame)
+        now = self._loop.time
+        while (frame := machine.pop_buffered(now())) is not None:
+            try:
+                await upstream.send_str(frame)
+            except (ConnectionError, RuntimeError):
+                return  # lost mid-flush: the pump reconnects; the rest stays buffered
             frames += 1
             size += len(frame)
+            for reply in machine.flush_replies:
+                await self._send_client(reply)
+            machine.flush_replies.clear()
         machine.flush_done()
-        self.stats.flushed_frames, self.stats.flushed_bytes = frames, size
+        self.stats.flushed_frames += frames
+        self.stats.flushed_bytes += size
+        self.stats.prebuffer_peak_bytes = max(self.stats.prebuffer_peak_bytes, peak)
         if frames:
             self._log.info("prebuffer.flushed", events=frames, bytes=size)
 
-    # ------------------------------------------------------------------ actions
-
-    async def _execute(self, actions: Outcome) -> None:
-        if isinstance(actions, _Forward):
-            raise InvalidState("FORWARD is not an action list")
-        for action in actions:
-            if isinstance(action, SendClient):
-                await self._client.send_str(action.text)
-            elif isinstance(action, SendUpstream):
-                await self._upstream_send(action.text)
-            elif isinstance(action, StartFlush):
-                await self._flush()
-            elif isinstance(action, EndSession):
-                if action.error_text is not None and not self._client.closed:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await self._client.send_str(action.error_text)
-                raise _SessionOver(action)
-
-    def _client_gone(self, msg: aiohttp.WSMessage) -> EndSession:
-        self._machine.phase = Phase.CLOSED
-        code = self._client.close_code or CloseCode.NO_STATUS
-        if msg.type is WSMsgType.ERROR:
-            return EndSession(int(code), "", None, f"client_error:{type(msg.data).__name__}")
-        return EndSession(int(code), "", None, "client_closed")
+    async def _send_unnumbered(self, text: str) -> None:
+        """A ``voxgate.session.*`` event: not numbered, not logged for replay."""
+        link = self._link
+        if link is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await link.ws.send_str(text)
 
     def _upstream_gone(self, msg: aiohttp.WSMessage) -> Outcome:
         upstream = self._upstream
@@ -357,7 +780,9 @@ class SessionRunner:
         if msg.type is WSMsgType.CLOSE:
             code = int(msg.data) if msg.data is not None else code
             reason = msg.extra or ""
-        if msg.type is WSMsgType.ERROR:
+        if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSING):
+            code = None
+        if code == CloseCode.ABNORMAL:
             code = None
         self._log.info("upstream.closed", code=code, reason=reason)
         return self._machine.upstream_closed(code, reason)
@@ -367,12 +792,15 @@ class SessionRunner:
         if upstream is not None:
             with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
                 await asyncio.wait_for(upstream.close(code=CloseCode.NORMAL), 2.0)
-        if not self._client.closed:
-            with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(
-                    self._client.close(code=end.close_code, message=end.reason.encode()[:120]),
-                    2.0,
-                )
+        link, self._link = self._link, None
+        if link is not None:
+            if not link.ws.closed:
+                with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+                    await asyncio.wait_for(
+                        link.ws.close(code=end.close_code, message=end.reason.encode()[:120]),
+                        2.0,
+                    )
+            link.done.set()
         s = self.stats
         self._log.info(
             "session.closed",
@@ -386,6 +814,10 @@ class SessionRunner:
             upstream_frames=s.upstream_frames,
             upstream_bytes=s.upstream_bytes,
             flushed_frames=s.flushed_frames,
+            reconnects=s.reconnects,
+            detaches=s.detaches,
+            resumes=s.resumes,
+            paced_frames=s.paced_frames,
             errors_sent=self._machine.errors_sent,
             errors_suppressed=self._machine.errors.suppressed_total,
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from voxgate.protocol.extensions import (
     KEY_SUBPROTOCOL_PREFIX,
     REALTIME_SUBPROTOCOL,
+    RESUME_SUBPROTOCOL,
     SUBPROTOCOL,
 )
 
@@ -30,6 +31,7 @@ class ConnectRequest:
     selected_subprotocol: str | None
     extensions: bool
     beta_header: bool
+    resume: bool = False
 
     def __repr__(self) -> str:  # never show the credential
         return (
@@ -84,4 +86,5 @@ def negotiate(
         selected_subprotocol=select_subprotocol(offered),
         extensions=SUBPROTOCOL in offered,
         beta_header=beta,
+        resume=SUBPROTOCOL in offered and RESUME_SUBPROTOCOL in offered,
     )

@@ -4,6 +4,12 @@ Like the real server, the upgrade always succeeds (101) and auth, model and shap
 right after it: a failure is an ``error`` event plus an immediate close with the real server's
 code (3000 auth, 4000 model/shape; realtime-protocol.md §1.1, §7). The selected subprotocol is
 ``voxgate.v1`` or ``realtime``; a key-bearing subprotocol is never selected, echoed or logged.
+
+A connection offering ``voxgate.v1`` + ``voxgate.resume`` takes back a live session instead of
+starting one (issue #7): its first frame is ``voxgate.session.resume {resume_token,
+received_events}``; a key is optional (the token is the credential, so it works after the
+``ek_`` key expired), but a key of another subject is refused. Refusals are
+``voxgate_resume_refused`` + close 4000; the client then starts a fresh session.
 """
 
 from __future__ import annotations
@@ -18,15 +24,21 @@ import orjson
 import structlog
 from aiohttp import web
 
+from voxgate.auth import resume as resume_tokens
 from voxgate.auth.grants import Authenticator, Grant
 from voxgate.backends.base import Backend, UpstreamTarget
 from voxgate.observability.metrics import Metrics
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import INVALID_REQUEST, AuthError, FatalSessionError
+from voxgate.protocol.extensions import ResumeRequestError, parse_resume_request
 from voxgate.protocol.ids import new_id
 from voxgate.session.limits import SessionLimits
 from voxgate.session.machine import SessionMachine
-from voxgate.session.runner import SessionRunner
+from voxgate.session.mirror import Mirror
+from voxgate.session.reconnect import ReconnectPolicy
+from voxgate.session.recovery import Recovery
+from voxgate.session.resumable import ResumeState
+from voxgate.session.runner import ClientLink, RunnerConfig, SessionRunner
 from voxgate.transports.negotiate import ConnectRequest, negotiate, offered_subprotocols
 
 log = structlog.get_logger("voxgate.session")
@@ -70,6 +82,7 @@ class RealtimeEndpoint:
         metrics: Metrics,
         settings: Any,
         known_secrets: tuple[str, ...],
+        secret: bytes = b"",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._backend = backend
@@ -79,6 +92,16 @@ class RealtimeEndpoint:
         self._known = known_secrets
         self._clock = clock
         self._limits = SessionLimits(settings.max_sessions, settings.max_sessions_per_subject)
+        self._secret = secret
+        #: live resumable sessions by id (bounded by the session limit)
+        self._resumable: dict[str, tuple[SessionRunner, ResumeState]] = {}
+        self._reconnectable = bool(getattr(backend, "reconnectable", False))
+        self._policy = ReconnectPolicy(
+            attempts=settings.reconnect_attempts,
+            base_delay_s=settings.reconnect_base_delay_s,
+            max_delay_s=settings.reconnect_max_delay_s,
+            connect_timeout_s=settings.reconnect_connect_timeout_s,
+        )
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,6 +131,8 @@ class RealtimeEndpoint:
             autoping=False,
         )
         await ws.prepare(request)
+        if req.resume:
+            return await self._handle_resume(ws, request, req)
         session_id = new_id("vg", 16)
         slog = log.bind(session_id=session_id, backend=self._backend.name)
         slog.info(
@@ -124,23 +149,27 @@ class RealtimeEndpoint:
             return await self._refuse(ws, exc, slog)
         target = self._target(req, grant, session_id)
         slog = slog.bind(auth=grant.kind, subject_set=grant.subject is not None)
+        resume = (
+            ResumeState(self._secret, session_id=session_id, subject=grant.subject)
+            if req.extensions and s.resume_grace_s > 0 and self._secret
+            else None
+        )
         machine = SessionMachine(
             embedded_session=grant.session,
             extensions=req.extensions,
             prebuffer_limit_bytes=s.prebuffer_bytes,
             coalesce_window_s=s.error_coalesce_window_s,
             known_secrets=self._known,
+            recovery=self._recovery(),
         )
         runner = SessionRunner(
-            client=ws,
+            client=ClientLink(ws, _aborter(request)),
             backend=self._backend,
             machine=machine,
             target=target,
-            ready_timeout_s=s.ready_timeout_s,
-            max_session_s=grant.max_session_s,
+            config=self._runner_config(grant),
             log=slog,
-            ping_interval_s=s.ping_interval_s,
-            client_send_timeout_s=s.client_send_timeout_s,
+            resume=resume,
         )
         try:
             self._limits.acquire(grant.subject)
@@ -149,9 +178,12 @@ class RealtimeEndpoint:
         self._metrics.sessions_active.inc()
         self._active += 1
         self._idle.clear()
+        if resume is not None:
+            self._resumable[session_id] = (runner, resume)
         try:
             end = await runner.run()
         finally:
+            self._resumable.pop(session_id, None)
             self._limits.release(grant.subject)
             self._active -= 1
             if self._active == 0:
@@ -160,6 +192,90 @@ class RealtimeEndpoint:
             self._metrics.record_session(runner.stats)
         self._metrics.sessions_total.labels(cause=end.cause.split(":")[0]).inc()
         return ws
+
+    def _recovery(self) -> Recovery | None:
+        if not self._reconnectable or self._policy.attempts == 0:
+            return None
+        s = self._settings
+        return Recovery(
+            Mirror(
+                items_limit_bytes=s.mirror_items_bytes,
+                audio_limit_bytes=s.mirror_audio_bytes,
+                turn_audio_limit_bytes=s.mirror_turn_audio_bytes,
+            )
+        )
+
+    def _runner_config(self, grant: Grant) -> RunnerConfig:
+        s = self._settings
+        reconnect = self._reconnectable and self._policy.attempts > 0
+        return RunnerConfig(
+            ready_timeout_s=s.ready_timeout_s,
+            max_session_s=grant.max_session_s,
+            ping_interval_s=s.ping_interval_s,
+            client_send_timeout_s=s.client_send_timeout_s,
+            reconnect=self._policy if reconnect else None,
+            recycle_after_s=(s.upstream_max_session_s or None) if reconnect else None,
+            resume_grace_s=s.resume_grace_s,
+            replay_bytes=s.replay_bytes,
+            client_events_per_s=s.client_max_events_per_s,
+            client_events_burst=s.client_events_burst,
+            client_audio_multiple=s.client_max_audio_realtime,
+            client_audio_burst_s=s.client_audio_burst_s,
+        )
+
+    async def _handle_resume(
+        self, ws: web.WebSocketResponse, request: web.Request, req: ConnectRequest
+    ) -> web.WebSocketResponse:
+        """Take back a live session: verify the token, replay what the client missed."""
+        slog = log.bind(conn="resume")
+        try:
+            msg = await ws.receive(timeout=self._settings.resume_wait_s)
+            token, received = parse_resume_request(msg.data if msg.data is not None else b"")
+        except (TimeoutError, ResumeRequestError, TypeError):
+            return await self._refuse_resume(ws, slog, "bad_request")
+        try:
+            claims = resume_tokens.verify(self._secret, token)
+        except resume_tokens.ResumeTokenError as exc:
+            return await self._refuse_resume(ws, slog, exc.reason)
+        slog = log.bind(session_id=claims.session_id, conn="resume")
+        entry = self._resumable.get(claims.session_id)
+        if entry is None:
+            return await self._refuse_resume(ws, slog, "no_session")
+        runner, state = entry
+        presented: str | None = None
+        if req.credential:
+            try:
+                presented = self._auth.authenticate(req.credential, now=self._clock()).subject
+            except AuthError:
+                return await self._refuse_resume(ws, slog, "bad_key")
+            if presented is None and state.subject is not None:
+                presented = ""  # a server key names no subject: it is not this user's
+        why = state.accepts(claims, presented_subject=presented)
+        if why is not None:
+            return await self._refuse_resume(ws, slog, why)
+        link = ClientLink(ws, _aborter(request))
+        why = await runner.resume(link, received)
+        if why is not None:
+            return await self._refuse_resume(ws, slog, why)
+        self._metrics.resumes.labels(outcome="resumed").inc()
+        await link.done.wait()
+        return ws
+
+    async def _refuse_resume(
+        self, ws: web.WebSocketResponse, slog: Any, why: str
+    ) -> web.WebSocketResponse:
+        self._metrics.resumes.labels(outcome=why).inc()
+        return await self._refuse(
+            ws,
+            FatalSessionError(
+                "This session cannot be resumed (it ended, the token was already used or is "
+                "not valid, or events it missed are gone). Start a new session.",
+                code="voxgate_resume_refused",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+            ),
+            slog.bind(refused_because=why),
+        )
 
     async def _refuse(
         self, ws: web.WebSocketResponse, exc: FatalSessionError, slog: Any
@@ -210,6 +326,12 @@ class RealtimeEndpoint:
         return UpstreamTarget(
             model=model, intent=intent, session_id=session_id, subject=grant.subject
         )
+
+
+def _aborter(request: web.Request) -> Callable[[], None] | None:
+    """How to drop a client's TCP connection at once (a stalled or half-open socket)."""
+    transport = request.transport
+    return transport.abort if transport is not None else None
 
 
 __all__ = ["AuthError", "GatewayWebSocket", "RealtimeEndpoint"]

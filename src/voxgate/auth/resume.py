@@ -1,0 +1,103 @@
+"""Resume tokens: what lets a dropped ``voxgate.v1`` client take its session back. Pure.
+
+A token is ``vgr_<payload>.<signature>``: the payload is base64url JSON naming the session,
+its subject (end user, or none), a generation counter and a random nonce; the signature is an
+HMAC-SHA256 over it with ``VOXGATE_SECRET`` (domain-separated from ``ek_`` keys, so neither can
+stand in for the other). The signature proves voxgate issued the token; *single use* is the
+session's job: it remembers the nonce of the one token it will accept and issues a new token
+(next generation, new nonce) on every resume, so a token used once, or an older one, no longer
+matches. A token never travels in a URL (the client sends it in its first frame).
+
+Tokens do not expire on their own: they are only good while their session lives (its grace
+period bounds how long a dropped client may take), which is why they still work after the
+``ek_`` key that started the session has expired.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import orjson
+
+PREFIX = "vgr_"
+MAX_TOKEN_CHARS = 2048
+_DOMAIN = b"voxgate.resume.v1\x00"
+
+
+class ResumeTokenError(ValueError):
+    """Malformed or forged token. ``reason`` is for logs; clients get one generic message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeClaims:
+    session_id: str
+    subject: str | None
+    generation: int
+    nonce: str
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: bytes, payload: str) -> str:
+    return _b64e(hmac.new(secret, _DOMAIN + payload.encode("ascii"), hashlib.sha256).digest())
+
+
+def mint(
+    secret: bytes, *, session_id: str, subject: str | None, generation: int
+) -> tuple[str, ResumeClaims]:
+    """Mint the token for ``generation`` of a session (a fresh random nonce each time)."""
+    claims = ResumeClaims(session_id, subject, generation, secrets.token_urlsafe(12))
+    body = {"s": session_id, "u": subject, "g": generation, "n": claims.nonce}
+    payload = _b64e(orjson.dumps(body))
+    return f"{PREFIX}{payload}.{_sign(secret, payload)}", claims
+
+
+def verify(secret: bytes, token: str) -> ResumeClaims:
+    """Check the signature and shape; return the claims.
+
+    Raises:
+        ResumeTokenError: not a token, bad signature, or bad payload.
+    """
+    if not isinstance(token, str) or not token.startswith(PREFIX) or len(token) > MAX_TOKEN_CHARS:
+        raise ResumeTokenError("malformed")
+    payload, dot, signature = token[len(PREFIX) :].partition(".")
+    if not dot or not payload or not signature:
+        raise ResumeTokenError("malformed")
+    try:
+        expected = _sign(secret, payload)
+    except UnicodeEncodeError:
+        raise ResumeTokenError("malformed") from None
+    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+        raise ResumeTokenError("bad_signature")
+    try:
+        body = orjson.loads(_b64d(payload))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        raise ResumeTokenError("malformed") from None
+    if not isinstance(body, dict):
+        raise ResumeTokenError("malformed")
+    sid, sub, gen, nonce = body.get("s"), body.get("u"), body.get("g"), body.get("n")
+    if not (isinstance(sid, str) and isinstance(gen, int) and isinstance(nonce, str)):
+        raise ResumeTokenError("malformed")
+    if sub is not None and not isinstance(sub, str):
+        raise ResumeTokenError("malformed")
+    return ResumeClaims(sid, sub, gen, nonce)
+
+
+def same_nonce(a: str, b: str) -> bool:
+    """Constant-time nonce comparison."""
+    return hmac.compare_digest(a.encode(), b.encode())

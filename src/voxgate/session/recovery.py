@@ -1,0 +1,567 @@
+"""Recovery: what an upstream reconnect needs beyond the mirror, and the fix-ups after one. Pure.
+
+Issue #6. The session machine feeds this module every control frame it sends upstream and every
+non-audio server event; the runner asks it for a replay when an upstream is lost. It owns:
+
+* the :class:`~voxgate.session.mirror.Mirror` (config, items, audio), always in the *client's*
+  ids and on the client's audio timeline;
+* control events sent but not yet acknowledged (a cut between sending and the ack must neither
+  lose them nor apply them twice): they are re-sent after the replay, at the same place in the
+  audio stream, and forgotten after their ack, an error naming them, or ``ack_ttl_s``;
+* the running responses, so a cut ends each one toward the client with a terminal
+  ``response.done`` (status ``failed``, the cause in ``status_details.error``; never a new
+  ``reason``, realtime-protocol.md §11);
+* the user's turn in progress, so the new upstream's VAD events for audio the client already
+  heard about are folded into the ones it saw (same item id, no second ``speech_started``);
+* the id map (upstream → client) and the audio offset of the current upstream, applied to
+  every server event that carries an item id or ``audio_*_ms``, and the reverse map applied to
+  client events.
+
+Nothing here does I/O or reads a clock; ``now`` comes from the caller.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from voxgate.protocol.ids import event_id as new_event_id
+from voxgate.session.mirror import MIRRORED_TYPES, Mirror
+
+#: Server event type → the client event type it acknowledges.
+ACK_OF: dict[str, str] = {
+    "session.updated": "session.update",
+    "conversation.item.added": "conversation.item.create",
+    "conversation.item.created": "conversation.item.create",
+    "conversation.item.retrieved": "conversation.item.retrieve",
+    "conversation.item.truncated": "conversation.item.truncate",
+    "conversation.item.deleted": "conversation.item.delete",
+    "input_audio_buffer.committed": "input_audio_buffer.commit",
+    "input_audio_buffer.cleared": "input_audio_buffer.clear",
+    "response.created": "response.create",
+}
+#: Client events kept until acknowledged (``response.cancel`` is not: after a cut the response
+#: it aimed at is over anyway).
+TRACKED_CLIENT_TYPES: frozenset[str] = frozenset(ACK_OF.values())
+_SPEECH = (
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.timeout_triggered",
+)
+#: Server events this module must parse (everything else passes by its sniffed type only).
+PARSED_SERVER_TYPES: frozenset[str] = frozenset(
+    MIRRORED_TYPES
+    | set(ACK_OF)
+    | set(_SPEECH)
+    | {"response.created", "response.done", "response.output_item.done", "error"}
+)
+_ID_FIELDS = ("item_id", "previous_item_id")
+_REPLAY_EVENT_PREFIX = "event_vgreplay_"
+_MAX_PENDING = 64
+_MAX_LOCAL_IDS = 512
+
+
+@dataclass(slots=True)
+class _Sent:
+    etype: str
+    text: str
+    client_event_id: str | None
+    offset: int  # client audio position when it was sent (manual commits cut there)
+    sent_at: float
+    item_key: tuple[Any, Any, Any] | None = None  # (id, type, role) of a created item
+
+
+@dataclass(slots=True)
+class _Response:
+    body: dict[str, Any]
+    client_requested: bool
+    completed_outputs: int = 0
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    replayed_items: int = 0
+    audio_resent_bytes: int = 0
+    resent_events: int = 0
+    state_restored: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+class Recovery:
+    """Per-session recovery state. See the module docstring."""
+
+    def __init__(self, mirror: Mirror, *, ack_ttl_s: float = 10.0) -> None:
+        self.mirror = mirror
+        self.ack_ttl_s = ack_ttl_s
+        self._pending: deque[_Sent] = deque()
+        self._responses: dict[str, _Response] = {}
+        self._turn_item: str | None = None  # the client's item id of the user turn in progress
+        self._turn_stopped = False
+        self._to_client: dict[str, str] = {}
+        self._to_upstream: dict[str, str] = {}
+        self._offset = 0  # client audio position of the current upstream's first byte
+        self._offset_ms = 0
+        self._swallow: set[str] = set()  # speech events the client already saw for this turn
+        self._swallow_done: set[str] = set()  # item.done acks of replayed items still to come
+        self.local_truncate_ids: set[str] = set()
+        self.reconnects = 0
+
+    # ------------------------------------------------------------------ state queries
+
+    @property
+    def response_active(self) -> bool:
+        return bool(self._responses)
+
+    def is_quiet(self, now: float) -> bool:
+        """No response running, nobody speaking, nothing waiting for an ack: safe to move."""
+        pending = self._pending
+        while pending and now - pending[0].sent_at > self.ack_ttl_s:
+            pending.popleft()
+        return not self._responses and not self.mirror.speaking and not pending
+
+    # ------------------------------------------------------------------ client → upstream
+
+    def sent_append(self, text: str) -> None:
+        """An ``input_audio_buffer.append`` frame is being sent upstream."""
+        b64 = _audio_field(text)
+        if b64 is None:
+            try:
+                event = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                return
+            b64 = event.get("audio") if isinstance(event, dict) else None
+            if not isinstance(b64, str):
+                return
+        self.mirror.on_client_append(b64)
+
+    def sent_control(self, etype: str, text: str, now: float) -> tuple[str | None, str | None]:
+        """A control event is about to go upstream.
+
+        Returns ``(to_upstream, to_client)``: the text to send upstream (ids mapped; None to
+        send nothing) and an answer voxgate gives the client itself (or None).
+        """
+        event: dict[str, Any] | None = None
+        if self._to_upstream or (etype == "conversation.item.truncate" and self.local_truncate_ids):
+            event = _loads(text)
+        if event is not None and etype == "conversation.item.truncate":
+            local = self._local_truncate(event)
+            if local is not None:
+                return None, local
+        if event is not None and self._to_upstream and _remap(event, self._to_upstream):
+            text = orjson.dumps(event).decode()
+        if etype in TRACKED_CLIENT_TYPES:
+            self._track(etype, text, event, now)
+        return text, None
+
+    def _track(self, etype: str, text: str, event: dict[str, Any] | None, now: float) -> None:
+        pending = self._pending
+        while pending and (
+            len(pending) >= _MAX_PENDING or now - pending[0].sent_at > self.ack_ttl_s
+        ):
+            pending.popleft()
+        if event is None:
+            event = _loads(text) or {}
+        eid = event.get("event_id")
+        key = None
+        if etype == "conversation.item.create":
+            raw = event.get("item")
+            item: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            key = (item.get("id"), item.get("type", "message"), item.get("role"))
+        pending.append(
+            _Sent(
+                etype,
+                text,
+                eid if isinstance(eid, str) else None,
+                self.mirror.stream_bytes,
+                now,
+                key,
+            )
+        )
+
+    def _local_truncate(self, event: dict[str, Any]) -> str | None:
+        """Answer a truncate of an item the new upstream only has as text (or not at all)."""
+        item_id = event.get("item_id")
+        if item_id not in self.local_truncate_ids:
+            return None
+        return orjson.dumps(
+            {
+                "type": "conversation.item.truncated",
+                "event_id": new_event_id(),
+                "item_id": item_id,
+                "content_index": event.get("content_index", 0),
+                "audio_end_ms": event.get("audio_end_ms", 0),
+            }
+        ).decode()
+
+    # ------------------------------------------------------------------ upstream → client
+
+    def needs_parse(self, etype: str, text: str) -> bool:
+        if etype in PARSED_SERVER_TYPES:
+            return True
+        return bool(self._to_client) and any(uid in text for uid in self._to_client)
+
+    def on_server(self, etype: str, text: str, now: float) -> str | None:
+        """A non-audio server event. Returns the text to forward (maybe rewritten) or None."""
+        if not self.needs_parse(etype, text):
+            return text
+        event = _loads(text)
+        if event is None:
+            return text
+        changed = _remap(event, self._to_client) if self._to_client else False
+        if self._offset_ms and etype in _SPEECH:
+            for key in ("audio_start_ms", "audio_end_ms"):
+                if isinstance(event.get(key), int | float):
+                    event[key] = int(event[key]) + self._offset_ms
+                    changed = True
+        forward = self._apply(etype, event)
+        if not forward:
+            return None
+        return orjson.dumps(event).decode() if changed else text
+
+    def _apply(self, etype: str, event: dict[str, Any]) -> bool:
+        """Update state from one (client-id) server event; False means do not forward it."""
+        mirror = self.mirror
+        ack = ACK_OF.get(etype)
+        popped = self._pop_ack(ack, event) if ack is not None else None
+        if etype in MIRRORED_TYPES:
+            item = event.get("item")
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if etype == "conversation.item.done" and item_id in self._swallow_done:
+                self._swallow_done.discard(item_id)
+                return False
+            mirror.on_server_event(etype, event)
+        if etype == "input_audio_buffer.speech_started":
+            return self._on_speech_started(event)
+        if etype == "input_audio_buffer.speech_stopped":
+            end_ms = event.get("audio_end_ms")
+            if isinstance(end_ms, int | float):
+                mirror.speech_stopped_at(int(end_ms) * mirror.bytes_per_ms)
+            self._turn_stopped = True
+            if "speech_stopped" in self._swallow:
+                self._swallow.discard("speech_stopped")
+                return False
+        elif etype == "input_audio_buffer.committed":
+            item_id = event.get("item_id")
+            item_id = item_id if isinstance(item_id, str) else None
+            if popped is not None:
+                mirror.commit_until(popped.offset, item_id)
+            elif mirror.vad_cut is not None:
+                mirror.commit_until(mirror.vad_cut, item_id)
+            else:
+                mirror.commit_until(mirror.stream_bytes, item_id)
+            self._turn_item, self._turn_stopped = None, False
+            self._swallow.clear()
+        elif etype == "input_audio_buffer.cleared":
+            mirror.clear_pending()
+            self._turn_item, self._turn_stopped = None, False
+        elif etype == "response.created":
+            body = event.get("response")
+            if isinstance(body, dict) and isinstance(body.get("id"), str):
+                self._responses[body["id"]] = _Response(body, client_requested=popped is not None)
+        elif etype == "response.output_item.done":
+            running = self._responses.get(str(event.get("response_id")))
+            item = event.get("item")
+            if running is not None and isinstance(item, dict) and item.get("status") == "completed":
+                running.completed_outputs += 1
+        elif etype == "response.done":
+            body = event.get("response")
+            if isinstance(body, dict):
+                self._responses.pop(str(body.get("id")), None)
+        elif etype == "error":
+            err = event.get("error")
+            eid = err.get("event_id") if isinstance(err, dict) else None
+            if isinstance(eid, str):
+                self._pending = deque(s for s in self._pending if s.client_event_id != eid)
+        return True
+
+    def _on_speech_started(self, event: dict[str, Any]) -> bool:
+        self.mirror.speech_started()
+        item_id = event.get("item_id")
+        if "speech_started" in self._swallow:
+            # The client already saw this turn start before the cut: keep its item id.
+            self._swallow.discard("speech_started")
+            if isinstance(item_id, str) and self._turn_item and item_id != self._turn_item:
+                self._map(item_id, self._turn_item)
+            return False
+        self._turn_item = item_id if isinstance(item_id, str) else None
+        self._turn_stopped = False
+        return True
+
+    def _pop_ack(self, client_type: str, event: dict[str, Any]) -> _Sent | None:
+        for i, sent in enumerate(self._pending):
+            if sent.etype != client_type:
+                continue
+            if client_type == "conversation.item.create" and not _matches(sent, event):
+                continue
+            del self._pending[i]
+            return sent
+        return None
+
+    def _map(self, upstream_id: str, client_id: str) -> None:
+        if len(self._to_client) >= _MAX_LOCAL_IDS:
+            oldest = next(iter(self._to_client))
+            self._to_upstream.pop(self._to_client.pop(oldest), None)
+        self._to_client[upstream_id] = client_id
+        self._to_upstream[client_id] = upstream_id
+
+    # ------------------------------------------------------------------ reconnect
+
+    def begin(self, code: str, message: str) -> tuple[list[str], bool]:
+        """The upstream is gone. Returns the client events that end what was running, and
+        whether to ask the new upstream for a response again (a VAD turn whose answer never
+        produced anything)."""
+        self.reconnects += 1
+        out: list[str] = []
+        retry = False
+        for running in self._responses.values():
+            body = dict(running.body)
+            body.update(
+                status="failed",
+                status_details={
+                    "type": "failed",
+                    "error": {"type": "server_error", "code": code, "message": message},
+                },
+                output=[],
+                usage=None,
+            )
+            out.append(
+                orjson.dumps(
+                    {"type": "response.done", "event_id": new_event_id(), "response": body}
+                ).decode()
+            )
+            if not running.client_requested and running.completed_outputs == 0:
+                retry = True
+        self._responses.clear()
+        for item_id in self.mirror.drop_unfinished_items():
+            self._remember_local(item_id)
+        self._swallow.clear()
+        if self.mirror.speaking and self._turn_item:
+            self._swallow.add("speech_started")
+            if self._turn_stopped:
+                self._swallow.add("speech_stopped")
+        return out, retry
+
+    def _remember_local(self, item_id: str) -> None:
+        if len(self.local_truncate_ids) < _MAX_LOCAL_IDS:
+            self.local_truncate_ids.add(item_id)
+
+    def replay(self, *, retry_response: bool) -> ReplayDriver:
+        return ReplayDriver(self, retry_response=retry_response)
+
+    def _install(self, to_client: dict[str, str], offset: int, stats: ReplayStats) -> None:
+        """The new upstream is rebuilt: switch ids and the audio timeline over to it."""
+        self._to_client, self._to_upstream = {}, {}
+        for uid, cid in to_client.items():
+            self._map(uid, cid)
+        self._offset = offset
+        self._offset_ms = offset // self.mirror.bytes_per_ms
+        stats.audio_resent_bytes = self.mirror.stream_bytes - offset
+
+    def _take_pending(self) -> list[_Sent]:
+        taken = list(self._pending)
+        self._pending.clear()
+        return taken
+
+
+class ReplayDriver:
+    """Rebuild the session on a fresh upstream, one server event at a time. Pure.
+
+    Caller's duty: feed every text frame of the new upstream to :meth:`on_text` and send what
+    it returns, in order, until ``done``; then the machine flushes what the client sent
+    meanwhile. Steps: wait for ``session.created`` (swallowed: the client has one) → send the
+    mirrored config and wait for ``session.updated`` → send every item and wait for their acks
+    (ids compared, so a changed id is mapped) → send a ``response.create`` if a VAD turn lost
+    its answer, the uncommitted audio and the unacknowledged control events, interleaved at
+    their audio positions → done.
+    """
+
+    def __init__(self, recovery: Recovery, *, retry_response: bool) -> None:
+        self._rec = recovery
+        self._retry = retry_response
+        self.stats = ReplayStats()
+        self.done = False
+        self.fatal: tuple[str, str] | None = None  # (error code, message) of a fatal error
+        self._state = "created"
+        self._items = recovery.mirror.item_events()
+        self._acked = 0
+        self._to_client: dict[str, str] = {}
+        self._swallow_done: set[str] = set()
+
+    def on_text(self, text: str) -> list[str]:
+        event = _loads(text)
+        if event is None:
+            return []
+        etype = event.get("type")
+        if etype == "error":
+            return self._on_error(event)
+        if self._state == "created" and etype == "session.created":
+            config = self._rec.mirror.config_event()
+            if config is None:
+                return self._send_items()
+            self._state = "updated"
+            config["event_id"] = _REPLAY_EVENT_PREFIX + "config"
+            return [orjson.dumps(config).decode()]
+        if self._state == "updated" and etype == "session.updated":
+            session = event.get("session")
+            if isinstance(session, dict):
+                self._rec.mirror.on_server_event("session.updated", event)
+            return self._send_items()
+        if self._state == "items" and etype in (
+            "conversation.item.added",
+            "conversation.item.created",
+        ):
+            item = event.get("item")
+            if isinstance(item, dict) and self._acked < len(self._items):
+                wanted = self._items[self._acked][0]
+                got = item.get("id")
+                if isinstance(got, str) and got != wanted:
+                    self._to_client[got] = wanted
+                if etype == "conversation.item.added" and isinstance(got, str):
+                    self._swallow_done.add(got)
+            return self._item_acked()
+        if etype == "conversation.item.done":
+            item = event.get("item")
+            if isinstance(item, dict):
+                self._swallow_done.discard(str(item.get("id")))
+        return []
+
+    def _on_error(self, event: dict[str, Any]) -> list[str]:
+        raw = event.get("error")
+        err: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        if code in _FATAL_CODES:
+            self.fatal = (code or "server_error", str(err.get("message") or ""))
+            return []
+        eid = err.get("event_id")
+        self.stats.state_restored = False
+        self.stats.notes.append(f"{code}:{eid}")
+        if self._state == "updated" and eid == _REPLAY_EVENT_PREFIX + "config":
+            return self._send_items()
+        if self._state == "items" and isinstance(eid, str) and eid.startswith(_REPLAY_EVENT_PREFIX):
+            return self._item_acked()
+        return []
+
+    def _send_items(self) -> list[str]:
+        self._state = "items"
+        if not self._items:
+            return self._finish()
+        out = []
+        for n, (_, event, was_audio) in enumerate(self._items):
+            out.append(orjson.dumps({**event, "event_id": f"{_REPLAY_EVENT_PREFIX}{n}"}).decode())
+            if was_audio:
+                self._rec._remember_local(self._items[n][0])
+        return out
+
+    def _item_acked(self) -> list[str]:
+        self._acked += 1
+        if self._acked < len(self._items):
+            return []
+        return self._finish()
+
+    def _finish(self) -> list[str]:
+        rec = self._rec
+        mirror = rec.mirror
+        self.stats.replayed_items = len(self._items)
+        offset = mirror.pending_start
+        rec._install(self._to_client, offset, self.stats)
+        rec._swallow_done |= {self._to_client.get(i, i) for i in self._swallow_done}
+        out: list[str] = []
+        if self._retry:
+            out.append('{"type":"response.create"}')
+        controls = rec._take_pending()
+        frames = mirror.pending_frames()
+        ci = 0
+        for start, b64 in frames:
+            while ci < len(controls) and controls[ci].offset <= start:
+                out.append(self._resend(controls[ci]))
+                ci += 1
+            out.append('{"type":"input_audio_buffer.append","audio":"' + b64 + '"}')
+        out.extend(self._resend(c) for c in controls[ci:])
+        self.stats.resent_events = len(controls)
+        self._state = "done"
+        self.done = True
+        return out
+
+    def _resend(self, sent: _Sent) -> str:
+        # Re-tracked as pending on the new upstream, at its original audio position.
+        self._rec._pending.append(sent)
+        if not self._rec._to_upstream:
+            return sent.text
+        event = _loads(sent.text)
+        if event is not None and _remap(event, self._rec._to_upstream):
+            return orjson.dumps(event).decode()
+        return sent.text
+
+
+_FATAL_CODES = frozenset(
+    {
+        "invalid_api_key",
+        "insufficient_quota",
+        "invalid_model",
+        "missing_model",
+        "model_not_found",
+        "beta_api_shape_disabled",
+    }
+)
+
+
+def _loads(text: str) -> dict[str, Any] | None:
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _audio_field(text: str) -> str | None:
+    """The ``audio`` string of an append frame without parsing it (None: use a full parse)."""
+    k = text.find('"audio"')
+    if k < 0 or (k and text[k - 1] == "\\"):
+        return None
+    i = k + 7
+    n = len(text)
+    while i < n and text[i] in " \t\r\n":
+        i += 1
+    if i >= n or text[i] != ":":
+        return None
+    i += 1
+    while i < n and text[i] in " \t\r\n":
+        i += 1
+    if i >= n or text[i] != '"':
+        return None
+    j = text.find('"', i + 1)
+    if j < 0:
+        return None
+    value = text[i + 1 : j]
+    return None if "\\" in value else value
+
+
+def _remap(event: dict[str, Any], mapping: dict[str, str]) -> bool:
+    """Replace mapped ids in ``item_id``, ``previous_item_id`` and ``item.id``; True if any."""
+    changed = False
+    for key in _ID_FIELDS:
+        value = event.get(key)
+        if isinstance(value, str) and value in mapping:
+            event[key] = mapping[value]
+            changed = True
+    item = event.get("item")
+    if isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"] in mapping:
+        event["item"] = {**item, "id": mapping[item["id"]]}
+        changed = True
+    return changed
+
+
+def _matches(sent: _Sent, event: dict[str, Any]) -> bool:
+    """Whether ``conversation.item.added`` acknowledges this client ``item.create``."""
+    item = event.get("item")
+    if not isinstance(item, dict) or sent.item_key is None:
+        return False
+    want_id, want_type, want_role = sent.item_key
+    if want_id is not None:
+        return bool(item.get("id") == want_id)
+    if item.get("status") == "in_progress":
+        return False  # a response's output item, not a created one
+    return bool(item.get("type", "message") == want_type and item.get("role") == want_role)
