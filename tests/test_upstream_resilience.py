@@ -163,7 +163,8 @@ async def test_cut_while_the_user_speaks_the_new_upstream_gets_the_whole_turn_on
         turn = ledger.committed[0][1]
         start = stream.find(turn)
         assert start >= 0, "the committed turn is not a slice of what the client sent"
-        assert start <= len(lead) and start + len(turn) >= len(lead) + len(speech)
+        assert start <= len(lead)
+        assert start + len(turn) >= len(lead) + len(speech)
         # everything the new upstream got is the client's stream from one point on, once
         assert ledger.all_bytes() == stream[start : start + len(ledger.all_bytes())]
         assert start + len(ledger.all_bytes()) == len(stream)
