@@ -73,7 +73,7 @@ P99_LIMIT_MS = 20.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-ALL_RELAYS = ("pipe", "json", "voxgate")
+ALL_RELAYS = ("pipe", "json", "voxgate", "voxgate-norecover")
 FULL_SESSIONS = (50, 100, 200, 250, 300)
 
 
@@ -244,6 +244,11 @@ def voxgate_command(port: int, upstream: str) -> tuple[list[str], dict[str, str]
     return argv, env
 
 
+def _without_recovery(port: int, upstream: str) -> tuple[list[str], dict[str, str]]:
+    argv, env = voxgate_command(port, upstream)
+    return argv, {**env, "VOXGATE_RECONNECT_ATTEMPTS": "0"}
+
+
 RELAYS = {
     "pipe": RelaySpec(
         "pipe", "minimal aiohttp pipe (bench/pipe_baseline.py)", _script("pipe_baseline.py")
@@ -254,6 +259,11 @@ RELAYS = {
         _script("json_relay_baseline.py"),
     ),
     "voxgate": RelaySpec("voxgate", "python -m voxgate serve --backend openai", voxgate_command),
+    "voxgate-norecover": RelaySpec(
+        "voxgate-norecover",
+        "voxgate with upstream recovery off (VOXGATE_RECONNECT_ATTEMPTS=0): the mirror's cost",
+        _without_recovery,
+    ),
 }
 
 

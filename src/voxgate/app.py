@@ -98,6 +98,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     async def _close_backend(app: web.Application) -> None:
         await app[BACKEND].aclose()
 
+    async def _end_sessions(app: web.Application) -> None:
+        app[ENDPOINT].stop_all()
+
+    app.on_shutdown.append(_end_sessions)
     app.on_cleanup.append(_close_backend)
     return app
 

@@ -101,6 +101,7 @@ async def _serve(settings: Settings, drain_timeout_s: float, generated_key: str 
     # Drain: refuse new work (readyz says so), stop listening, let sessions end, then exit.
     app[DRAINING][0] = True
     await site.stop()
+    app[ENDPOINT].end_detached()  # their clients would resume on another node
     await app[ENDPOINT].wait_idle(drain_timeout_s)
     await runner.cleanup()
 

@@ -23,7 +23,7 @@ Bounds and policy (every one counted):
 * pending audio: up to ``audio_limit_bytes``, oldest dropped first (``dropped_audio_bytes``).
   With server VAD and nobody speaking only the newest ``idle_keep_bytes`` are kept: the
   upstream needs no more than its prefix padding before speech, so an idle session holds
-  about two seconds of audio, not minutes of silence.
+  about a second of audio, not minutes of silence.
 
 Commits are driven by the caller (:mod:`voxgate.session.recovery`), which knows each
 upstream's place on the client's timeline: ``speech_stopped`` marks where a VAD turn ends
@@ -49,8 +49,11 @@ REPLAY_CHUNK_MS = 100
 
 
 def b64_len(b64: str) -> int:
-    """Decoded length of a base64 string, without decoding it."""
-    return len(b64) * 3 // 4 - b64.count("=", max(0, len(b64) - 2))
+    """Decoded length of a (length-checked) base64 string, without decoding it."""
+    n = len(b64)
+    if n < 2:
+        return 0
+    return n * 3 // 4 - (b64[-1] == "=") - (b64[-2] == "=")
 
 
 class Mirror:
@@ -60,7 +63,7 @@ class Mirror:
         items_limit_bytes: int = 512 * 1024,
         audio_limit_bytes: int = 2 * 1024 * 1024,
         turn_audio_limit_bytes: int = 1024 * 1024,
-        idle_keep_ms: int = 2000,
+        idle_keep_ms: int = 1000,
     ) -> None:
         self.items_limit_bytes = items_limit_bytes
         self.audio_limit_bytes = audio_limit_bytes
@@ -73,8 +76,8 @@ class Mirror:
         self.dropped_items = 0
         self._turn_audio: OrderedDict[str, bytes] = OrderedDict()
         self.turn_audio_bytes = 0
-        # pending audio: (client-timeline offset of the frame's first byte, base64 text)
-        self._pending: deque[tuple[int, str]] = deque()
+        # pending audio: (client-timeline offset of the frame's first byte, base64, bytes)
+        self._pending: deque[tuple[int, str, int]] = deque()
         self.pending_audio_bytes = 0
         self.dropped_audio_bytes = 0
         self.stream_bytes = 0  # every input byte the client appended, on its timeline
@@ -91,17 +94,16 @@ class Mirror:
         if len(audio_b64) % 4:
             return  # not base64: the upstream rejects it, so it never enters its buffer
         size = b64_len(audio_b64)
-        self._pending.append((self.stream_bytes, audio_b64))
+        pending = self._pending
+        pending.append((self.stream_bytes, audio_b64, size))
         self.stream_bytes += size
         self.pending_audio_bytes += size
+        if self.pending_audio_bytes <= self._idle_keep_bytes:
+            return
         idle = self._vad and not self.speaking and self._vad_cut is None
-        limit = (
-            min(self.audio_limit_bytes, self._idle_keep_bytes) if idle else self.audio_limit_bytes
-        )
-        pending = self._pending
+        limit = self._idle_keep_bytes if idle else self.audio_limit_bytes
         while self.pending_audio_bytes > limit and len(pending) > 1:
-            _, first = pending.popleft()
-            first_size = b64_len(first)
+            first_size = pending.popleft()[2]
             self.pending_audio_bytes -= first_size
             if not idle:
                 self.dropped_audio_bytes += first_size  # idle trimming drops only silence
@@ -152,15 +154,15 @@ class Mirror:
         return self._pending[0][0] if self._pending else self.stream_bytes
 
     def pending_audio(self) -> bytes:
-        return b"".join(_decode(b64) for _, b64 in self._pending)
+        return b"".join(_decode(b64) for _, b64, _ in self._pending)
 
     def pending_frames(self) -> list[tuple[int, str]]:
         """Pending audio as the original ``(client offset, base64)`` frames, oldest first."""
-        return list(self._pending)
+        return [(start, b64) for start, b64, _ in self._pending]
 
     def memory_bytes(self) -> int:
         """What the mirror holds, approximately: items JSON + turn audio + pending base64."""
-        pending_chars = sum(len(b64) for _, b64 in self._pending)
+        pending_chars = sum(len(b64) for _, b64, _ in self._pending)
         return self.items_bytes + self.turn_audio_bytes + pending_chars
 
     def config_event(self) -> dict[str, Any] | None:
@@ -293,8 +295,7 @@ class Mirror:
         taken: list[bytes] = []
         pending = self._pending
         while pending:
-            start, b64 = pending[0]
-            size = b64_len(b64)
+            start, b64, size = pending[0]
             if start + size <= stream_offset:
                 pending.popleft()
                 self.pending_audio_bytes -= size
@@ -303,7 +304,8 @@ class Mirror:
                 cut = stream_offset - start
                 raw = _decode(b64)
                 taken.append(raw[:cut])
-                pending[0] = (stream_offset, base64.b64encode(raw[cut:]).decode("ascii"))
+                rest = raw[cut:]
+                pending[0] = (stream_offset, base64.b64encode(rest).decode("ascii"), len(rest))
                 self.pending_audio_bytes -= cut
                 break
             else:

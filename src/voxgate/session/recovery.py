@@ -517,25 +517,26 @@ def _loads(text: str) -> dict[str, Any] | None:
 
 
 def _audio_field(text: str) -> str | None:
-    """The ``audio`` string of an append frame without parsing it (None: use a full parse)."""
+    """The ``audio`` string of an append frame without parsing it (None: use a full parse).
+
+    Exact for the serialisers clients use (``"audio":"…"`` and ``"audio": "…"``): base64
+    holds no quote, so the value ends at the next one; an escaped character means a full parse.
+    """
     k = text.find('"audio"')
     if k < 0 or (k and text[k - 1] == "\\"):
         return None
     i = k + 7
-    n = len(text)
-    while i < n and text[i] in " \t\r\n":
-        i += 1
-    if i >= n or text[i] != ":":
+    sep = text[i : i + 3]
+    if sep.startswith(':"'):
+        i += 2
+    elif sep == ': "':
+        i += 3
+    else:
         return None
-    i += 1
-    while i < n and text[i] in " \t\r\n":
-        i += 1
-    if i >= n or text[i] != '"':
-        return None
-    j = text.find('"', i + 1)
+    j = text.find('"', i)
     if j < 0:
         return None
-    value = text[i + 1 : j]
+    value = text[i:j]
     return None if "\\" in value else value
 
 

@@ -163,6 +163,8 @@ class SessionRunner:
         self._detached_at: float | None = None
         self._upstream_since = 0.0
         self._recycle_requested = False
+        self._stop: EndSession | None = None
+        self._wake = asyncio.Event()
 
     @property
     def session_id(self) -> str:
@@ -171,6 +173,12 @@ class SessionRunner:
     @property
     def attached(self) -> bool:
         return self._link is not None
+
+    def stop(self, cause: str, close_code: int = CloseCode.GOING_AWAY) -> None:
+        """End the session soon from outside (shutdown, drain): its timers task raises."""
+        if self._stop is None:
+            self._stop = EndSession(close_code, "", None, cause)
+            self._wake.set()
 
     async def run(self) -> EndSession:
         try:
@@ -608,7 +616,11 @@ class SessionRunner:
         missed = [0, 0]
         while True:
             wake = min(deadline, next_beat, next_check)
-            await asyncio.sleep(max(0.0, wake - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wake - loop.time()))
+            if self._stop is not None:
+                self._machine.phase = Phase.CLOSED
+                raise _SessionOver(self._stop)
             now = loop.time()
             if now >= deadline:
                 await self._execute(self._machine.session_expired(cfg.max_session_s))

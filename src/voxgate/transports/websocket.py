@@ -95,6 +95,7 @@ class RealtimeEndpoint:
         self._secret = secret
         #: live resumable sessions by id (bounded by the session limit)
         self._resumable: dict[str, tuple[SessionRunner, ResumeState]] = {}
+        self._runners: set[SessionRunner] = set()
         self._reconnectable = bool(getattr(backend, "reconnectable", False))
         self._policy = ReconnectPolicy(
             attempts=settings.reconnect_attempts,
@@ -109,6 +110,20 @@ class RealtimeEndpoint:
     @property
     def active_sessions(self) -> int:
         return self._active
+
+    def end_detached(self) -> int:
+        """End every session whose client is away (draining: nobody will resume here)."""
+        ended = 0
+        for runner, _ in list(self._resumable.values()):
+            if not runner.attached:
+                runner.stop("draining")
+                ended += 1
+        return ended
+
+    def stop_all(self, cause: str = "server_shutdown") -> None:
+        """Ask every live session to end now (1001 going away: clients may reconnect)."""
+        for runner in list(self._runners):
+            runner.stop(cause)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no session is running (drain); False if ``timeout_s`` passed first."""
@@ -180,9 +195,11 @@ class RealtimeEndpoint:
         self._idle.clear()
         if resume is not None:
             self._resumable[session_id] = (runner, resume)
+        self._runners.add(runner)
         try:
             end = await runner.run()
         finally:
+            self._runners.discard(runner)
             self._resumable.pop(session_id, None)
             self._limits.release(grant.subject)
             self._active -= 1
