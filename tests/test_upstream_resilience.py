@@ -379,3 +379,85 @@ async def test_twenty_cuts_in_one_call() -> None:
         assistant = [p["text"] for i in items if i.get("role") == "assistant" for p in i["content"]]
         assert len(assistant) == 21  # every answer replayed once, as text
         await client.close()
+
+
+async def test_recycle_moves_the_session_at_a_quiet_point_never_mid_response() -> None:
+    async with rig(upstream_max_session_s=0.5) as (fake, _, gw), aiohttp.ClientSession() as http:
+        async with http.ws_connect(
+            gw.realtime_url(),
+            headers={"Authorization": f"Bearer {SERVER_KEY}"},
+            protocols=("voxgate.v1",),
+        ) as ws:
+            await recv_until(ws, "session.created")
+            fake.hold_responses()  # a response that stays running: not a quiet point
+            await ws.send_str(
+                orjson.dumps({"type": "conversation.item.create", "item": text_item("hi")}).decode()
+            )
+            await ws.send_str('{"type":"response.create"}')
+            await recv_until(ws, "response.created")
+            first = await fake.wait_for_connection(1)
+            # past the recycle age, but a response is running: nothing moves
+            await first.wait_for_sent("response.created")
+            assert fake.accepted_count == 1
+            fake.release_responses()
+            await recv_until(ws, "response.done")
+            reconnecting = await recv_until(ws, "voxgate.upstream.reconnecting")
+            assert reconnecting[-1]["reason"] == "recycle"
+            back = await recv_json(ws)
+            assert back["type"] == "voxgate.upstream.reconnected"
+            assert back["replayed_items"] == 2  # the user item and the answer
+            assert first.closed.is_set() or await first.wait_closed() == 1000
+            await ws.send_str(
+                orjson.dumps(
+                    {"type": "conversation.item.create", "item": text_item("again")}
+                ).decode()
+            )
+            await ws.send_str('{"type":"response.create"}')
+            seen = await recv_until(ws, "response.done")
+            assert seen[-1]["response"]["status"] == "completed"
+        assert fake.accepted_count >= 2
+
+
+async def test_openai_agents_tool_round_trip_survives_a_cut() -> None:
+    from agents import function_tool
+    from agents.realtime import RealtimeAgent, RealtimeRunner
+
+    cut_done = asyncio.Event()
+    proxy_box: list[FaultProxy] = []
+
+    @function_tool
+    async def get_weather(city: str) -> str:
+        """Get the weather for a city."""
+        proxy_box[0].cut()  # the upstream link dies while the tool runs
+        cut_done.set()
+        return f"sunny in {city}"
+
+    agent = RealtimeAgent(name="assistant", instructions="Be brief.", tools=[get_weather])
+    async with rig() as (fake, proxy, gw):
+        proxy_box.append(proxy)
+        session = await RealtimeRunner(agent).run(
+            model_config={"url": gw.realtime_url(), "api_key": SERVER_KEY}
+        )
+        seen: list[Any] = []
+        async with session:
+            await session.send_message("what does get_weather say?")
+            async with asyncio.timeout(TIMEOUT_S):
+                async for event in session:
+                    seen.append(event)
+                    if event.type == "raw_model_event" and event.data.type == "raw_server_event":
+                        data = event.data.data
+                        if data.get("type") == "response.done" and "tool returned" in str(data):
+                            break
+        assert cut_done.is_set()
+        types = [e.type for e in seen]
+        assert "tool_start" in types
+        assert "tool_end" in types
+        assert [e for e in seen if e.type == "error"] == []
+        last = fake.connections[-1]
+        outputs = [
+            e
+            for e in last.events_of("conversation.item.create")
+            if e["item"]["type"] == "function_call_output"
+        ]
+        assert [o["item"]["output"] for o in outputs] == ["sunny in test"]
+        assert len(fake.connections) == 2
