@@ -461,3 +461,47 @@ async def test_openai_agents_tool_round_trip_survives_a_cut() -> None:
         ]
         assert [o["item"]["output"] for o in outputs] == ["sunny in test"]
         assert len(fake.connections) == 2
+
+
+async def test_item_ids_the_client_knows_keep_working_when_the_new_upstream_renames_them() -> None:
+    async with (
+        rig({"honour_item_ids": False}) as (fake, proxy, gw),
+        aiohttp.ClientSession() as http,
+        http.ws_connect(gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}) as ws,
+    ):
+        await recv_until(ws, "session.created")
+        ids = []
+        for text in ("first", "second"):
+            await ws.send_str(
+                orjson.dumps({"type": "conversation.item.create", "item": text_item(text)}).decode()
+            )
+            ids.append((await recv_until(ws, "conversation.item.done"))[-1]["item"]["id"])
+        proxy.cut()
+        second = await fake.wait_for_connection(2)
+        await second.wait_for("conversation.item.create", 2)
+        upstream_ids = [i["id"] for i in second.session_core.conversation.items]  # type: ignore[union-attr]
+        assert set(upstream_ids).isdisjoint(ids)  # the new upstream named them itself
+        await ws.send_str(
+            orjson.dumps({"type": "conversation.item.retrieve", "item_id": ids[0]}).decode()
+        )
+        retrieved = (await recv_until(ws, "conversation.item.retrieved"))[-1]
+        assert retrieved["item"]["id"] == ids[0]
+        assert retrieved["item"]["content"][0]["text"] == "first"
+        await ws.send_str(
+            orjson.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "previous_item_id": ids[0],
+                    "item": text_item("between"),
+                }
+            ).decode()
+        )
+        added = (await recv_until(ws, "conversation.item.added"))[-1]
+        assert added["previous_item_id"] == ids[0]
+        await ws.send_str(
+            orjson.dumps({"type": "conversation.item.delete", "item_id": ids[1]}).decode()
+        )
+        deleted = (await recv_until(ws, "conversation.item.deleted"))[-1]
+        assert deleted["item_id"] == ids[1]
+        texts = [i["content"][0]["text"] for i in second.session_core.conversation.items]  # type: ignore[union-attr]
+        assert texts == ["first", "between"]

@@ -203,6 +203,9 @@ class RealtimeCore:
         self.session = session
         self.conversation = cv.Conversation()
         self.conversation_id = ids.conversation_id()
+        #: False: ignore ``item.id`` in ``conversation.item.create`` and mint one (a stricter
+        #: upstream than OpenAI's, for testing how a gateway maps ids after a reconnect)
+        self.honour_item_ids = True
         self.audio = AudioLedger(cap_bytes=audio_cap_bytes)
         self.client_events: deque[dict[str, Any]] = deque(maxlen=max_client_events)
         self._max_buffer_bytes = max_buffer_bytes
@@ -545,8 +548,11 @@ class RealtimeCore:
         if "item" not in event:
             raise _missing("item", event_id)
         previous_req = event.get("previous_item_id")
+        raw = event["item"]
+        if not self.honour_item_ids and isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k != "id"}
         item, previous = self.conversation.create(
-            event["item"],
+            raw,
             previous_item_id=previous_req if isinstance(previous_req, str) else None,
             new_item_id=ids.item_id(),
             event_id=event_id,

@@ -71,6 +71,8 @@ class FakeRealtimeServer(Waitable):
         session_created_delay_s: delay before ``session.created`` (client events wait).
         response_pacing_s: pause between a response's event batches (0 = just yield).
         audio_cap_bytes: recorded input audio history per connection.
+        honour_item_ids: False makes ``conversation.item.create`` ignore a client-chosen
+            ``item.id`` and mint one (OpenAI keeps client ids; this tests id mapping).
         host, port: where to listen (default 127.0.0.1, a free port).
     """
 
@@ -86,6 +88,7 @@ class FakeRealtimeServer(Waitable):
         session_created_delay_s: float = 0.0,
         response_pacing_s: float = 0.0,
         audio_cap_bytes: int = 64 * 1024 * 1024,
+        honour_item_ids: bool = True,
         max_recorded_connections: int = 1000,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -106,6 +109,7 @@ class FakeRealtimeServer(Waitable):
         self.session_created_delay_s = session_created_delay_s
         self.response_pacing_s = response_pacing_s
         self.audio_cap_bytes = audio_cap_bytes
+        self.honour_item_ids = honour_item_ids
         self.connections: deque[ConnectionRecord] = deque(maxlen=max_recorded_connections)
         self.accepted_count = 0
         self.refused_count = 0
@@ -353,6 +357,7 @@ class FakeRealtimeServer(Waitable):
             transcriber=self.transcriber,
             audio_cap_bytes=self.audio_cap_bytes,
         )
+        core.honour_item_ids = self.honour_item_ids
         conn = _Connection(self, ws, request, record, core)
         if failure is not None:
             await conn.run_failed(failure)
