@@ -8,7 +8,6 @@ import base64
 import itertools
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -580,22 +579,12 @@ def test_memory_bytes_counts_items_turn_audio_and_pending_base64() -> None:
     assert m.memory_bytes() == m.items_bytes + 300 + 40
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on_client_append keeps a single frame larger than audio_limit_bytes whole "
-    "(the trim loop stops at len(pending) > 1), so pending audio exceeds its bound",
-)
 def test_single_append_larger_than_the_bound_keeps_pending_audio_within_it() -> None:
     m = mirror(audio_limit_bytes=500, idle_keep_ms=1)
     m.on_client_append(b64(b"\x01" * 501))
     assert m.pending_audio_bytes <= 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on_client_append returns early while pending_audio_bytes <= idle_keep_bytes, "
-    "so an audio_limit_bytes below idle_keep_ms * bytes_per_ms is never enforced",
-)
 def test_audio_limit_below_idle_keep_is_still_enforced() -> None:
     m = mirror(MANUAL_SESSION, audio_limit_bytes=1000, idle_keep_ms=1000)  # 48000 bytes
     for n in range(10):

@@ -700,11 +700,6 @@ def test_replay_driver_ignores_non_json_frames() -> None:
 # ---------------------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the item.added of a VAD-committed user turn acks a pending id-less user "
-    "conversation.item.create (_matches compares type/role only), so that create is not re-sent",
-)
 def test_vad_turn_item_does_not_ack_a_pending_user_item_create() -> None:
     rec = recovery(VAD_SESSION)
     create = J({"type": "conversation.item.create", "item": user_text(None, "typed")})
@@ -716,11 +711,6 @@ def test_vad_turn_item_does_not_ack_a_pending_user_item_create() -> None:
     assert tail == [create]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _track stores the text already mapped to the old upstream's ids, and "
-    "_resend maps that again, so a re-sent event names an id the new upstream never had",
-)
 def test_event_resent_after_a_second_reconnect_names_the_new_upstreams_id() -> None:
     rec = recovery()
     server(rec, added({**user_text("item_a", "hello"), "status": "completed"}))
@@ -735,11 +725,6 @@ def test_event_resent_after_a_second_reconnect_names_the_new_upstreams_id() -> N
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: committed takes the turn's audio out of pending before item.added puts the "
-    "item in the mirror, so a cut between the two replays neither the audio nor the item",
-)
 def test_cut_between_committed_and_item_added_still_replays_the_user_turn() -> None:
     rec = recovery(VAD_SESSION)
     server(rec, {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u"})

@@ -1,5 +1,5 @@
 """Resume tokens (voxgate.auth.resume), the per-session rules for taking one back
-(voxgate.session.resumable) and the resume request frame (protocol.extensions)."""
+(voxgate.auth.resume.ResumeState) and the resume request frame (protocol.extensions)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from voxgate.auth import resume as tokens
-from voxgate.auth.resume import MAX_TOKEN_CHARS, ResumeClaims, ResumeTokenError, mint, verify
+from voxgate.auth.resume import (
+    MAX_TOKEN_CHARS,
+    ResumeClaims,
+    ResumeState,
+    ResumeTokenError,
+    mint,
+    verify,
+)
 from voxgate.protocol.extensions import ResumeRequestError, parse_resume_request
-from voxgate.session.resumable import ResumeState
 
 SECRET = b"test-secret-0123456789abcdef"
 

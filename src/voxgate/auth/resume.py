@@ -8,6 +8,9 @@ session's job: it remembers the nonce of the one token it will accept and issues
 (next generation, new nonce) on every resume, so a token used once, or an older one, no longer
 matches. A token never travels in a URL (the client sends it in its first frame).
 
+:class:`ResumeState` is the session's side: the one token it accepts now, and the rules for
+taking it back (same session, same subject, current generation and nonce).
+
 Tokens do not expire on their own: they are only good while their session lives (its grace
 period bounds how long a dropped client may take), which is why they still work after the
 ``ek_`` key that started the session has expired.
@@ -101,3 +104,42 @@ def verify(secret: bytes, token: str) -> ResumeClaims:
 def same_nonce(a: str, b: str) -> bool:
     """Constant-time nonce comparison."""
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+class ResumeState:
+    def __init__(self, secret: bytes, *, session_id: str, subject: str | None) -> None:
+        self._secret = secret
+        self.session_id = session_id
+        self.subject = subject
+        self.generation = 0
+        self._nonce = ""
+        self.resumes = 0
+
+    def issue(self) -> str:
+        """Mint the next token; every earlier one stops working."""
+        self.generation += 1
+        token, claims = mint(
+            self._secret,
+            session_id=self.session_id,
+            subject=self.subject,
+            generation=self.generation,
+        )
+        self._nonce = claims.nonce
+        return token
+
+    def accepts(self, claims: ResumeClaims, *, presented_subject: str | None) -> str | None:
+        """None if ``claims`` may resume this session now, else why not (for logs)."""
+        if claims.session_id != self.session_id:
+            return "other_session"
+        if claims.subject != self.subject:
+            return "other_subject"
+        if presented_subject is not None and presented_subject != self.subject:
+            return "other_subject"
+        if claims.generation != self.generation or not same_nonce(claims.nonce, self._nonce):
+            return "token_used"
+        return None
+
+    def consume(self) -> str:
+        """Accept a resume: rotate now (before any I/O) and return the new token."""
+        self.resumes += 1
+        return self.issue()

@@ -84,6 +84,7 @@ class Mirror:
         self._bpm = 48
         self._vad = True
         self._idle_keep_bytes = idle_keep_ms * 48
+        self._fast_bound = min(self._idle_keep_bytes, audio_limit_bytes)
         self.speaking = False  # between speech_started and the turn's commit
         self._vad_cut: int | None = None
 
@@ -98,11 +99,11 @@ class Mirror:
         pending.append((self.stream_bytes, audio_b64, size))
         self.stream_bytes += size
         self.pending_audio_bytes += size
-        if self.pending_audio_bytes <= self._idle_keep_bytes:
+        if self.pending_audio_bytes <= self._fast_bound:
             return
         idle = self._vad and not self.speaking and self._vad_cut is None
-        limit = self._idle_keep_bytes if idle else self.audio_limit_bytes
-        while self.pending_audio_bytes > limit and len(pending) > 1:
+        limit = self._fast_bound if idle else self.audio_limit_bytes
+        while self.pending_audio_bytes > limit and pending:
             first_size = pending.popleft()[2]
             self.pending_audio_bytes -= first_size
             if not idle:
@@ -115,12 +116,25 @@ class Mirror:
             handler(self, event)
 
     def commit_until(self, stream_offset: int, item_id: str | None) -> None:
-        """The upstream committed the audio before ``stream_offset`` as ``item_id``."""
+        """The upstream committed the audio before ``stream_offset`` as ``item_id``.
+
+        The item enters the mirror now (its ``conversation.item.added`` follows and updates it
+        in place): a cut between the two must not lose the turn.
+        """
         audio = self._take_pending(stream_offset)
         self.speaking = False
         self._vad_cut = None
         if item_id is not None and audio:
             self._keep_turn_audio(item_id, audio)
+            if item_id not in self._items:
+                self._items[item_id] = {
+                    "id": item_id,
+                    "type": "message",
+                    "role": "user",
+                    "status": "completed",
+                    "content": [{"type": "input_audio", "transcript": None}],
+                }
+                self._account(item_id)
 
     def clear_pending(self) -> None:
         self._take_pending(self.stream_bytes)
@@ -218,6 +232,7 @@ class Mirror:
         fmt = audio_in.get("format") or {}
         self._bpm = _BYTES_PER_MS.get(str(fmt.get("type", "audio/pcm")), 48)
         self._idle_keep_bytes = self.idle_keep_ms * self._bpm
+        self._fast_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
         self._vad = audio_in.get("turn_detection") is not None
 
     def _item(self, event: dict[str, Any]) -> None:

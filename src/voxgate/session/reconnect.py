@@ -30,13 +30,13 @@ class ReconnectPolicy:
         """Wait before ``attempt`` (0-based); ``rand`` is uniform in [0, 1)."""
         if attempt <= 0:
             return 0.0
-        ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** min(attempt - 1, 60))
         return ceiling / 2 + ceiling / 2 * rand
 
     def worst_case_s(self) -> float:
         """Longest time all attempts can take (delays plus connect timeouts)."""
         delays = sum(
-            min(self.max_delay_s, self.base_delay_s * 2.0 ** (n - 1))
+            min(self.max_delay_s, self.base_delay_s * 2.0 ** min(n - 1, 60))
             for n in range(1, self.attempts)
         )
         return delays + self.attempts * self.connect_timeout_s

@@ -23,6 +23,7 @@ Nothing here does I/O or reads a clock; ``now`` comes from the caller.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,7 @@ class _Sent:
     client_event_id: str | None
     offset: int  # client audio position when it was sent (manual commits cut there)
     sent_at: float
-    item_key: tuple[Any, Any, Any] | None = None  # (id, type, role) of a created item
+    item_key: tuple[Any, Any, Any, Any] | None = None  # (id, type, role, first part type)
 
 
 @dataclass(slots=True)
@@ -107,6 +108,7 @@ class Recovery:
         self._swallow: set[str] = set()  # speech events the client already saw for this turn
         self._swallow_done: set[str] = set()  # item.done acks of replayed items still to come
         self.local_truncate_ids: set[str] = set()
+        self._committed_ids: deque[str] = deque(maxlen=8)  # turns the input buffer committed
         self.reconnects = 0
 
     # ------------------------------------------------------------------ state queries
@@ -150,10 +152,11 @@ class Recovery:
             local = self._local_truncate(event)
             if local is not None:
                 return None, local
+        if etype in TRACKED_CLIENT_TYPES:
+            # kept in the client's ids: a re-send maps them to whichever upstream it goes to
+            self._track(etype, text, event, now)
         if event is not None and self._to_upstream and _remap(event, self._to_upstream):
             text = orjson.dumps(event).decode()
-        if etype in TRACKED_CLIENT_TYPES:
-            self._track(etype, text, event, now)
         return text, None
 
     def _track(self, etype: str, text: str, event: dict[str, Any] | None, now: float) -> None:
@@ -169,7 +172,7 @@ class Recovery:
         if etype == "conversation.item.create":
             raw = event.get("item")
             item: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            key = (item.get("id"), item.get("type", "message"), item.get("role"))
+            key = (item.get("id"), item.get("type", "message"), item.get("role"), _first_part(item))
         pending.append(
             _Sent(
                 etype,
@@ -246,6 +249,8 @@ class Recovery:
         elif etype == "input_audio_buffer.committed":
             item_id = event.get("item_id")
             item_id = item_id if isinstance(item_id, str) else None
+            if item_id is not None:
+                self._committed_ids.append(item_id)
             if popped is not None:
                 mirror.commit_until(popped.offset, item_id)
             elif mirror.vad_cut is not None:
@@ -294,7 +299,9 @@ class Recovery:
         for i, sent in enumerate(self._pending):
             if sent.etype != client_type:
                 continue
-            if client_type == "conversation.item.create" and not _matches(sent, event):
+            if client_type == "conversation.item.create" and not _matches(
+                sent, event, self._committed_ids
+            ):
                 continue
             del self._pending[i]
             return sent
@@ -555,14 +562,25 @@ def _remap(event: dict[str, Any], mapping: dict[str, str]) -> bool:
     return changed
 
 
-def _matches(sent: _Sent, event: dict[str, Any]) -> bool:
+def _matches(sent: _Sent, event: dict[str, Any], committed: Collection[str]) -> bool:
     """Whether ``conversation.item.added`` acknowledges this client ``item.create``."""
     item = event.get("item")
     if not isinstance(item, dict) or sent.item_key is None:
         return False
-    want_id, want_type, want_role = sent.item_key
+    want_id, want_type, want_role, want_part = sent.item_key
     if want_id is not None:
         return bool(item.get("id") == want_id)
-    if item.get("status") == "in_progress":
-        return False  # a response's output item, not a created one
-    return bool(item.get("type", "message") == want_type and item.get("role") == want_role)
+    if item.get("status") == "in_progress" or item.get("id") in committed:
+        return False  # a response's output item, or a turn the input buffer committed
+    return bool(
+        item.get("type", "message") == want_type
+        and item.get("role") == want_role
+        and _first_part(item) == want_part
+    )
+
+
+def _first_part(item: dict[str, Any]) -> Any:
+    content = item.get("content")
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return content[0].get("type")
+    return None

@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from voxgate.auth.resume import ResumeState
 from voxgate.backends.base import Backend, UpstreamConnectError, UpstreamConnection, UpstreamTarget
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import InvalidState
@@ -54,7 +55,6 @@ from voxgate.session.ratelimit import ClientPacer
 from voxgate.session.reconnect import ReconnectPolicy
 from voxgate.session.recovery import ReplayDriver, ReplayStats
 from voxgate.session.replay import ReplayLog
-from voxgate.session.resumable import ResumeState
 
 _CLOSE_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 #: Handshake statuses that no retry will fix (bad URL, bad key).

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from voxgate.auth import resume as resume_tokens
 from voxgate.auth.grants import Authenticator, Grant
+from voxgate.auth.resume import ResumeState
 from voxgate.backends.base import Backend, UpstreamTarget
 from voxgate.observability.metrics import Metrics
 from voxgate.protocol.close import CloseCode
@@ -37,7 +38,6 @@ from voxgate.session.machine import SessionMachine
 from voxgate.session.mirror import Mirror
 from voxgate.session.reconnect import ReconnectPolicy
 from voxgate.session.recovery import Recovery
-from voxgate.session.resumable import ResumeState
 from voxgate.session.runner import ClientLink, RunnerConfig, SessionRunner
 from voxgate.transports.negotiate import ConnectRequest, negotiate, offered_subprotocols
 
