@@ -35,6 +35,8 @@ from voxgate.backends.local.turns import (
     TurnEnded,
     TurnEvent,
     TurnPartial,
+    TurnPaused,
+    TurnResumed,
     TurnStarted,
     transcribe_turn,
 )
@@ -79,6 +81,7 @@ class LocalConnection:
         self._detector_base = (0, 0.0)  # (stream offset, stream ms) where it started
         self._responses: dict[str, asyncio.Task[None]] = {}
         self._turn_error: str | None = None
+        self._prepared: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="local_engine_session")
 
@@ -140,6 +143,7 @@ class LocalConnection:
         finally:
             for task in self._responses.values():
                 task.cancel()
+            self._drop_prepared()
             await self._drop_detector()
 
     async def _after_event(self) -> None:
@@ -194,7 +198,12 @@ class LocalConnection:
                 await self._perform(core.on_speech_started(event.audio_start_ms))
             elif isinstance(event, TurnPartial):
                 await self._perform(core.partial_transcript(event.text))
+            elif isinstance(event, TurnPaused):
+                self._prepare(event.transcript)
+            elif isinstance(event, TurnResumed):
+                self._drop_prepared()
             elif isinstance(event, TurnEnded):
+                self._prepared = None  # done or not, it only ever filled caches
                 await self._perform(core.on_speech_stopped(event.audio_end_ms))
                 item_id = core.current_turn_item_id
                 if event.error is not None and item_id is not None:
@@ -213,6 +222,41 @@ class LocalConnection:
             fmt = format_type(input_format(core.session))
             keep = detector.prefix_padding_ms * bytes_per_ms(_audio_fmt(fmt))
             core.discard_buffered(keep)
+
+    def _prepare(self, transcript: str) -> None:
+        """The turn may be ending: get the answer's first sentence synthesised meanwhile.
+
+        Speculative and side-effect free: the work (the responder's :meth:`prepare` and the
+        TTS of a static first sentence) only fills the responder's memo and the speech cache,
+        which the response, if the turn does end, then finds warm. It sends no event, so a
+        turn that goes on leaves no trace but a cache entry (realtime-protocol.md §3: nothing
+        may be said before ``speech_stopped``).
+        """
+        core = self._core
+        prepare = getattr(self._res.responder, "prepare", None)
+        td = core.turn_detection or {}
+        if prepare is None or not core.is_realtime or not td.get("create_response", True):
+            return
+        session = core.session
+        if "audio" not in (session.get("output_modalities") or ["audio"]):
+            return
+        voice, speed, fmt = _voice_of(session)
+        cache = self._res.speech_cache
+
+        def work() -> None:
+            piece = prepare(transcript)
+            if isinstance(piece, TextPiece) and piece.static and piece.text.strip():
+                cache.synthesize(piece.text.strip(), fmt=fmt, voice=voice, speed=speed)
+
+        self._drop_prepared()
+        self._prepared = self._loop.run_in_executor(self._res.executor, work)
+        self._prepared.add_done_callback(_forget_result)
+
+    def _drop_prepared(self) -> None:
+        """Speech resumed: unqueue preparation that has not started (a started one finishes)."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.cancel()
 
     def _offset_of(self, ms: float) -> int:
         base_offset, base_ms = self._detector_base
@@ -285,10 +329,7 @@ class LocalConnection:
             return
         ctx, effective = active.context, active.effective
         history, user_text = history_of(ctx.items)
-        out = (effective.get("audio") or {}).get("output") or {}
-        voice = out.get("voice") if isinstance(out.get("voice"), str) else "alloy"
-        speed = float(out.get("speed") or 1.0)
-        fmt = _audio_fmt(format_type(output_format(effective)))
+        voice, speed, fmt = _voice_of(effective)
         pieces = self._res.responder.respond(
             instructions=ctx.instructions,
             history=history,
@@ -297,6 +338,7 @@ class LocalConnection:
         )
         opened = False
         first = True
+        spoke = False
         try:
             while True:
                 try:
@@ -322,7 +364,16 @@ class LocalConnection:
                 text = piece.text if first else " " + piece.text
                 first = False
                 if "audio" in ctx.output_modalities:
-                    await self._speak(rid, text, fmt, str(voice), speed)
+                    await self._speak(
+                        rid,
+                        text,
+                        static=piece.static,
+                        first_in_response=not spoke,
+                        fmt=fmt,
+                        voice=voice,
+                        speed=speed,
+                    )
+                    spoke = True
                 else:
                     await self._add(rid, _text(text))
         finally:
@@ -331,18 +382,40 @@ class LocalConnection:
                 await aclose()
         await self._add(rid, lambda b: b.finish())
 
-    async def _speak(self, rid: str, text: str, fmt: AudioFormat, voice: str, speed: float) -> None:
-        try:
-            async with asyncio.timeout(self._limits.tts_timeout_s):
-                wire = await self._loop.run_in_executor(
-                    self._res.executor,
-                    lambda: get_tts().synthesize(text.strip(), fmt=fmt, voice=voice, speed=speed),
-                )
-        except TimeoutError:
-            raise _ResponseFailed("voxgate_tts_timeout", "speech synthesis timed out") from None
-        step = self._limits.audio_delta_ms * bytes_per_ms(fmt)
-        for i in range(0, max(len(wire), 1), step):
-            await self._add(rid, _audio(wire[i : i + step], text if i == 0 else None))
+    async def _speak(
+        self,
+        rid: str,
+        text: str,
+        *,
+        static: bool,
+        first_in_response: bool,
+        fmt: AudioFormat,
+        voice: str,
+        speed: float,
+    ) -> None:
+        """Synthesise one sentence (or take it from the cache) and stream it as deltas.
+
+        The response's first delta is short (``first_audio_delta_ms``) so playback starts
+        early; the rest are ``audio_delta_ms`` long.
+        """
+        sentence, cache = text.strip(), self._res.speech_cache
+        wire = cache.get(sentence, fmt=fmt, voice=voice, speed=speed) if static else None
+        if wire is None:
+            synthesize = cache.synthesize if static else get_tts().synthesize
+            try:
+                async with asyncio.timeout(self._limits.tts_timeout_s):
+                    wire = await self._loop.run_in_executor(
+                        self._res.executor,
+                        lambda: synthesize(sentence, fmt=fmt, voice=voice, speed=speed),
+                    )
+            except TimeoutError:
+                raise _ResponseFailed("voxgate_tts_timeout", "speech synthesis timed out") from None
+        per_ms = bytes_per_ms(fmt)
+        step = max(1, self._limits.audio_delta_ms * per_ms)
+        first = min(step, self._limits.first_audio_delta_ms * per_ms) if first_in_response else step
+        await self._add(rid, _audio(wire[:first], text))
+        for i in range(first, len(wire), step):
+            await self._add(rid, _audio(wire[i : i + step], None))
 
     async def _add(self, rid: str, make: Callable[[cv.ResponseBuilder], list[Any]]) -> None:
         actions = self._core.response_events(rid, make)
@@ -387,6 +460,20 @@ class LocalConnection:
             task.cancel()
         tasks = [self._task, *self._responses.values()]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _voice_of(config: dict[str, Any]) -> tuple[str, float, AudioFormat]:
+    """``(voice, speed, wire format)`` of a session or effective response config."""
+    out = (config.get("audio") or {}).get("output") or {}
+    voice = out.get("voice") if isinstance(out.get("voice"), str) else "alloy"
+    fmt = _audio_fmt(format_type(output_format(config)))
+    return str(voice), float(out.get("speed") or 1.0), fmt
+
+
+def _forget_result(future: asyncio.Future[None]) -> None:
+    """Preparation is best effort: a failure shows again, and is reported, in the response."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _audio_fmt(fmt_type: str) -> AudioFormat:

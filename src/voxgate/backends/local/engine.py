@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pocketsphinx import Decoder
@@ -34,6 +34,7 @@ from voxgate.backends.local.responder import (
     Responder,
     Tool,
 )
+from voxgate.backends.local.tts import SpeechCache
 from voxgate.protocol import conversation as cv
 from voxgate.protocol.realtime_server import Action, RealtimeCore, Send
 
@@ -120,6 +121,8 @@ class EngineLimits:
     asr_timeout_s: float = 10.0
     #: Audio per ``response.output_audio.delta``.
     audio_delta_ms: int = 200
+    #: Audio in a response's first delta: small, so playback can start as early as possible.
+    first_audio_delta_ms: int = 40
     #: Events between the engine and the relay (the relay's pace throttles TTS beyond it).
     outbox_events: int = 64
     #: Client events waiting for the engine.
@@ -135,6 +138,8 @@ class EngineResources:
     responder: Responder
     final_decode: FinalDecode = "batch"
     limits: EngineLimits = EngineLimits()
+    #: Synthesised static sentences (knowledge-base answers), shared by the sessions.
+    speech_cache: SpeechCache = field(default_factory=SpeechCache)
 
 
 class EngineSession(RealtimeCore):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
@@ -72,9 +74,14 @@ class FunctionCallOutput:
 
 @dataclass(frozen=True, slots=True)
 class TextPiece:
-    """One speakable sentence of the reply."""
+    """One speakable sentence of the reply.
+
+    ``static`` marks text that is the same every time (a stored answer, not generated): its
+    audio may be cached and reused.
+    """
 
     text: str
+    static: bool = False
     type: Literal["text"] = field(default="text", init=False)
 
 
@@ -105,6 +112,19 @@ class Tool:
 
 HistoryItem = Message | FunctionCall | FunctionCallOutput
 ReplyPiece = TextPiece | FunctionCall
+
+
+class PreparingResponder(Protocol):
+    """A responder that can tell, ahead of the response, how its reply will start.
+
+    The engine calls :meth:`prepare` while the end of a turn is still being decided, to have
+    the first sentence's audio ready when the response starts. It must be cheap, pure and
+    thread-safe (it runs in a worker thread), with no side effect a user could notice.
+    """
+
+    def prepare(self, user_text: str) -> TextPiece | None:
+        """The first piece :meth:`Responder.respond` will yield for ``user_text``, if known."""
+        ...
 
 
 class Responder(Protocol):
@@ -165,21 +185,49 @@ class ResponderHTTPError(ResponderError):
 
 
 class KnowledgeResponder:
-    """Offline default: speak the best knowledge-base entry, or say what was heard."""
+    """Offline default: speak the best knowledge-base entry, or say what was heard.
 
-    def __init__(self, knowledge: KnowledgeBase) -> None:
+    The answer to a transcript is remembered (bounded LRU of ``memo_size`` transcripts,
+    thread-safe), so :meth:`prepare` in a worker thread does the search and the response on
+    the event loop finds it done. Entry answers are ``static`` pieces; the "I heard …"
+    fallback is not (it repeats the transcript).
+    """
+
+    def __init__(self, knowledge: KnowledgeBase, *, memo_size: int = 256) -> None:
         self._kb = knowledge
+        self._memo: OrderedDict[str, tuple[bool, list[str]]] = OrderedDict()
+        self._memo_size = memo_size
+        self._lock = threading.Lock()
 
     def answer(self, user_text: str | None) -> list[str]:
-        """The reply sentences for ``user_text`` (synchronous; cheap)."""
+        """The reply sentences for ``user_text`` (synchronous; a search costs ~5-20 ms)."""
+        return self._answer(user_text)[1]
+
+    def prepare(self, user_text: str) -> TextPiece | None:
+        """The reply's first sentence (see :class:`PreparingResponder`)."""
+        static, sentences = self._answer(user_text)
+        return TextPiece(sentences[0], static=static) if sentences else None
+
+    def _answer(self, user_text: str | None) -> tuple[bool, list[str]]:
         heard = " ".join((user_text or "").split())
         if not heard:
-            return [NOTHING_HEARD]
+            return True, [NOTHING_HEARD]
+        with self._lock:
+            found = self._memo.get(heard)
+            if found is not None:
+                self._memo.move_to_end(heard)
+                return found
         hits = self._kb.search(heard, k=1)
-        if not hits:
-            return split_sentences(NO_ANSWER.format(heard=heard))
-        log.debug("responder.knowledge_hit", heading=hits[0].entry.heading, score=hits[0].score)
-        return split_sentences(hits[0].entry.body)
+        if hits:
+            log.debug("responder.knowledge_hit", heading=hits[0].entry.heading, score=hits[0].score)
+            result = (True, split_sentences(hits[0].entry.body))
+        else:
+            result = (False, split_sentences(NO_ANSWER.format(heard=heard)))
+        with self._lock:
+            self._memo[heard] = result
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        return result
 
     async def respond(
         self,
@@ -195,8 +243,9 @@ class KnowledgeResponder:
                 (h.text for h in reversed(history) if isinstance(h, Message) and h.role == "user"),
                 None,
             )
-        for sentence in self.answer(user_text):
-            yield TextPiece(sentence)
+        static, sentences = self._answer(user_text)
+        for sentence in sentences:
+            yield TextPiece(sentence, static=static)
 
 
 # --------------------------------------------------------------------------- chat completions

@@ -3,8 +3,10 @@
 Owns: the one libespeak-ng instance of the process (:func:`get_tts`), the OpenAI voice name →
 espeak voice/pitch mapping, ``speed`` → words per minute, synthesis of one sentence to PCM16
 at espeak's native rate (22 050 Hz) and conversion to the wire (24 kHz PCM16, or 8 kHz G.711
-for ``audio/pcmu``/``audio/pcma``), and :class:`SentenceSplitter`, which cuts streamed text
-into speakable sentences so audio can start after the first one.
+for ``audio/pcmu``/``audio/pcma``), :class:`SentenceSplitter`, which cuts streamed text
+into speakable sentences so audio can start after the first one, and :class:`SpeechCache`,
+a bounded LRU of synthesised static sentences (knowledge-base answers never change, so each
+is synthesised once per voice, format and speed).
 
 Threading: libespeak-ng keeps global state and is not thread-safe, so every call into it runs
 under one lock held by the single :class:`EspeakTTS` instance; synthesis is a blocking CPU call
@@ -18,9 +20,10 @@ import ctypes
 import functools
 import re
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import espeakng_loader
 import structlog
@@ -290,3 +293,83 @@ class EspeakTTS:
 def get_tts() -> EspeakTTS:
     """The process-wide engine (libespeak-ng is global state: one initialisation only)."""
     return EspeakTTS()
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class Synthesizer(Protocol):
+    """What the engine needs from a TTS: one sentence to wire audio (blocking)."""
+
+    def synthesize(
+        self, text: str, *, fmt: AudioFormat = "audio/pcm", voice: str = ..., speed: float = ...
+    ) -> bytes: ...
+
+
+DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
+"""~11 minutes of 24 kHz PCM16: every sentence of a few hundred notes in one or two voices."""
+
+
+class SpeechCache:
+    """A bounded LRU of wire audio for static sentences, keyed by text, format, voice, speed.
+
+    Thread-safe: :meth:`get` is a dictionary look-up (fine on the event loop);
+    :meth:`synthesize` is blocking on a miss (a worker thread's job). Two threads missing
+    the same key both synthesise it; the result is the same, so either copy is kept. Entries
+    are evicted least-recently-used beyond ``max_bytes``; a sentence bigger than a quarter of
+    it is synthesised but not kept.
+
+    Args:
+        tts: the synthesiser, created on first use (default: the process's espeak-ng).
+        max_bytes: audio kept, in bytes.
+    """
+
+    def __init__(
+        self,
+        tts: Callable[[], Synthesizer] = lambda: get_tts(),
+        *,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self._tts = tts
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str, str, float], bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, text: str, *, fmt: AudioFormat, voice: str, speed: float) -> bytes | None:
+        """The cached audio, or None (counts a hit; a miss is counted by :meth:`synthesize`)."""
+        key = (text, fmt, voice, speed)
+        with self._lock:
+            audio = self._entries.get(key)
+            if audio is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            return audio
+
+    def synthesize(self, text: str, *, fmt: AudioFormat, voice: str, speed: float) -> bytes:
+        """The cached audio, synthesised (blocking) and kept if it was not there.
+
+        Raises:
+            TTSError: synthesis failed (nothing is cached).
+        """
+        cached = self.get(text, fmt=fmt, voice=voice, speed=speed)
+        if cached is not None:
+            return cached
+        audio = self._tts().synthesize(text, fmt=fmt, voice=voice, speed=speed)
+        with self._lock:
+            self.misses += 1
+            key = (text, fmt, voice, speed)
+            if len(audio) > self.max_bytes // 4 or key in self._entries:
+                return audio
+            self._entries[key] = audio
+            self._bytes += len(audio)
+            while self._bytes > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= len(old)
+        return audio

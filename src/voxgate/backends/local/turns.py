@@ -6,6 +6,14 @@ each turn's audio, prefix padding included, into an :class:`~.asr.AsrStream` so 
 transcripts are ready while the user speaks and the final one right after the turn ends.
 It returns plain event objects; the engine maps them onto the protocol core.
 
+Hiding the end-of-turn cost: a turn ends only after ``silence_duration_ms`` of silence, but
+after :func:`pause_ms_for` of it the detector already finishes the ASR utterance (``stream``
+final) and reports :class:`TurnPaused` with the transcript, so the caller can prepare the
+answer while the rest of the silence window runs. If speech resumes (:class:`TurnResumed`) a
+new utterance starts from shortly before the resumption and the turn's transcript is the
+utterances joined; if it does not, :class:`TurnEnded` carries the transcript at once. Pauses
+are engine-internal: nothing about them reaches the protocol.
+
 Threading: every method is blocking CPU work for a worker thread; one detector belongs to one
 session and is driven by one worker at a time. Bounded: the audio history kept outside a
 turn is ``prefix_padding_ms`` plus a little; a turn longer than ``max_turn_ms`` is ended
@@ -19,13 +27,26 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from voxgate.backends.local.asr import AsrError, AsrStream, DecoderPool, FinalDecode, Transcript
-from voxgate.backends.local.vad import SpeechStarted, VadConfig, VadStream
+from voxgate.backends.local.vad import (
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    VadConfig,
+    VadStream,
+)
 from voxgate.protocol.audio import AudioFormat, decode_input, rate_hz
 
 DEFAULT_MAX_TURN_MS: Final = 30_000
 _EAGERNESS_SILENCE_MS: Final = {"high": 200, "medium": 500, "auto": 500, "low": 800}
 _HISTORY_SLACK_MS: Final = 200
 _FEED_MS: Final = 20
+#: The answer is prepared this long before the silence window ends (at least a third of it
+#: has to be silence first): finishing the utterance, the knowledge search and the first
+#: sentence's TTS take ~60-100 ms of CPU on an idle core.
+PREPARE_LEAD_MS: Final = 120
+#: When speech resumes after a pause, the new utterance starts this far back (onsets that were
+#: still below the VAD's decision, never before the pause).
+_RESUME_LOOKBACK_MS: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +64,18 @@ class TurnPartial:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnPaused:
+    """The turn may be ending: ``transcript`` is what it would be (engine-internal hint)."""
+
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResumed:
+    """Speech came back after a :class:`TurnPaused`: what was prepared may not apply."""
+
+
+@dataclass(frozen=True, slots=True)
 class TurnEnded:
     """The turn ended at ``audio_end_ms``; decided at ``decided_at_ms`` (session audio time).
 
@@ -56,7 +89,12 @@ class TurnEnded:
     error: str | None = None
 
 
-TurnEvent = TurnStarted | TurnPartial | TurnEnded
+TurnEvent = TurnStarted | TurnPartial | TurnPaused | TurnResumed | TurnEnded
+
+
+def pause_ms_for(silence_duration_ms: int) -> int:
+    """Silence after which a turn's answer is prepared (:data:`PREPARE_LEAD_MS` before its end)."""
+    return max(silence_duration_ms - PREPARE_LEAD_MS, silence_duration_ms // 3)
 
 
 def vad_config(turn_detection: Mapping[str, Any]) -> VadConfig:
@@ -67,12 +105,14 @@ def vad_config(turn_detection: Mapping[str, Any]) -> VadConfig:
     if turn_detection.get("type") == "semantic_vad":
         eagerness = str(turn_detection.get("eagerness") or "auto")
         silence = _EAGERNESS_SILENCE_MS.get(eagerness, 500)
-        return VadConfig(silence_duration_ms=silence)
+        return VadConfig(silence_duration_ms=silence, pause_ms=pause_ms_for(silence))
     threshold = float(turn_detection.get("threshold", 0.5))
+    silence = max(0, int(turn_detection.get("silence_duration_ms", 200)))
     return VadConfig(
         threshold=min(max(threshold, 0.01), 0.99),
-        prefix_padding_ms=int(turn_detection.get("prefix_padding_ms", 300)),
-        silence_duration_ms=int(turn_detection.get("silence_duration_ms", 200)),
+        prefix_padding_ms=max(0, int(turn_detection.get("prefix_padding_ms", 300))),
+        silence_duration_ms=silence,
+        pause_ms=pause_ms_for(silence),
     )
 
 
@@ -84,7 +124,9 @@ class TurnDetector:
         fmt: the session's input format type (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``).
         start_ms: session audio time of the first byte this detector will see.
         pool: the process's ASR decoder pool.
-        final_decode: how :class:`AsrStream` computes the final transcript.
+        final_decode: how :class:`AsrStream` computes the final transcript. With ``batch``
+            the utterance is not finished at a pause (the batch pass wants all of it), so
+            :class:`TurnPaused` carries the live hypothesis instead.
         max_turn_ms: a turn is ended after this much speech.
         acquire_timeout_s: longest wait for a free decoder when a turn starts.
     """
@@ -113,11 +155,15 @@ class TurnDetector:
             acquire_timeout_s=acquire_timeout_s,
             reset_cmn=True,
         )
+        self._final_decode = final_decode
         self._max_turn_ms = max_turn_ms
         self._history = bytearray()  # decoded PCM16 at ``rate``
         self._history_start_ms = float(start_ms)
         self._turn_start_ms: float | None = None
         self._asr_error: str | None = None
+        self._asr_fed_ms = 0.0  # session time up to which the turn's audio went to the ASR
+        self._segments: list[str] = []  # transcripts of utterances finished at pauses
+        self._asr_paused = False  # the utterance was finished at a pause; nothing is fed
 
     @property
     def in_turn(self) -> bool:
@@ -139,22 +185,28 @@ class TurnDetector:
         pcm = decode_input(wire, self.fmt)
         self._history += pcm
         events: list[TurnEvent] = []
-        fed = False
         for vad_event in self._vad.feed(pcm):
             if isinstance(vad_event, SpeechStarted):
                 events.append(TurnStarted(vad_event.audio_start_ms))
                 self._start_turn(vad_event.audio_start_ms)
-                fed = True  # _start_turn fed everything since the turn's start
+            elif self._turn_start_ms is None:
+                continue
+            elif isinstance(vad_event, SpeechPaused):
+                events.append(self._pause(vad_event.at_ms))
+            elif isinstance(vad_event, SpeechResumed):
+                self._resume(vad_event.at_ms)
+                events.append(TurnResumed())
             else:
                 events.append(self._end_turn(vad_event.audio_end_ms, vad_event.decided_at_ms))
-                fed = True
-        if self._turn_start_ms is not None and not fed:
-            partial = self._asr_feed(pcm)
-            if partial:
-                events.append(TurnPartial(partial))
         end_ms = self._history_start_ms + len(self._history) / self._bytes_per_ms
+        if self._turn_start_ms is not None and not self._asr_paused:
+            partial = self._asr_feed_until(end_ms)
+            if partial is not None:
+                events.append(TurnPartial(" ".join((*self._segments, partial))))
         if self._turn_start_ms is not None and end_ms - self._turn_start_ms >= self._max_turn_ms:
             events.append(self._end_turn(int(end_ms), int(end_ms)))
+            # Speech that goes on becomes the next turn (the VAD starts over from here).
+            self._vad.reset(start_ms=int(end_ms))
         self._trim_history()
         return events
 
@@ -168,10 +220,41 @@ class TurnDetector:
     def _start_turn(self, audio_start_ms: int) -> None:
         self._turn_start_ms = float(audio_start_ms)
         self._asr_error = None
-        offset = int((audio_start_ms - self._history_start_ms) * self._bytes_per_ms) & ~1
-        self._asr_feed(bytes(self._history[max(0, offset) :]))
+        self._asr_fed_ms = float(audio_start_ms)
+        self._segments = []
+        self._asr_paused = False
 
-    def _asr_feed(self, pcm: bytes) -> str | None:
+    def _pause(self, at_ms: int) -> TurnPaused:
+        """Silence may end the turn: finish the utterance now (``stream``) and say what it is."""
+        partial = self._asr_feed_until(at_ms)
+        if self._final_decode == "batch" or self._asr_error is not None:
+            text = partial if partial is not None else self._live_text()
+            return TurnPaused(" ".join((*self._segments, text)).strip())
+        self._segments.append(self._finish_utterance())
+        self._asr_paused = True
+        return TurnPaused(self._joined())
+
+    def _resume(self, at_ms: int) -> None:
+        if self._asr_paused:
+            # A new utterance from just before the resumption (never before the pause).
+            self._asr_fed_ms = max(self._asr_fed_ms, at_ms - _RESUME_LOOKBACK_MS)
+            self._asr_paused = False
+
+    def _live_text(self) -> str:
+        live = self._asr.partial()
+        return live.text if live is not None else ""
+
+    def _joined(self) -> str:
+        return " ".join(t for t in self._segments if t)
+
+    def _asr_feed_until(self, ms: float) -> str | None:
+        """Feed the turn's audio from where the ASR is up to session time ``ms``."""
+        if ms <= self._asr_fed_ms:
+            return None
+        start = max(0, int((self._asr_fed_ms - self._history_start_ms) * self._bytes_per_ms) & ~1)
+        stop = max(start, int((ms - self._history_start_ms) * self._bytes_per_ms) & ~1)
+        self._asr_fed_ms = ms
+        pcm = bytes(self._history[start:stop])
         if self._asr_error is not None or not pcm:
             return None
         try:
@@ -181,19 +264,31 @@ class TurnDetector:
             return None
         return partial.text if partial is not None else None
 
+    def _finish_utterance(self) -> str:
+        """End the ASR utterance; an error is kept for :meth:`_end_turn`. Returns its text."""
+        if not self._asr.active:
+            return ""
+        try:
+            return self._asr.finish().text
+        except (AsrError, RuntimeError) as exc:
+            self._asr.cancel()
+            self._asr_error = str(exc)
+            return ""
+
     def _end_turn(self, audio_end_ms: int, decided_at_ms: int) -> TurnEnded:
         start = self._turn_start_ms if self._turn_start_ms is not None else audio_end_ms
         self._turn_start_ms = None
+        if not self._asr_paused:
+            self._asr_feed_until(decided_at_ms)
+            self._segments.append(self._finish_utterance())
+        self._asr_paused = False
         error, self._asr_error = self._asr_error, None
+        transcript = self._joined()
+        self._segments = []
         if error is not None:
             self._asr.cancel()
             return TurnEnded(audio_end_ms, decided_at_ms, "", audio_end_ms - start, error)
-        try:
-            final = self._asr.finish()
-        except (AsrError, RuntimeError) as exc:
-            self._asr.cancel()
-            return TurnEnded(audio_end_ms, decided_at_ms, "", audio_end_ms - start, str(exc))
-        return TurnEnded(audio_end_ms, decided_at_ms, final.text, final.audio_ms)
+        return TurnEnded(audio_end_ms, decided_at_ms, transcript, decided_at_ms - start)
 
     def _trim_history(self) -> None:
         if self._turn_start_ms is not None:
