@@ -106,3 +106,26 @@ async def console_stats(page: Page) -> dict[str, Any]:
     stats = await page.evaluate("() => window.voxgateConsole.stats()")
     assert isinstance(stats, dict)
     return stats
+
+
+async def open_console_sized(browser: Browser, login_url: str, width: int, height: int) -> Page:
+    """:func:`open_console` in a viewport of ``width`` x ``height`` (e.g. a 390 px phone)."""
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    await page.goto(login_url)
+    await page.wait_for_function("() => window.voxgateConsole && window.voxgateConsole.signedIn()")
+    return page
+
+
+async def wait_for_state(page: Page, state: str) -> None:
+    """Wait until the console's connection indicator shows ``state``."""
+    await page.wait_for_function(
+        "(s) => document.getElementById('status').dataset.state === s", arg=state
+    )
+
+
+async def log_count(page: Page, event_type: str) -> int:
+    """How many event-log lines the console shows for ``event_type``."""
+    count = await page.locator(f'#log li[data-type="{event_type}"]').count()
+    return int(count)

@@ -8,8 +8,13 @@ const LOG_MAX = 500;
 const STATE_WORDS = {
   connecting: "Connecting…",
   ready: "Connected — listening",
+  resuming: "Connection lost — resuming the call…",
   reconnecting: "Connection lost — reconnecting…",
   closed: "Not connected",
+};
+const UPSTREAM_WORDS = {
+  reconnecting: "Connected — reconnecting to the voice service…",
+  lost: "The voice service connection was lost",
 };
 
 let csrfToken = null;
@@ -115,11 +120,25 @@ function showProblem(message) {
   box.hidden = !message;
 }
 
-function setStatus(state, reason) {
+/** A persistent, polite note about the connection (resumed, new session …). */
+function showNote(message, kind = "info") {
+  const box = $("conn-note");
+  box.textContent = message || "";
+  box.dataset.kind = kind;
+  box.hidden = !message;
+}
+
+let lastReason = "";
+
+function setStatus(state, reason = lastReason) {
+  lastReason = reason || "";
   const el = $("status");
+  const upstream = client && state === "ready" ? client.upstream : "ok";
   el.dataset.state = state;
+  el.dataset.upstream = upstream;
   let text = STATE_WORDS[state] || state;
   if (state === "ready" && !handsFree()) text = "Connected — hold to talk";
+  if (UPSTREAM_WORDS[upstream]) text = UPSTREAM_WORDS[upstream];
   if (reason && state !== "ready" && state !== "closed") text += ` (${reason})`;
   $("status-text").textContent = text;
   const running = state !== "closed";
@@ -166,6 +185,13 @@ function onTranscript({ role, itemId, text, final }) {
 
 function summarize(ev) {
   switch (ev.type) {
+    case "voxgate.session.resumable": return `${ev.type} (grace ${ev.grace_s} s)`;
+    case "voxgate.session.resume": return `${ev.type} received_events=${ev.received_events}`;
+    case "voxgate.session.resumed": return `${ev.type} replayed_events=${ev.replayed_events}`;
+    case "voxgate.upstream.reconnecting": return `${ev.type} (${ev.reason || ""})`;
+    case "voxgate.upstream.reconnected":
+      return `${ev.type} gap_ms=${ev.gap_ms} state_restored=${ev.state_restored}`;
+    case "voxgate.upstream.lost": return `${ev.type} (${ev.reason || ""})`;
     case "response.output_audio.delta": return `${ev.type} ${ev.item_id} ${ev.delta.length}b64`;
     case "error": return `error ${ev.error?.code || ""}: ${ev.error?.message || ""}`;
     case "conversation.item.truncate":
@@ -179,6 +205,8 @@ function summarize(ev) {
   }
 }
 
+const ARROWS = { in: "←", out: "→", note: "•" };
+
 function log(direction, ev) {
   if (!$("log-audio").checked && /audio\.delta$|audio_transcript\.delta$/.test(ev.type)) return;
   const list = $("log");
@@ -186,7 +214,8 @@ function log(direction, ev) {
   li.className = ev.type === "error" ? "err" : direction;
   li.dataset.type = ev.type;
   const t = new Date().toLocaleTimeString([], { hour12: false });
-  li.textContent = `${t} ${direction === "in" ? "←" : "→"} ${summarize(ev)}`;
+  const text = direction === "note" ? ev.text : summarize(ev);
+  li.textContent = `${t} ${ARROWS[direction]} ${text}`;
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
   list.append(li);
   while (list.children.length > LOG_MAX) list.firstChild.remove();
@@ -206,9 +235,32 @@ function makeClient() {
   });
   c.on("state", ({ state, reason }) => {
     setStatus(state, reason);
-    if (state === "ready") showProblem("");
+    if (state === "ready" && reason !== "resumed") showProblem("");
+    if (state === "resuming") showNote("The connection dropped. Resuming the call — keep talking, what you say is kept.", "warn");
+    const words = `connection: ${state}${reason ? ` (${reason})` : ""}`;
+    log("note", { type: `(state ${state})`, text: words });
   });
-  c.on("problem", ({ message }) => showProblem(message));
+  c.on("upstream", ({ state, reason }) => {
+    setStatus(c.state);
+    const words = state === "ok" ? "voice service: reconnected"
+      : `voice service: ${state}${reason ? ` (${reason})` : ""}`;
+    log("note", { type: `(upstream ${state})`, text: words });
+  });
+  c.on("resume", (r) => {
+    if (r.outcome === "resumed") {
+      const gap = r.gapMs ? `, ${(r.gapMs / 1000).toFixed(1)} s of your audio re-sent` : "";
+      const lost = r.droppedMs ? `, ${(r.droppedMs / 1000).toFixed(1)} s of older audio dropped` : "";
+      showNote(`Call resumed after ${r.ms} ms (${r.replayed} missed events caught up${gap}${lost}).`);
+      log("note", { type: "(resumed)", text: `resumed the same session in ${r.ms} ms` });
+    } else {
+      showNote(`Could not resume the call (${r.why}). A new session was started; the assistant `
+               + "does not remember the earlier conversation.", "warn");
+      log("note", { type: "(resume failed)", text: `resume failed: ${r.why}; starting a new session` });
+    }
+  });
+  c.on("problem", ({ code, message }) => {
+    if (code !== "resume_failed") showProblem(message); // the connection note says it, politely
+  });
   c.on("notice", ({ message }) => showProblem(message));
   c.on("transcript", onTranscript);
   c.on("level", ({ rms }) => { $("level").value = Math.min(1, Math.sqrt(rms) * 1.5); });
@@ -253,6 +305,7 @@ async function main() {
   bindPushToTalk();
   $("start").addEventListener("click", async () => {
     showProblem("");
+    showNote("");
     client = makeClient();
     window.voxgateConsole.client = client;
     await client.start();

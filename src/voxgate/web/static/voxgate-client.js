@@ -4,7 +4,9 @@
 //
 //   import { VoxgateClient } from "/console/static/voxgate-client.js";
 //   const client = new VoxgateClient({ getKey: async () => "ek_…" });
-//   client.on("state", ({ state, reason }) => …);        // connecting|ready|reconnecting|closed
+//   client.on("state", ({ state, reason }) => …);  // connecting|ready|resuming|reconnecting|closed
+//   client.on("upstream", ({ state, reason }) => …);   // ok|reconnecting|lost (voxgate.upstream.*)
+//   client.on("resume", ({ outcome, ms, … }) => …);    // resumed | failed (then a fresh session)
 //   client.on("transcript", ({ role, itemId, text, final }) => …);
 //   client.on("level", ({ rms }) => …);  client.on("latency", ({ ms }) => …);
 //   client.on("event", (serverEvent) => …);  client.on("sent", (clientEvent) => …);
@@ -16,6 +18,16 @@
 // frames wait in a bounded local buffer (oldest dropped). Replies (`response.output_audio.delta`)
 // play through a small jitter buffer; on barge-in playback stops at once and the client sends
 // `conversation.item.truncate` with the milliseconds actually played.
+//
+// Resume (voxgate.v1): the client keeps the latest resume token and counts the server frames it
+// received (`voxgate.session.*` excluded). When the socket drops without a close frame (1006) it
+// reconnects with `["voxgate.v1", "voxgate.resume"]` and no key, sends
+// `voxgate.session.resume {resume_token, received_events}`, backing off (0, 250, 500 ms, 1 s, …)
+// within the session's grace period, and applies the replayed events exactly like live ones.
+// Mic audio captured meanwhile waits in a bounded ring (`gapAudioMs`, default 10 s, oldest
+// dropped and counted) and goes out right after `voxgate.session.resumed`, before live audio;
+// frames the browser had not yet put on the wire when the socket died (`bufferedAmount`) go
+// first. A refused or expired resume falls back to a fresh session (new key, as a reconnect).
 
 const WIRE_RATE = 24000;
 const FRAME_MS = 20;
@@ -24,6 +36,14 @@ const MAX_BUFFERED_BYTES = 512 * 1024; // socket backlog beyond which mic frames
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000];
 const RECONNECT_CLOSE_CODES = new Set([1001, 1006, 1011, 1012, 1013]);
 const TIMING_RING = 1000; // capture times of the last 20 s of sent frames (for latency)
+const RESUME_DELAYS_MS = [0, 250, 500, 1000, 2000, 4000, 8000]; // the last one repeats
+const RESUME_ATTEMPT_TIMEOUT_MS = 8000; // one resume connection: connect + first reply
+const GAP_AUDIO_MS = 10000; // mic audio kept while resuming (default of opts.gapAudioMs)
+const SENT_TAIL_BYTES = MAX_BUFFERED_BYTES + 64 * 1024; // sent frames kept for re-sending
+const SEEN_EVENT_IDS = 512; // event ids remembered to drop an event delivered twice
+const STATE_HISTORY = 100;
+const RESUME_SAMPLES = 20;
+const GATEWAY_CONTROL = "voxgate.session."; // not counted in received_events
 
 /** Words a user understands for things that go wrong. `code` is stable for code. */
 export const PROBLEMS = {
@@ -37,6 +57,8 @@ export const PROBLEMS = {
   ended_by_server: "The server ended the session.",
   playback_blocked: "The browser is blocking sound. Click anywhere on the page to turn it on.",
   no_worklet: "This browser cannot process audio here (AudioWorklet needs https or localhost).",
+  resume_failed: "The connection dropped and the call could not be resumed, so a new session was started. The assistant does not remember the earlier conversation.",
+  upstream_lost: "voxgate lost its connection to the voice service and could not restore it.",
 };
 
 const REASON_WORDS = {
@@ -75,6 +97,21 @@ export function describeClose(code, reason) {
   return PROBLEMS.ended_by_server + suffix;
 }
 
+/** A gateway control event without its resume token (for logs and page handlers). */
+function withoutToken(ev) {
+  const { resume_token: token, ...rest } = ev;
+  return token === undefined ? rest : { ...rest, resume_token: "(hidden)" };
+}
+
+function utf8Length(text) {
+  let n = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 0x80) n += c >= 0x800 && (c < 0xd800 || c > 0xdfff) ? 2 : c < 0x800 ? 1 : 0;
+  }
+  return n;
+}
+
 export class VoxgateClient {
   /**
    * @param {object} opts
@@ -85,9 +122,11 @@ export class VoxgateClient {
    * @param {object} [opts.audio]  getUserMedia audio constraints (echoCancellation, …)
    * @param {string} [opts.workletUrl]  URL of audio-worklets.js
    * @param {number} [opts.jitterMs=80]  audio queued before playback starts
+   * @param {boolean} [opts.resume=true]  resume the session after a network drop (voxgate.v1)
+   * @param {number} [opts.gapAudioMs=10000]  mic audio kept while resuming, re-sent after it
    */
   constructor(opts) {
-    this.opts = { handsFree: true, jitterMs: 80, ...opts };
+    this.opts = { handsFree: true, jitterMs: 80, resume: true, gapAudioMs: GAP_AUDIO_MS, ...opts };
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     this.url = opts.url || `${proto}//${location.host}/v1/realtime`;
     this.workletUrl = opts.workletUrl || new URL("./audio-worklets.js", import.meta.url).href;
@@ -97,8 +136,18 @@ export class VoxgateClient {
     this.ctx = null;
     this.stream = null;
     this.pending = []; // mic frames waiting for session.created
-    this.stats = { sentFrames: 0, droppedFrames: 0, playedSamples: 0, playedSumSq: 0, playedOutSamples: 0,
-                   playedPeak: 0, truncates: [], bargeIns: 0, lastLatencyMs: null };
+    this.upstream = "ok"; // ok | reconnecting | lost: voxgate's own link to the voice service
+    this.resuming = null; // { dropAt, deadline, attempt, refused, … } while resuming
+    this.resumeWs = null; // the connection of the current resume attempt
+    this.gap = []; // [{ frame } | { text }]: what waits for voxgate.session.resumed, in order
+    this.gapAudioFrames = 0;
+    this.stats = { capturedFrames: 0, sentFrames: 0, sentBytes: 0, droppedFrames: 0, discardedFrames: 0,
+                   playedSamples: 0, playedSumSq: 0, playedOutSamples: 0, playedPeak: 0,
+                   truncates: [], bargeIns: 0, lastLatencyMs: null,
+                   sessions: 0, resumes: 0, resumeAttempts: 0, resumeFailures: 0, lastResumeMs: null,
+                   resumeMs: [], replayedEvents: 0, duplicateEvents: 0, gapFrames: 0,
+                   gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0,
+                   upstreamReconnects: 0, states: [] };
     this.resetSession();
   }
 
@@ -118,7 +167,15 @@ export class VoxgateClient {
 
   setState(state, reason = "") {
     this.state = state;
+    const h = this.stats.states;
+    h.push({ state, reason, at: Math.round(performance.now()) });
+    if (h.length > STATE_HISTORY) h.shift();
     this.emit("state", { state, reason });
+  }
+
+  setUpstream(state, reason = "", detail = {}) {
+    this.upstream = state;
+    this.emit("upstream", { state, reason, ...detail });
   }
 
   problem(code, message) {
@@ -127,6 +184,17 @@ export class VoxgateClient {
 
   resetSession() {
     this.ready = false;
+    this.received = 0; // server frames of this session received (voxgate.session.* excluded)
+    this.resumeToken = null; // the latest token; each resume hands out a new one
+    this.graceMs = 0;
+    this.sessionId = null;
+    this.replayLeft = 0; // events still to come from the last resume's replay
+    this.seenIds = new Set(); // recent event ids (an event delivered twice is dropped)
+    this.seenOrder = [];
+    this.sentTail = []; // recent sends [{ frame } | { text }, bytes], to re-send unsent ones
+    this.sentTailBytes = 0;
+    this.responseActive = false;
+    if (this.upstream !== "ok") this.setUpstream("ok");
     this.sentMs = 0; // audio appended to this session so far
     this.frameTimes = new Float64Array(TIMING_RING); // capture time per sent frame (ring)
     this.speechEndAt = null; // capture time of the end of the user's last turn
@@ -160,12 +228,17 @@ export class VoxgateClient {
 
   stop(reason = "stopped") {
     this.stopping = true;
+    this.ready = false;
     clearTimeout(this.retryTimer);
     this.clearPlayback("stop");
     if (this.ws) this.ws.close(1000, "client stop");
     this.ws = null;
+    this.endResume();
     this.teardownAudio();
+    this.stats.discardedFrames += this.pending.length + this.gapAudioFrames;
     this.pending = [];
+    this.gap = [];
+    this.gapAudioFrames = 0;
     this.setState("closed", reason);
   }
 
@@ -230,7 +303,7 @@ export class VoxgateClient {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onmessage = (e) => this.ws === ws && this.onMessage(e.data);
-    ws.onclose = (e) => this.ws === ws && this.onClose(e);
+    ws.onclose = (e) => this.ws === ws && this.onClose(e, ws);
     ws.onopen = () => { this.opened = true; };
     this.opened = false;
     this.lastError = null;
@@ -251,11 +324,12 @@ export class VoxgateClient {
     this.retryTimer = setTimeout(() => this.connect(), delay);
   }
 
-  onClose(e) {
+  onClose(e, ws) {
     this.ws = null;
     this.ready = false;
-    this.clearPlayback("closed");
     if (this.stopping) return;
+    if (this.canResume(e)) return this.beginResume(e, ws);
+    this.clearPlayback("closed");
     const reason = e.reason || this.lastError?.code || "";
     if (!this.opened) {
       // Never got a socket: the server is down or unreachable.
@@ -276,13 +350,211 @@ export class VoxgateClient {
     this.stop(reason || `closed (${e.code})`);
   }
 
+
+  // ---------------------------------------------------------------- resume
+
+  /** Only a drop without a close frame (1006) keeps the session; any close frame ends it. */
+  canResume(e) {
+    return this.opts.resume !== false && e.code === 1006 && !!this.resumeToken && this.graceMs > 0;
+  }
+
+  beginResume(e, ws) {
+    const now = performance.now();
+    this.resuming = { dropAt: now, deadline: now + this.graceMs, attempt: 0, refused: false,
+                      lastWhy: "", timer: null };
+    this.requeueUnsent(ws);
+    this.setState("resuming", `code ${e.code}`);
+    this.scheduleResume();
+  }
+
+  /** Sends the browser never put on the wire (still in `bufferedAmount`) go out again first. */
+  requeueUnsent(ws) {
+    let unsent = ws ? ws.bufferedAmount : 0;
+    const back = [];
+    while (unsent > 0 && this.sentTail.length) {
+      const [item, bytes] = this.sentTail.pop();
+      this.sentTailBytes -= bytes;
+      unsent -= bytes;
+      back.push(item);
+      if (item.frame) {
+        this.stats.sentFrames--;
+        this.stats.sentBytes -= bytes;
+        this.sentMs -= FRAME_MS;
+        this.stats.tailResentFrames++;
+        this.gapAudioFrames++;
+      }
+    }
+    this.gap = back.reverse().concat(this.gap);
+  }
+
+  scheduleResume() {
+    const r = this.resuming;
+    const delay = RESUME_DELAYS_MS[Math.min(r.attempt, RESUME_DELAYS_MS.length - 1)];
+    if (r.attempt > 0 && performance.now() + delay > r.deadline) {
+      return this.resumeFailed(`no answer within the ${Math.round(this.graceMs / 1000)} s grace period`
+                               + (r.lastWhy ? ` (${r.lastWhy})` : ""));
+    }
+    r.attempt++;
+    this.retryTimer = setTimeout(() => this.tryResume(), delay);
+  }
+
+  tryResume() {
+    const r = this.resuming;
+    if (!r || this.stopping) return;
+    this.stats.resumeAttempts++;
+    let ws;
+    try {
+      ws = new WebSocket(this.url, ["voxgate.v1", "voxgate.resume"]); // the token is the credential
+    } catch (err) {
+      r.lastWhy = err.message || "cannot connect";
+      return this.scheduleResume();
+    }
+    ws.binaryType = "arraybuffer";
+    this.resumeWs = ws;
+    r.timer = setTimeout(() => {
+      if (this.resumeWs !== ws) return;
+      r.lastWhy = "timed out";
+      ws.close();
+    }, RESUME_ATTEMPT_TIMEOUT_MS);
+    ws.onopen = () => {
+      if (this.resumeWs !== ws) return;
+      ws.send(JSON.stringify({ type: "voxgate.session.resume", resume_token: this.resumeToken,
+                               received_events: this.received }));
+      this.emit("sent", { type: "voxgate.session.resume", received_events: this.received });
+    };
+    ws.onmessage = (e) => {
+      if (this.resumeWs === ws) this.onResumeReply(ws, e.data);
+      else if (this.ws === ws) this.onMessage(e.data);
+    };
+    ws.onclose = (e) => {
+      if (this.resumeWs === ws) this.onResumeClosed(ws, e);
+      else if (this.ws === ws) this.onClose(e, ws);
+    };
+  }
+
+  onResumeReply(ws, data) {
+    const r = this.resuming;
+    const ev = typeof data === "string" ? JSON.parse(data) : { type: "(binary)" };
+    if (ev.type === "voxgate.session.resumed") return this.resumed(ws, ev);
+    this.emit("event", withoutToken(ev));
+    r.refused = true; // a refusal (voxgate_resume_refused, then close 4000) or nonsense
+    r.lastWhy = ev.error?.code || ev.type;
+    if (ev.type !== "error") ws.close();
+  }
+
+  onResumeClosed(ws, e) {
+    const r = this.resuming;
+    clearTimeout(r.timer);
+    this.resumeWs = null;
+    if (this.stopping) return;
+    if (r.refused || e.code === 4000) {
+      return this.resumeFailed(`the server refused: ${r.lastWhy || e.reason || e.code}`);
+    }
+    r.lastWhy = r.lastWhy || `connection failed (${e.code})`;
+    this.scheduleResume();
+  }
+
+  resumed(ws, ev) {
+    const r = this.resuming;
+    clearTimeout(r.timer);
+    this.resumeWs = null;
+    this.resuming = null;
+    this.ws = ws;
+    this.opened = true;
+    this.resumeToken = ev.resume_token; // the old one is dead now
+    this.sessionId = ev.session_id || this.sessionId;
+    this.replayLeft = ev.replayed_events | 0;
+    const ms = Math.round(performance.now() - r.dropAt);
+    const s = this.stats;
+    s.resumes++;
+    s.lastResumeMs = ms;
+    s.resumeMs.push(ms);
+    if (s.resumeMs.length > RESUME_SAMPLES) s.resumeMs.shift();
+    this.emit("event", withoutToken(ev));
+    // What waited for the session, in order: unsent tail, gap audio, events sent meanwhile.
+    this.ready = true;
+    const gap = this.gap;
+    const gapMs = this.gapAudioFrames * FRAME_MS;
+    this.gap = [];
+    this.gapAudioFrames = 0;
+    for (const item of gap) {
+      if (item.frame) {
+        this.sendFrame(item.frame, true);
+        s.gapResentFrames++;
+      } else {
+        this.sendText(item.text, item.event);
+      }
+    }
+    this.setState("ready", "resumed");
+    this.emit("resume", { outcome: "resumed", ms, attempts: r.attempt, replayed: this.replayLeft,
+                          gapMs, droppedMs: s.gapDroppedFrames * FRAME_MS });
+  }
+
+  resumeFailed(why) {
+    const r = this.resuming;
+    this.endResume();
+    this.stats.resumeFailures++;
+    this.stats.discardedFrames += this.gapAudioFrames; // that audio belonged to the lost session
+    this.gap = [];
+    this.gapAudioFrames = 0;
+    this.clearPlayback("closed");
+    this.emit("resume", { outcome: "failed", why, ms: Math.round(performance.now() - r.dropAt),
+                          attempts: r.attempt });
+    this.problem("resume_failed", `${PROBLEMS.resume_failed} (${why})`);
+    this.attempt = 0;
+    this.setState("reconnecting", "starting a new session");
+    this.connect();
+  }
+
+  endResume() {
+    const r = this.resuming;
+    if (r) clearTimeout(r.timer);
+    this.resuming = null;
+    const ws = this.resumeWs;
+    this.resumeWs = null;
+    if (ws) ws.close();
+  }
+
+  /** While resuming: keep mic audio (bounded, oldest dropped) and events, in order. */
+  holdForResume(item) {
+    this.gap.push(item);
+    if (!item.frame) return;
+    this.stats.gapFrames++;
+    this.gapAudioFrames++;
+    const max = Math.max(0, Math.round(this.opts.gapAudioMs / FRAME_MS));
+    while (this.gapAudioFrames > max) {
+      const i = this.gap.findIndex((x) => x.frame);
+      this.gap.splice(i, 1);
+      this.gapAudioFrames--;
+      this.stats.gapDroppedFrames++;
+    }
+  }
+
+  rememberSent(item, bytes) {
+    this.sentTail.push([item, bytes]);
+    this.sentTailBytes += bytes;
+    while (this.sentTailBytes > SENT_TAIL_BYTES && this.sentTail.length > 1) {
+      this.sentTailBytes -= this.sentTail.shift()[1];
+    }
+  }
+
   // ---------------------------------------------------------------- sending
 
   send(event) {
+    const text = JSON.stringify(event);
+    if (this.resuming) {
+      this.holdForResume({ text, event });
+      return true;
+    }
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
-    this.ws.send(JSON.stringify(event));
-    this.emit("sent", event);
+    this.sendText(text, event);
     return true;
+  }
+
+  sendText(text, event) {
+    this.ws.send(text);
+    this.rememberSent({ text, event }, utf8Length(text));
+    this.emit("sent", event);
   }
 
   /** Change session settings live (a `session.update` partial). */
@@ -296,10 +568,13 @@ export class VoxgateClient {
   }
 
   onMicFrame({ pcm, rms }) {
+    if (this.stopping) return; // a frame posted by the worklet before stop() took it down
     this.emit("level", { rms });
     const talking = this.opts.handsFree || this.pttActive;
     if (!talking) return;
+    this.stats.capturedFrames++;
     const frame = { pcm, at: performance.now() - FRAME_MS };
+    if (this.resuming) return this.holdForResume({ frame });
     if (!this.ready) {
       this.pending.push(frame);
       if (this.pending.length > PREREADY_MAX_FRAMES) { this.pending.shift(); this.stats.droppedFrames++; }
@@ -308,12 +583,16 @@ export class VoxgateClient {
     this.sendFrame(frame);
   }
 
-  sendFrame({ pcm, at }) {
-    if (this.ws.bufferedAmount > MAX_BUFFERED_BYTES) { this.stats.droppedFrames++; return; }
+  /** Send one mic frame; `held` frames (waited out a resume) pass the backlog check. */
+  sendFrame(frame, held = false) {
+    const { pcm, at } = frame;
+    if (!held && this.ws.bufferedAmount > MAX_BUFFERED_BYTES) { this.stats.droppedFrames++; return; }
     this.ws.send(pcm);
+    this.rememberSent({ frame }, pcm.byteLength);
     this.frameTimes[(this.sentMs / FRAME_MS) % TIMING_RING] = at + FRAME_MS;
     this.sentMs += FRAME_MS;
     this.stats.sentFrames++;
+    this.stats.sentBytes += pcm.byteLength;
     if (this.pttActive) this.pttMs += FRAME_MS;
   }
 
@@ -327,7 +606,7 @@ export class VoxgateClient {
   // push-to-talk ------------------------------------------------------------
 
   pttDown() {
-    if (!this.ready || this.pttActive) return;
+    if (!(this.ready || this.resuming) || this.pttActive) return;
     if (this.playing) this.bargeIn("push-to-talk");
     if (this.responseActive) this.send({ type: "response.cancel" });
     this.send({ type: "input_audio_buffer.clear" });
@@ -352,19 +631,47 @@ export class VoxgateClient {
 
   onMessage(data) {
     if (typeof data !== "string") {
-      // voxgate.v1 may carry output audio as raw PCM16 frames.
+      // voxgate.v1 may carry output audio as raw PCM16 frames (numbered like any frame).
+      this.countReceived();
       return this.enqueueAudio(this.audioItem || "binary", pcm16ToFloat32(data));
     }
     const ev = JSON.parse(data);
+    if (typeof ev.type === "string" && ev.type.startsWith(GATEWAY_CONTROL)) {
+      return this.onControl(ev);
+    }
+    this.countReceived();
+    if (ev.event_id) {
+      // Resume replays exactly what was missed; this only guards against a server bug.
+      if (this.seenIds.has(ev.event_id)) { this.stats.duplicateEvents++; return; }
+      this.seenIds.add(ev.event_id);
+      this.seenOrder.push(ev.event_id);
+      if (this.seenOrder.length > SEEN_EVENT_IDS) this.seenIds.delete(this.seenOrder.shift());
+    }
     const handler = this.handlersByType[ev.type];
     if (handler) handler.call(this, ev);
     this.emit("event", ev);
+  }
+
+  countReceived() {
+    this.received++;
+    if (this.replayLeft > 0) { this.replayLeft--; this.stats.replayedEvents++; }
+  }
+
+  /** `voxgate.session.*`: resume bookkeeping; never counted, the token is never emitted. */
+  onControl(ev) {
+    if (ev.type === "voxgate.session.resumable") {
+      this.resumeToken = ev.resume_token || null;
+      this.graceMs = Math.max(0, Number(ev.grace_s) || 0) * 1000;
+      this.sessionId = ev.session_id || null;
+    }
+    this.emit("event", withoutToken(ev));
   }
 
   handlersByType = {
     "session.created": function () {
       this.ready = true;
       this.attempt = 0;
+      this.stats.sessions++;
       const s = this.opts.session;
       if (s) this.send({ type: "session.update", session: { type: "realtime", ...s } });
       const frames = this.pending;
@@ -405,6 +712,17 @@ export class VoxgateClient {
     },
     "response.output_text.done": function (ev) {
       this.emit("transcript", { role: "assistant", itemId: ev.item_id, text: ev.text, final: true });
+    },
+    "voxgate.upstream.reconnecting": function (ev) {
+      this.stats.upstreamReconnects++;
+      this.setUpstream("reconnecting", ev.reason || "");
+    },
+    "voxgate.upstream.reconnected": function (ev) {
+      this.setUpstream("ok", "", { gapMs: ev.gap_ms, stateRestored: ev.state_restored,
+                                   audioResentMs: ev.audio_resent_ms });
+    },
+    "voxgate.upstream.lost": function (ev) {
+      this.setUpstream("lost", ev.reason || "");
     },
     "error": function (ev) {
       this.lastError = ev.error || {};
