@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from voxgate.protocol import conversation as cv
 from voxgate.protocol import ids
 from voxgate.protocol.close import CloseCode, close_reason
@@ -245,12 +247,13 @@ class RealtimeCore:
     def receive_text(self, text: str) -> list[Action]:
         """Handle one text frame; a bad event becomes a non-fatal ``error`` (§7)."""
         try:
-            event = json.loads(text)
-        except ValueError as exc:
+            event = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:  # its messages name no internals (depth, range)
             return [
                 Send(
                     error_event(
-                        f"Invalid event: failed to parse JSON value: {exc}", code="invalid_json"
+                        f"Invalid event: failed to parse JSON value ({exc.msg}).",
+                        code="invalid_json",
                     )
                 )
             ]

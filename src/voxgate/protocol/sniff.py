@@ -48,7 +48,16 @@ def _head_type(text: str) -> str | None:
     if j < 0:
         return None
     value = text[i + 1 : j]
-    return None if "\\" in value else value
+    if "\\" in value:
+        return None
+    if text.find('"type"', j) >= 0:
+        # A second "type": nested (session.type), or a duplicate top-level key whose last value
+        # a JSON parser keeps. A frame that means one thing to voxgate and another to the
+        # upstream is refused, never forwarded.
+        parsed = parse_event(text)[0]
+        if parsed != value:
+            raise NotAnEvent("invalid_event", "Invalid event: duplicate 'type' key.")
+    return value
 
 
 def _tail_type(text: str) -> str | None:

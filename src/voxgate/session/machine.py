@@ -144,7 +144,11 @@ class SessionMachine:
 
     def client_text(self, text: str, now: float) -> Outcome:
         """A text frame from the client. Returns FORWARD, nothing, or actions."""
-        if self.phase is Phase.READY and text.startswith(_APPEND_HEADS):
+        if (
+            self.phase is Phase.READY
+            and text.startswith(_APPEND_HEADS)
+            and text.find('"type"', 36) < 0  # no second "type" key to smuggle another event
+        ):
             if self.recovery is not None:
                 self.recovery.sent_append(text)
             return FORWARD
