@@ -25,6 +25,7 @@ class _Stats(Protocol):
     resumes: int
     stalls: int
     paced_frames: int
+    replay_dropped_frames: int
 
 
 class Metrics:
@@ -76,6 +77,11 @@ class Metrics:
             "Client frames after which reading paused (over the rate limits)",
             registry=r,
         )
+        self.replay_dropped = Counter(
+            "voxgate_replay_log_dropped_frames_total",
+            "Oldest events dropped from replay logs at their byte bound",
+            registry=r,
+        )
         self.prebuffer_peak = Histogram(
             "voxgate_prebuffer_peak_bytes",
             "Largest pre-ready / reconnect buffer per flush, per session",
@@ -99,6 +105,7 @@ class Metrics:
         self.detaches.inc(stats.detaches)
         self.stalls.inc(stats.stalls)
         self.paced.inc(stats.paced_frames)
+        self.replay_dropped.inc(stats.replay_dropped_frames)
         self.prebuffer_peak.observe(stats.prebuffer_peak_bytes)
 
     def render(self) -> bytes:

@@ -103,6 +103,7 @@ class SessionStats:
     resumes: int = 0
     stalls: int = 0
     paced_frames: int = 0
+    replay_dropped_frames: int = 0
 
 
 @dataclass(eq=False)
@@ -814,6 +815,8 @@ class SessionRunner:
                     )
             link.done.set()
         s = self.stats
+        if self._replay is not None:
+            s.replay_dropped_frames = self._replay.dropped_frames
         self._log.info(
             "session.closed",
             cause=end.cause,
