@@ -6,10 +6,21 @@ import base64
 import json
 from typing import Any
 
-from speech_fixtures import chunks, synth_pcm24k
+import numpy as np
+
+from speech_fixtures import chunks, silence_pcm24k, synth_pcm24k
 from voxgate.backends.local.engine import EngineSession, decoder_pool, history_of, tools_of
 from voxgate.backends.local.responder import FunctionCall, FunctionCallOutput, Message
-from voxgate.backends.local.turns import TurnDetector, TurnEnded, TurnStarted, vad_config
+from voxgate.backends.local.turns import (
+    TurnDetector,
+    TurnEnded,
+    TurnPartial,
+    TurnPaused,
+    TurnResumed,
+    TurnStarted,
+    pause_ms_for,
+    vad_config,
+)
 from voxgate.protocol.realtime_server import Send, StartResponse
 from voxgate.protocol.session_config import default_realtime_session, server_vad_defaults
 
@@ -141,3 +152,85 @@ def test_turn_detector_finds_one_turn_in_speech() -> None:
     assert 0 <= starts[0].audio_start_ms < 400
     assert ends[0].error is None
     assert ends[0].transcript
+
+
+def _trimmed(text: str) -> bytes:
+    """``text`` spoken, without espeak's own leading and trailing near-silence."""
+    pcm = synth_pcm24k(text)
+    samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+    loud = np.nonzero(samples > 100)[0]
+    return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)]
+
+
+def test_turn_detector_gives_the_transcript_during_the_silence_window() -> None:
+    detector = TurnDetector(
+        server_vad_defaults(), "audio/pcm", start_ms=0, pool=decoder_pool(4), final_decode="stream"
+    )
+    pcm = synth_pcm24k("What is a stop loss order?", lead_ms=400, trail_ms=1200)
+    events = detector.feed_many(chunks(pcm))
+    detector.close()
+    kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
+    assert kinds == [TurnStarted, TurnPaused, TurnEnded]
+    paused = next(e for e in events if isinstance(e, TurnPaused))
+    ended = next(e for e in events if isinstance(e, TurnEnded))
+    assert paused.transcript
+    assert ended.transcript == paused.transcript
+
+
+def test_speech_resuming_after_a_pause_continues_the_same_turn() -> None:
+    td = {**server_vad_defaults(), "silence_duration_ms": 800}
+    detector = TurnDetector(
+        td,
+        "audio/pcm",
+        start_ms=0,
+        pool=decoder_pool(4),
+        final_decode="stream",
+        prepare_lead_ms=500,
+    )
+    pcm = (
+        silence_pcm24k(400)
+        + _trimmed("What is a trailing stop?")
+        + silence_pcm24k(450)
+        + _trimmed("And what is a stop loss order?")
+        + silence_pcm24k(1500)
+    )
+    events = detector.feed_many(chunks(pcm))
+    detector.close()
+    kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
+    assert kinds == [TurnStarted, TurnPaused, TurnResumed, TurnPaused, TurnEnded]
+    first, second = (e for e in events if isinstance(e, TurnPaused))
+    ended = events[-1]
+    assert isinstance(ended, TurnEnded)
+    assert ended.transcript == second.transcript
+    assert ended.transcript.startswith(first.transcript + " ")
+    assert len(ended.transcript) > len(first.transcript) + 5
+    assert ended.audio_end_ms > 400 + 450 + 2000  # the end of the second phrase
+
+
+def test_batch_final_still_hints_the_pause_with_the_live_hypothesis() -> None:
+    detector = TurnDetector(
+        server_vad_defaults(), "audio/pcm", start_ms=0, pool=decoder_pool(4), final_decode="batch"
+    )
+    events = detector.feed_many(
+        chunks(synth_pcm24k("What is a stop loss order?", lead_ms=400, trail_ms=1200))
+    )
+    detector.close()
+    kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
+    assert kinds == [TurnStarted, TurnPaused, TurnEnded]
+    ended = events[-1]
+    assert isinstance(ended, TurnEnded)
+    assert ended.transcript
+
+
+def test_no_prepare_lead_means_no_pause_hints() -> None:
+    detector = TurnDetector(
+        server_vad_defaults(), "audio/pcm", start_ms=0, pool=decoder_pool(4), prepare_lead_ms=0
+    )
+    events = detector.feed_many(
+        chunks(synth_pcm24k("What is a stop loss order?", lead_ms=400, trail_ms=1200))
+    )
+    detector.close()
+    assert not [e for e in events if isinstance(e, TurnPaused | TurnResumed)]
+    assert pause_ms_for(200) == 80
+    assert pause_ms_for(200, 0) == 0
+    assert pause_ms_for(90) == 30  # never before a third of the window

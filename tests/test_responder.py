@@ -73,6 +73,27 @@ async def test_knowledge_responder_falls_back_to_the_last_user_message() -> None
     assert pieces[0].text.startswith("Slippage is")
 
 
+async def test_knowledge_prepare_names_the_first_piece_the_reply_will_have() -> None:
+    responder = KnowledgeResponder(KnowledgeBase.example())
+    prepared = responder.prepare("what is a stop lost order")
+    pieces = await _reply(responder, "what is a stop lost order")
+    assert prepared == pieces[0]
+    assert isinstance(prepared, TextPiece)
+    assert prepared.static  # a stored answer: its audio may be cached
+    assert all(isinstance(p, TextPiece) and p.static for p in pieces)
+
+
+async def test_the_i_heard_fallback_is_not_static() -> None:
+    responder = KnowledgeResponder(KnowledgeBase.example(), memo_size=1)
+    prepared = responder.prepare("what's the weather on mars")
+    assert prepared is not None
+    assert not prepared.static
+    # the memo is bounded; answers stay right after eviction
+    responder.prepare("what is slippage")
+    pieces = await _reply(responder, "what's the weather on mars")
+    assert pieces[0] == prepared
+
+
 # --------------------------------------------------------------------------- chat completions
 
 

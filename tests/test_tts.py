@@ -8,6 +8,8 @@ import pytest
 
 from voxgate.backends.local.tts import (
     SentenceSplitter,
+    SpeechCache,
+    TTSError,
     get_tts,
     split_sentences,
     voice_names,
@@ -115,3 +117,69 @@ def test_splitter_streams_deltas_and_bounds_its_buffer() -> None:
 
 def test_splitter_drops_punctuation_only_pieces() -> None:
     assert split_sentences("... !!! ?") == []
+
+
+class CountingTTS:
+    """A stand-in synthesiser: ``len(text) * 10`` bytes per call, counted."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, float]] = []
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        fmt: audio.AudioFormat = "audio/pcm",
+        voice: str = "alloy",
+        speed: float = 1.0,
+    ) -> bytes:
+        self.calls.append((text, fmt, voice, speed))
+        if not text:
+            raise TTSError("nothing to say", code=-1)
+        return text.encode()[:1] * (len(text) * 10)
+
+
+def test_speech_cache_synthesises_each_sentence_once_per_voice_format_and_speed() -> None:
+    tts = CountingTTS()
+    cache = SpeechCache(lambda: tts)
+    assert cache.get(SENTENCE, fmt="audio/pcm", voice="alloy", speed=1.0) is None
+    first = cache.synthesize(SENTENCE, fmt="audio/pcm", voice="alloy", speed=1.0)
+    assert cache.synthesize(SENTENCE, fmt="audio/pcm", voice="alloy", speed=1.0) == first
+    assert cache.get(SENTENCE, fmt="audio/pcm", voice="alloy", speed=1.0) == first
+    cache.synthesize(SENTENCE, fmt="audio/pcmu", voice="alloy", speed=1.0)
+    cache.synthesize(SENTENCE, fmt="audio/pcm", voice="echo", speed=1.0)
+    cache.synthesize(SENTENCE, fmt="audio/pcm", voice="alloy", speed=1.2)
+    assert len(tts.calls) == 4
+    assert (cache.hits, cache.misses) == (2, 4)
+
+
+def test_speech_cache_evicts_least_recently_used_beyond_its_byte_bound() -> None:
+    tts = CountingTTS()
+    cache = SpeechCache(lambda: tts, max_bytes=1000)  # sentences of 10 chars = 100 bytes
+    for i in range(10):
+        cache.synthesize(f"sentence{i:02d}", fmt="audio/pcm", voice="alloy", speed=1.0)
+    assert cache.size_bytes == 1000
+    cache.get("sentence00", fmt="audio/pcm", voice="alloy", speed=1.0)  # now most recent
+    cache.synthesize("sentence10", fmt="audio/pcm", voice="alloy", speed=1.0)
+    assert cache.size_bytes == 1000
+    assert cache.get("sentence00", fmt="audio/pcm", voice="alloy", speed=1.0) is not None
+    assert cache.get("sentence01", fmt="audio/pcm", voice="alloy", speed=1.0) is None
+    cache.synthesize("x" * 30, fmt="audio/pcm", voice="alloy", speed=1.0)  # > max/4: not kept
+    assert cache.get("x" * 30, fmt="audio/pcm", voice="alloy", speed=1.0) is None
+
+
+def test_speech_cache_keeps_nothing_when_synthesis_fails() -> None:
+    cache = SpeechCache(CountingTTS)
+    with pytest.raises(TTSError):
+        cache.synthesize("", fmt="audio/pcm", voice="alloy", speed=1.0)
+    assert cache.size_bytes == 0
+
+
+def test_speech_cache_over_espeak_keeps_the_wire_audio() -> None:
+    cache = SpeechCache()
+    wire = cache.synthesize(SENTENCE, fmt="audio/pcmu", voice="alloy", speed=1.0)
+    assert cache.get(SENTENCE, fmt="audio/pcmu", voice="alloy", speed=1.0) is wire
+    direct = get_tts().synthesize(SENTENCE, fmt="audio/pcmu", voice="alloy", speed=1.0)
+    # espeak-ng is not bit-exact run to run; the same sentence has the same length
+    assert len(wire) == pytest.approx(len(direct), rel=0.05)
+    assert audio.rms_dbfs(audio.decode_input(wire, "audio/pcmu")) > -35

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from speech_fixtures import chunks, silence_pcm24k, synth_pcm24k
-from voxgate.backends.local.vad import SpeechStarted, SpeechStopped, VadConfig, VadEvent, VadStream
+from voxgate.backends.local.vad import (
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    VadConfig,
+    VadEvent,
+    VadStream,
+)
 from voxgate.protocol.audio import resample_pcm16
 
 UTTERANCE = "What is a stop loss order?"
@@ -102,3 +110,100 @@ def test_config_rejects_bad_values() -> None:
         VadConfig(threshold=1.5)
     with pytest.raises(ValueError, match="durations"):
         VadConfig(silence_duration_ms=-1)
+
+
+def _trimmed(text: str) -> bytes:
+    """``text`` spoken, without espeak's own leading and trailing near-silence."""
+    pcm = synth_pcm24k(text)
+    samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
+    loud = np.nonzero(samples > 100)[0]  # about -50 dBFS
+    return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)]
+
+
+def _events_with_gap(gap_ms: int, config: VadConfig) -> list[VadEvent]:
+    pcm = (
+        silence_pcm24k(500)
+        + _trimmed("What is slippage?")
+        + silence_pcm24k(gap_ms)
+        + _trimmed("And what is a margin call?")
+        + silence_pcm24k(1200)
+    )
+    return _run(VadStream(config, input_rate_hz=24_000), pcm, 20, 24_000)
+
+
+def _last_loud_ms(pcm24: bytes) -> float:
+    """End of the last 8 ms at or above the VAD's energy floor (-50 dBFS)."""
+    samples = np.frombuffer(pcm24, dtype="<i2").astype(np.float64) / 32767
+    frame = 24_000 * 8 // 1000
+    loud = [
+        i
+        for i in range(0, len(samples) - frame + 1, frame)
+        if np.sqrt(np.mean(samples[i : i + frame] ** 2)) >= 10 ** (-50 / 20)
+    ]
+    return (loud[-1] + frame) / 24
+
+
+@pytest.mark.parametrize("silence_ms", [100, 200, 350])
+def test_stop_follows_the_last_loud_frame_by_exactly_the_silence_window(silence_ms: int) -> None:
+    pcm = synth_pcm24k(UTTERANCE, lead_ms=500, trail_ms=1000)
+    config = VadConfig(silence_duration_ms=silence_ms)
+    events = _run(VadStream(config, input_rate_hz=24_000), pcm, 20, 24_000)
+    stopped = events[-1]
+    assert isinstance(stopped, SpeechStopped)
+    # the end of speech is where the signal fell under the floor (or earlier, if Silero
+    # said so first), to within one 8 ms frame plus the resampler's sample of delay
+    assert stopped.audio_end_ms <= _last_loud_ms(pcm) + 9
+    assert stopped.audio_end_ms >= _speech_extent_ms(pcm)[1] - 40
+    assert 0 <= stopped.decided_at_ms - stopped.audio_end_ms - silence_ms < 8
+
+
+def test_decisions_do_not_depend_on_how_audio_is_chunked() -> None:
+    pcm = synth_pcm24k(UTTERANCE, lead_ms=700, trail_ms=300) + synth_pcm24k(
+        "What is a margin call?", trail_ms=900
+    )
+    config = VadConfig(silence_duration_ms=200, pause_ms=80)
+    by_chunk = {
+        ms: _run(VadStream(config, input_rate_hz=24_000), pcm, ms, 24_000)
+        for ms in (8, 20, 96, 333)
+    }
+    assert by_chunk[8] == by_chunk[20] == by_chunk[96] == by_chunk[333]
+    assert [e.type for e in by_chunk[20]].count("speech_stopped") == 2
+
+
+def test_pause_hint_comes_before_the_stop_of_the_same_silence() -> None:
+    pcm = synth_pcm24k(UTTERANCE, lead_ms=500, trail_ms=1000)
+    events = _run(
+        VadStream(VadConfig(silence_duration_ms=200, pause_ms=80), input_rate_hz=24_000),
+        pcm,
+        20,
+        24_000,
+    )
+    assert [e.type for e in events] == ["speech_started", "speech_paused", "speech_stopped"]
+    _, paused, stopped = events
+    assert isinstance(paused, SpeechPaused)
+    assert isinstance(stopped, SpeechStopped)
+    assert paused.audio_end_ms == stopped.audio_end_ms
+    assert 80 <= paused.at_ms - paused.audio_end_ms < 88
+
+
+def test_a_gap_shorter_than_the_silence_window_pauses_and_resumes_one_turn() -> None:
+    events = _events_with_gap(300, VadConfig(silence_duration_ms=600, pause_ms=150))
+    types = [e.type for e in events]
+    assert types == [
+        "speech_started",
+        "speech_paused",
+        "speech_resumed",
+        "speech_paused",
+        "speech_stopped",
+    ]
+    resumed = events[2]
+    assert isinstance(resumed, SpeechResumed)
+    first_end = events[1]
+    assert isinstance(first_end, SpeechPaused)
+    # never before the second phrase; Silero's state needs ~100-150 ms to rise after a pause
+    assert 300 <= resumed.at_ms - first_end.audio_end_ms < 300 + 160
+
+
+def test_without_pause_ms_no_hints_are_given() -> None:
+    events = _events_with_gap(300, VadConfig(silence_duration_ms=600))
+    assert [e.type for e in events] == ["speech_started", "speech_stopped"]

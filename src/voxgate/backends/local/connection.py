@@ -46,10 +46,17 @@ from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import SERVER_ERROR, error_event
 from voxgate.protocol.realtime_server import Action, Close, Send, StartResponse
 from voxgate.protocol.session_config import format_type, input_format, output_format
+from voxgate.protocol.sniff import NotAnEvent, event_type
 
 log = structlog.get_logger(__name__)
 
 _CLOSED: Final = aiohttp.WSMessage(WSMsgType.CLOSED, None, None)
+#: Queued appends handled together before turn detection (25 chunks of 20 ms = 0.5 s).
+_MAX_APPEND_BATCH: Final = 25
+
+
+_Prepared = tuple[tuple[str, str, str, float], bytes]
+"""((sentence, format, voice, speed), wire audio) synthesised ahead of a response."""
 
 
 class _ResponseStopped(Exception):
@@ -81,7 +88,12 @@ class LocalConnection:
         self._detector_base = (0, 0.0)  # (stream offset, stream ms) where it started
         self._responses: dict[str, asyncio.Task[None]] = {}
         self._turn_error: str | None = None
-        self._prepared: asyncio.Future[None] | None = None
+        # What was synthesised ahead for the turn that may be ending (see _prepare), and for
+        # the turn that ended, until the next response's first sentence looks at it.
+        self._prepared: asyncio.Future[_Prepared | None] | None = None
+        self._prepared_transcript = ""
+        self._reply_prepared: asyncio.Future[_Prepared | None] | None = None
+        self._held: str | None = None  # a client event taken from the inbox, handled next
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="local_engine_session")
 
@@ -125,8 +137,13 @@ class LocalConnection:
         try:
             await self._perform(core.open())
             while True:
-                text = await self._inbox.get()
+                if self._held is not None:
+                    text, self._held = self._held, None
+                else:
+                    text = await self._inbox.get()
                 await self._perform(core.receive_text(text))
+                if _is_append(text):
+                    await self._take_queued_appends()
                 await self._after_event()
         except asyncio.CancelledError:
             raise
@@ -145,6 +162,24 @@ class LocalConnection:
                 task.cancel()
             self._drop_prepared()
             await self._drop_detector()
+
+    async def _take_queued_appends(self) -> None:
+        """Handle the appends already queued behind this one before turn detection runs.
+
+        A session that fell behind (a slow worker, a busy core) then catches up in one
+        worker call for up to :data:`_MAX_APPEND_BATCH` chunks instead of one per 20 ms
+        chunk, which it could not do once a call costs more than its chunk lasts. The first
+        other event is held back and handled after detection, so every non-audio event still
+        sees the turn state of all the audio before it.
+        """
+        for _ in range(_MAX_APPEND_BATCH - 1):
+            if self._inbox.empty() or self._core.detector_stale:
+                return
+            text = self._inbox.get_nowait()
+            if not _is_append(text):
+                self._held = text
+                return
+            await self._perform(self._core.receive_text(text))
 
     async def _after_event(self) -> None:
         core = self._core
@@ -180,6 +215,7 @@ class LocalConnection:
                 pool=self._res.pool,
                 final_decode=self._res.final_decode,
                 max_turn_ms=int(self._limits.max_turn_s * 1000),
+                prepare_lead_ms=self._limits.prepare_lead_ms,
             )
         )
         self._detector_base = (core.stream_offset, core.stream_ms)
@@ -203,7 +239,9 @@ class LocalConnection:
             elif isinstance(event, TurnResumed):
                 self._drop_prepared()
             elif isinstance(event, TurnEnded):
-                self._prepared = None  # done or not, it only ever filled caches
+                if self._prepared is not None and self._prepared_transcript == event.transcript:
+                    self._reply_prepared, self._prepared = self._prepared, None
+                self._drop_prepared()
                 await self._perform(core.on_speech_stopped(event.audio_end_ms))
                 item_id = core.current_turn_item_id
                 if event.error is not None and item_id is not None:
@@ -224,13 +262,13 @@ class LocalConnection:
             core.discard_buffered(keep)
 
     def _prepare(self, transcript: str) -> None:
-        """The turn may be ending: get the answer's first sentence synthesised meanwhile.
+        """The turn may be ending: synthesise the answer's first sentence meanwhile.
 
         Speculative and side-effect free: the work (the responder's :meth:`prepare` and the
-        TTS of a static first sentence) only fills the responder's memo and the speech cache,
-        which the response, if the turn does end, then finds warm. It sends no event, so a
-        turn that goes on leaves no trace but a cache entry (realtime-protocol.md §3: nothing
-        may be said before ``speech_stopped``).
+        TTS of its first sentence) fills the responder's memo, the speech cache (static
+        sentences) and this session's prepared slot, which the response, if the turn does
+        end with this transcript, then finds ready. It sends no event, so a turn that goes on
+        leaves no trace (realtime-protocol.md §3: nothing is said before ``speech_stopped``).
         """
         core = self._core
         prepare = getattr(self._res.responder, "prepare", None)
@@ -243,20 +281,41 @@ class LocalConnection:
         voice, speed, fmt = _voice_of(session)
         cache = self._res.speech_cache
 
-        def work() -> None:
+        def work() -> _Prepared | None:
             piece = prepare(transcript)
-            if isinstance(piece, TextPiece) and piece.static and piece.text.strip():
-                cache.synthesize(piece.text.strip(), fmt=fmt, voice=voice, speed=speed)
+            if not isinstance(piece, TextPiece) or not piece.text.strip():
+                return None
+            sentence = piece.text.strip()
+            synthesize = cache.synthesize if piece.static else get_tts().synthesize
+            audio = synthesize(sentence, fmt=fmt, voice=voice, speed=speed)
+            return (sentence, fmt, voice, speed), audio
 
         self._drop_prepared()
         self._prepared = self._loop.run_in_executor(self._res.executor, work)
         self._prepared.add_done_callback(_forget_result)
+        self._prepared_transcript = transcript
 
     def _drop_prepared(self) -> None:
         """Speech resumed: unqueue preparation that has not started (a started one finishes)."""
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
             prepared.cancel()
+
+    async def _take_prepared(self, key: tuple[str, str, str, float]) -> bytes | None:
+        """The audio prepared for the turn that ended, if it is this sentence's."""
+        prepared, self._reply_prepared = self._reply_prepared, None
+        if prepared is None or prepared.cancelled():
+            return None
+        try:
+            async with asyncio.timeout(self._limits.tts_timeout_s):
+                result = await asyncio.shield(prepared)
+        except asyncio.CancelledError:
+            if prepared.cancelled():
+                return None
+            raise  # this response was cancelled
+        except Exception:  # best effort: the sentence is synthesised again below
+            return None
+        return result[1] if result is not None and result[0] == key else None
 
     def _offset_of(self, ms: float) -> int:
         base_offset, base_ms = self._detector_base
@@ -400,6 +459,8 @@ class LocalConnection:
         """
         sentence, cache = text.strip(), self._res.speech_cache
         wire = cache.get(sentence, fmt=fmt, voice=voice, speed=speed) if static else None
+        if wire is None and first_in_response:
+            wire = await self._take_prepared((sentence, fmt, voice, speed))
         if wire is None:
             synthesize = cache.synthesize if static else get_tts().synthesize
             try:
@@ -462,6 +523,13 @@ class LocalConnection:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _is_append(text: str) -> bool:
+    try:
+        return event_type(text) == "input_audio_buffer.append"
+    except NotAnEvent:
+        return False
+
+
 def _voice_of(config: dict[str, Any]) -> tuple[str, float, AudioFormat]:
     """``(voice, speed, wire format)`` of a session or effective response config."""
     out = (config.get("audio") or {}).get("output") or {}
@@ -470,7 +538,7 @@ def _voice_of(config: dict[str, Any]) -> tuple[str, float, AudioFormat]:
     return str(voice), float(out.get("speed") or 1.0), fmt
 
 
-def _forget_result(future: asyncio.Future[None]) -> None:
+def _forget_result(future: asyncio.Future[_Prepared | None]) -> None:
     """Preparation is best effort: a failure shows again, and is reported, in the response."""
     if not future.cancelled():
         future.exception()

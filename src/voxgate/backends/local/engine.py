@@ -35,6 +35,7 @@ from voxgate.backends.local.responder import (
     Tool,
 )
 from voxgate.backends.local.tts import SpeechCache
+from voxgate.backends.local.turns import PREPARE_LEAD_MS
 from voxgate.protocol import conversation as cv
 from voxgate.protocol.realtime_server import Action, RealtimeCore, Send
 
@@ -123,6 +124,8 @@ class EngineLimits:
     audio_delta_ms: int = 200
     #: Audio in a response's first delta: small, so playback can start as early as possible.
     first_audio_delta_ms: int = 40
+    #: The answer to a turn is prepared this long before its silence window ends (0 = never).
+    prepare_lead_ms: int = PREPARE_LEAD_MS
     #: Events between the engine and the relay (the relay's pace throttles TTS beyond it).
     outbox_events: int = 64
     #: Client events waiting for the engine.

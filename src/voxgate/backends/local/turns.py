@@ -44,9 +44,9 @@ _FEED_MS: Final = 20
 #: has to be silence first): finishing the utterance, the knowledge search and the first
 #: sentence's TTS take ~60-100 ms of CPU on an idle core.
 PREPARE_LEAD_MS: Final = 120
-#: When speech resumes after a pause, the new utterance starts this far back (onsets that were
-#: still below the VAD's decision, never before the pause).
-_RESUME_LOOKBACK_MS: Final = 100
+#: When speech resumes after a pause, the new utterance starts this far back at least (Silero
+#: needs ~100-150 ms to score a new onset; never before the pause), or ``prefix_padding_ms``.
+_RESUME_LOOKBACK_MS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +92,17 @@ class TurnEnded:
 TurnEvent = TurnStarted | TurnPartial | TurnPaused | TurnResumed | TurnEnded
 
 
-def pause_ms_for(silence_duration_ms: int) -> int:
-    """Silence after which a turn's answer is prepared (:data:`PREPARE_LEAD_MS` before its end)."""
-    return max(silence_duration_ms - PREPARE_LEAD_MS, silence_duration_ms // 3)
+def pause_ms_for(silence_duration_ms: int, lead_ms: int = PREPARE_LEAD_MS) -> int:
+    """Silence after which a turn's answer is prepared: ``lead_ms`` before the turn would end,
+    but not before a third of the window (0 when ``lead_ms`` is 0: no preparation)."""
+    if lead_ms <= 0:
+        return 0
+    return max(silence_duration_ms - lead_ms, silence_duration_ms // 3)
 
 
-def vad_config(turn_detection: Mapping[str, Any]) -> VadConfig:
+def vad_config(
+    turn_detection: Mapping[str, Any], *, prepare_lead_ms: int = PREPARE_LEAD_MS
+) -> VadConfig:
     """Map a session's ``turn_detection`` (server_vad or semantic_vad) to Silero settings.
 
     ``semantic_vad`` has no semantic model here: its ``eagerness`` picks a silence window.
@@ -105,14 +110,16 @@ def vad_config(turn_detection: Mapping[str, Any]) -> VadConfig:
     if turn_detection.get("type") == "semantic_vad":
         eagerness = str(turn_detection.get("eagerness") or "auto")
         silence = _EAGERNESS_SILENCE_MS.get(eagerness, 500)
-        return VadConfig(silence_duration_ms=silence, pause_ms=pause_ms_for(silence))
+        return VadConfig(
+            silence_duration_ms=silence, pause_ms=pause_ms_for(silence, prepare_lead_ms)
+        )
     threshold = float(turn_detection.get("threshold", 0.5))
     silence = max(0, int(turn_detection.get("silence_duration_ms", 200)))
     return VadConfig(
         threshold=min(max(threshold, 0.01), 0.99),
         prefix_padding_ms=max(0, int(turn_detection.get("prefix_padding_ms", 300))),
         silence_duration_ms=silence,
-        pause_ms=pause_ms_for(silence),
+        pause_ms=pause_ms_for(silence, prepare_lead_ms),
     )
 
 
@@ -129,6 +136,8 @@ class TurnDetector:
             :class:`TurnPaused` carries the live hypothesis instead.
         max_turn_ms: a turn is ended after this much speech.
         acquire_timeout_s: longest wait for a free decoder when a turn starts.
+        prepare_lead_ms: :class:`TurnPaused` comes this long before a turn would end
+            (see :func:`pause_ms_for`; 0 = never).
     """
 
     def __init__(
@@ -141,9 +150,10 @@ class TurnDetector:
         final_decode: FinalDecode = "batch",
         max_turn_ms: int = DEFAULT_MAX_TURN_MS,
         acquire_timeout_s: float = 2.0,
+        prepare_lead_ms: int = PREPARE_LEAD_MS,
     ) -> None:
         self.fmt = cast(AudioFormat, fmt)
-        self.config = vad_config(turn_detection)
+        self.config = vad_config(turn_detection, prepare_lead_ms=prepare_lead_ms)
         rate = rate_hz(self.fmt)
         self._bytes_per_ms = rate * 2 / 1000
         self._vad = VadStream(self.config, input_rate_hz=rate, start_ms=start_ms)
@@ -174,11 +184,8 @@ class TurnDetector:
         return self.config.prefix_padding_ms
 
     def feed_many(self, chunks: Iterable[bytes]) -> list[TurnEvent]:
-        """:meth:`feed` several wire chunks; returns their events in order."""
-        events: list[TurnEvent] = []
-        for chunk in chunks:
-            events.extend(self.feed(chunk))
-        return events
+        """:meth:`feed` several wire chunks as one (decisions do not depend on chunking)."""
+        return self.feed(b"".join(chunks))
 
     def feed(self, wire: bytes) -> list[TurnEvent]:
         """Process one appended wire chunk; return the turn events it completed."""
@@ -237,7 +244,8 @@ class TurnDetector:
     def _resume(self, at_ms: int) -> None:
         if self._asr_paused:
             # A new utterance from just before the resumption (never before the pause).
-            self._asr_fed_ms = max(self._asr_fed_ms, at_ms - _RESUME_LOOKBACK_MS)
+            lookback = max(_RESUME_LOOKBACK_MS, self.config.prefix_padding_ms)
+            self._asr_fed_ms = max(self._asr_fed_ms, at_ms - lookback)
             self._asr_paused = False
 
     def _live_text(self) -> str:
