@@ -26,6 +26,7 @@ from voxgate.backends.local.responder import (
     chat_messages,
     collect,
 )
+from voxgate.config import Settings
 from voxgate.tools.knowledge import KnowledgeBase
 
 WEATHER_TOOL = Tool.from_realtime(
@@ -234,14 +235,19 @@ async def test_unreachable_server_raises_responder_error(chat_server: ChatServer
         await _reply(ChatCompletionsResponder(f"http://127.0.0.1:{port}/v1"), "hi")
 
 
-def test_from_env_needs_the_url() -> None:
-    assert ChatCompletionsResponder.from_env({}) is None
-    responder = ChatCompletionsResponder.from_env(
-        {"VOXGATE_LOCAL_LLM_URL": "http://127.0.0.1:11434/v1", "VOXGATE_LOCAL_LLM_MODEL": "llama3"}
-    )
+def test_from_settings_needs_the_url_and_reads_the_key_from_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ChatCompletionsResponder.from_settings(Settings(_env_file=None)) is None
+    monkeypatch.setenv("VOXGATE_LOCAL_LLM_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("VOXGATE_LOCAL_LLM_MODEL", "llama3")
+    monkeypatch.setenv("VOXGATE_LOCAL_LLM_API_KEY", "sk-local-test-0001")
+    responder = ChatCompletionsResponder.from_settings(Settings(_env_file=None))
     assert responder is not None
     assert responder.url == "http://127.0.0.1:11434/v1/chat/completions"
     assert responder.model == "llama3"
+    assert responder.request_body("", [], [], "hi")["model"] == "llama3"
+    assert "sk-local-test-0001" not in repr(Settings(_env_file=None))
 
 
 def test_consecutive_function_calls_share_one_assistant_message() -> None:

@@ -85,16 +85,9 @@ class LocalBackend:
     def from_settings(cls, settings: Settings) -> LocalBackend:
         """The backend ``voxgate serve`` uses: responder and knowledge from ``settings``."""
         responder: Responder
-        if settings.local_llm_url:
-            responder = ChatCompletionsResponder(
-                settings.local_llm_url,
-                model=settings.local_llm_model,
-                api_key=(
-                    settings.local_llm_api_key.get_secret_value()
-                    if settings.local_llm_api_key
-                    else None
-                ),
-            )
+        llm = ChatCompletionsResponder.from_settings(settings)
+        if llm is not None:
+            responder = llm
             name = "chat_completions"
         else:
             kb = (

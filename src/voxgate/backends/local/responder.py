@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -28,6 +27,7 @@ import aiohttp
 import structlog
 
 from voxgate.backends.local.tts import SentenceSplitter, split_sentences
+from voxgate.config import Settings
 from voxgate.protocol.errors import UpstreamError
 from voxgate.tools.knowledge import KnowledgeBase
 
@@ -35,9 +35,6 @@ log = structlog.get_logger(__name__)
 
 NO_ANSWER: Final = "I heard: '{heard}'. I don't have an answer for that in my notes."
 NOTHING_HEARD: Final = "Sorry, I didn't catch that. Could you say it again?"
-LLM_URL_ENV: Final = "VOXGATE_LOCAL_LLM_URL"
-LLM_MODEL_ENV: Final = "VOXGATE_LOCAL_LLM_MODEL"
-LLM_KEY_ENV: Final = "VOXGATE_LOCAL_LLM_API_KEY"
 MAX_TOOL_ARGUMENT_CHARS: Final = 64_000
 
 
@@ -329,13 +326,18 @@ class ChatCompletionsResponder:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ChatCompletionsResponder | None:
-        """Build from ``VOXGATE_LOCAL_LLM_URL`` (+ ``_MODEL``, ``_API_KEY``); None if unset."""
-        env = os.environ if env is None else env
-        url = env.get(LLM_URL_ENV, "").strip()
+    def from_settings(cls, settings: Settings) -> ChatCompletionsResponder | None:
+        """Build from ``local_llm_url``, ``local_llm_model`` and ``local_llm_api_key``
+        (``VOXGATE_LOCAL_LLM_*`` in the environment); None when no URL is set."""
+        url = (settings.local_llm_url or "").strip()
         if not url:
             return None
-        return cls(url, model=env.get(LLM_MODEL_ENV) or "default", api_key=env.get(LLM_KEY_ENV))
+        key = settings.local_llm_api_key
+        return cls(
+            url,
+            model=settings.local_llm_model,
+            api_key=key.get_secret_value() if key is not None else None,
+        )
 
     def request_body(
         self,
