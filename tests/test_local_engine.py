@@ -234,3 +234,46 @@ def test_no_prepare_lead_means_no_pause_hints() -> None:
     assert pause_ms_for(200) == 80
     assert pause_ms_for(200, 0) == 0
     assert pause_ms_for(90) == 30  # never before a third of the window
+
+
+def _create_audio_item(core: EngineSession, pcm: bytes) -> list[Any]:
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "Listen:"},
+            {"type": "input_audio", "audio": base64.b64encode(pcm).decode()},
+        ],
+    }
+    return core.receive_text(json.dumps({"type": "conversation.item.create", "item": item}))
+
+
+def test_created_input_audio_is_queued_and_its_transcript_stored() -> None:
+    core = session()
+    core.session["audio"]["input"]["transcription"] = {"model": "whisper-1"}
+    added = sent(_create_audio_item(core, b"\1\0" * 4800))
+    item_id = added[0]["item"]["id"]
+    assert added[0]["item"]["content"][1]["transcript"] is None
+    (clip,) = core.take_item_audio()
+    assert (clip.item_id, clip.content_index, clip.audio) == (item_id, 1, b"\1\0" * 4800)
+    assert core.take_item_audio() == []
+    events = sent(core.complete_item_transcription(clip, "what is a stop loss", 200.0))
+    assert [e["type"] for e in events] == [
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+    ]
+    assert all(e["content_index"] == 1 for e in events)
+    assert events[1]["usage"]["type"] == "tokens"
+    _, user_text = history_of(core.conversation.items)
+    assert user_text == "Listen: what is a stop loss"
+
+
+def test_created_input_audio_is_transcribed_silently_when_transcription_is_off() -> None:
+    core = session()
+    _create_audio_item(core, b"\1\0" * 4800)
+    (clip,) = core.take_item_audio()
+    assert core.complete_item_transcription(clip, "hello", 200.0) == []
+    assert core.fail_item_transcription(clip, code="voxgate_asr_failed", message="x") == []
+    item = core.conversation.get(clip.item_id)
+    assert item is not None
+    assert item["content"][1]["transcript"] == "hello"

@@ -335,3 +335,45 @@ async def test_openai_agents_speech_turn_without_errors() -> None:
     assert rms(audio) > 500
     raw_types = [e.data.type for e in seen if e.type == "raw_model_event"]
     assert "input_audio_transcription_completed" in raw_types or "transcript_delta" in raw_types
+
+
+async def test_audio_in_a_created_item_is_transcribed_and_answered() -> None:
+    async with local_gateway() as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            await conn.session.update(
+                session={
+                    "type": "realtime",
+                    "output_modalities": ["text"],
+                    "audio": {
+                        "input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}
+                    },
+                }
+            )
+            await events.wait_for("session.updated")
+            pcm = synth_pcm24k(QUESTION, lead_ms=300, trail_ms=600)
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_audio", "audio": base64.b64encode(pcm).decode()}],
+                }
+            )
+            await conn.response.create()
+            completed = await events.wait_for(
+                "conversation.item.input_audio_transcription.completed"
+            )
+            done = await events.wait_for("response.done")
+            added = events.of("conversation.item.added")[0]
+            await conn.conversation.item.retrieve(item_id=added.item.id)
+            retrieved = await events.wait_for("conversation.item.retrieved")
+            pump.cancel()
+    assert completed.item_id == added.item.id
+    assert completed.content_index == 0
+    assert "stop loss" in completed.transcript
+    assert retrieved.item.content[0].transcript == completed.transcript
+    assert done.response.status == "completed"
+    # the transcript was there before the response was made: it answers the question
+    assert events.of("response.output_text.done")[0].text == kb_answer(QUESTION)

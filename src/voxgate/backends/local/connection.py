@@ -27,7 +27,13 @@ import structlog
 from aiohttp import WSMsgType
 
 from voxgate.backends.local.asr import AsrError
-from voxgate.backends.local.engine import EngineResources, EngineSession, history_of, tools_of
+from voxgate.backends.local.engine import (
+    EngineResources,
+    EngineSession,
+    ItemAudio,
+    history_of,
+    tools_of,
+)
 from voxgate.backends.local.responder import FunctionCall, ResponderError, TextPiece
 from voxgate.backends.local.tts import TTSError, get_tts
 from voxgate.backends.local.turns import (
@@ -191,6 +197,8 @@ class LocalConnection:
             await self._apply_turn_events(events)
         for item_id, audio in core.take_transcriptions():
             await self._transcribe(item_id, audio)
+        for clip in core.take_item_audio():
+            await self._transcribe_item(clip)
         for rid in core.take_cancelled():
             task = self._responses.pop(rid, None)
             if task is not None:
@@ -340,6 +348,22 @@ class LocalConnection:
             )
             return
         await self._perform(core.complete_transcription(item_id, text, audio_ms))
+
+    async def _transcribe_item(self, clip: ItemAudio) -> None:
+        """Transcribe an ``input_audio`` part of a created item (whole, batch pass)."""
+        core = self._core
+        fmt = format_type(input_format(core.session))
+        try:
+            text, audio_ms = await self._in_worker(
+                lambda: transcribe_turn(clip.audio, fmt, pool=self._res.pool, final_decode="batch")
+            )
+        except (AsrError, TimeoutError) as exc:
+            message = str(exc) or "speech recognition timed out"
+            await self._perform(
+                core.fail_item_transcription(clip, code="voxgate_asr_failed", message=message)
+            )
+            return
+        await self._perform(core.complete_item_transcription(clip, text, audio_ms))
 
     # ------------------------------------------------------------------ responses
 

@@ -14,6 +14,7 @@ Sans-I/O like the core: the asyncio side lives in :mod:`voxgate.backends.local.c
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import threading
@@ -145,6 +146,15 @@ class EngineResources:
     speech_cache: SpeechCache = field(default_factory=SpeechCache)
 
 
+@dataclass(frozen=True, slots=True)
+class ItemAudio:
+    """An ``input_audio`` part of a created item, waiting for a transcript (wire format)."""
+
+    item_id: str
+    content_index: int
+    audio: bytes
+
+
 class EngineSession(RealtimeCore):
     """The realtime core with the local engine's hooks (see the module docstring).
 
@@ -152,13 +162,15 @@ class EngineSession(RealtimeCore):
     if :attr:`detector_stale`, rebuild the turn detector; feed :meth:`take_audio` to it and
     apply its events (:meth:`on_speech_started`, :meth:`partial_transcript`,
     :meth:`on_speech_stopped` + :meth:`commit_turn`); transcribe :meth:`take_transcriptions`
-    and apply :meth:`complete_transcription`; stop the responses in :meth:`take_cancelled`.
+    and apply :meth:`complete_transcription`; transcribe :meth:`take_item_audio` and apply
+    :meth:`complete_item_transcription`; stop the responses in :meth:`take_cancelled`.
     """
 
     def __init__(self, session: dict[str, Any], *, max_buffer_bytes: int) -> None:
         self.detector_stale = True
         self._new_audio: deque[bytes] = deque()
         self._to_transcribe: deque[tuple[str, bytes]] = deque()
+        self._item_audio: deque[ItemAudio] = deque()
         self._cancelled: list[str] = []
         self._partial_sent: dict[str, str] = {}
         super().__init__(
@@ -192,6 +204,31 @@ class EngineSession(RealtimeCore):
         self._cancelled.append(response_id)
         return super()._cancel(response_id, reason)
 
+    def handle_item_create(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
+        """``conversation.item.create``; its ``input_audio`` parts are queued for a transcript.
+
+        The caller transcribes them before the next client event (as for manual commits),
+        so a ``response.create`` that follows answers what the audio says.
+        """
+        actions = super().handle_item_create(event, event_id)
+        added = next(
+            (
+                a.event["item"]
+                for a in actions
+                if isinstance(a, Send) and a.event.get("type") == "conversation.item.added"
+            ),
+            None,
+        )
+        item = self.conversation.get(str(added["id"])) if added is not None else None
+        if item is None or item.get("type") != "message" or item.get("role") != "user":
+            return actions
+        for index, part in enumerate(item.get("content") or []):
+            data = part.get("audio")
+            if part.get("type") == "input_audio" and part.get("transcript") is None and data:
+                # conversation.create validated the base64 already
+                self._item_audio.append(ItemAudio(item["id"], index, base64.b64decode(data)))
+        return actions
+
     # ---------------------------------------------------------------- for the caller
 
     @property
@@ -214,6 +251,44 @@ class EngineSession(RealtimeCore):
         out = list(self._to_transcribe)
         self._to_transcribe.clear()
         return out
+
+    def take_item_audio(self) -> list[ItemAudio]:
+        """``input_audio`` parts of created items waiting for a transcript, in order."""
+        out = list(self._item_audio)
+        self._item_audio.clear()
+        return out
+
+    def complete_item_transcription(
+        self, clip: ItemAudio, transcript: str, audio_ms: float
+    ) -> list[Action]:
+        """Store a created item's audio transcript; with transcription on, send its events."""
+        item = self.conversation.get(clip.item_id)
+        parts = (item.get("content") or []) if item is not None else []
+        if clip.content_index >= len(parts):
+            return []  # the item was deleted meanwhile
+        parts[clip.content_index]["transcript"] = transcript
+        if not self.transcription_enabled:
+            return []
+        usage = cv.transcription_usage(audio_ms, transcript)
+        index = clip.content_index
+        actions: list[Action] = []
+        if transcript:
+            actions.append(
+                Send(cv.transcription_delta(clip.item_id, transcript, content_index=index))
+            )
+        actions.append(
+            Send(cv.transcription_completed(clip.item_id, transcript, usage, content_index=index))
+        )
+        return actions
+
+    def fail_item_transcription(self, clip: ItemAudio, *, code: str, message: str) -> list[Action]:
+        """A created item's audio could not be transcribed (``…transcription.failed``)."""
+        if not self.transcription_enabled:
+            return []
+        event = cv.transcription_failed(
+            clip.item_id, code=code, message=message, content_index=clip.content_index
+        )
+        return [Send(event)]
 
     def take_cancelled(self) -> list[str]:
         """Responses the core cancelled since the last call (their producers must stop)."""
