@@ -8,6 +8,7 @@ Not a test module. Chromium's fake capture device reads a PCM WAV given by
 
 from __future__ import annotations
 
+import base64
 import shutil
 import wave
 from collections.abc import AsyncIterator, Sequence
@@ -108,9 +109,19 @@ async def console_stats(page: Page) -> dict[str, Any]:
     return stats
 
 
-async def open_console_sized(browser: Browser, login_url: str, width: int, height: int) -> Page:
-    """:func:`open_console` in a viewport of ``width`` x ``height`` (e.g. a 390 px phone)."""
+async def open_console_with(
+    browser: Browser,
+    login_url: str,
+    *,
+    width: int = 1100,
+    height: int = 900,
+    init_script: str | None = None,
+) -> Page:
+    """:func:`open_console` with another viewport (e.g. a 390 px phone) and/or a script that
+    runs in the page before its own (to observe what the page does, e.g. wrap a browser API)."""
     context = await browser.new_context(viewport={"width": width, "height": height})
+    if init_script is not None:
+        await context.add_init_script(script=init_script)
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     await page.goto(login_url)
@@ -129,3 +140,37 @@ async def log_count(page: Page, event_type: str) -> int:
     """How many event-log lines the console shows for ``event_type``."""
     count = await page.locator(f'#log li[data-type="{event_type}"]').count()
     return int(count)
+
+
+#: Wraps ``WebSocket.prototype.send`` in the page: every binary frame sent is kept, per socket
+#: (in the order the sockets first sent audio). ``window.__sentAudio()`` returns one base64
+#: string per socket: the exact bytes the page handed to each socket.
+RECORD_SENT_AUDIO = """
+(() => {
+  const sockets = [];
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    if (data instanceof ArrayBuffer) {
+      if (!this.__vgSocket) { sockets.push([]); this.__vgSocket = sockets.length; }
+      sockets[this.__vgSocket - 1].push(new Uint8Array(data.slice(0)));
+    }
+    return send.call(this, data);
+  };
+  window.__sentAudio = () => sockets.map((frames) => {
+    let bin = "";
+    for (const f of frames) {
+      for (let i = 0; i < f.length; i += 4096) {
+        bin += String.fromCharCode.apply(null, f.subarray(i, i + 4096));
+      }
+    }
+    return btoa(bin);
+  });
+})();
+"""
+
+
+async def sent_audio_per_socket(page: Page) -> list[bytes]:
+    """What :data:`RECORD_SENT_AUDIO` saw: the binary bytes the page sent, per socket."""
+    encoded = await page.evaluate("() => window.__sentAudio()")
+    assert isinstance(encoded, list)
+    return [base64.b64decode(e) for e in encoded]

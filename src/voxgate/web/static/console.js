@@ -12,6 +12,13 @@ const STATE_WORDS = {
   reconnecting: "Connection lost — reconnecting…",
   closed: "Not connected",
 };
+/** voxgate's reason for moving to a new upstream connection, in words. */
+function upstreamReason(reason) {
+  if (!reason) return "";
+  if (reason.startsWith("lost")) return "link lost";
+  if (reason === "session_expired" || reason === "recycle") return "planned handover";
+  return reason.replace(/_/g, " ");
+}
 const UPSTREAM_WORDS = {
   reconnecting: "Connected — reconnecting to the voice service…",
   lost: "The voice service connection was lost",
@@ -188,10 +195,10 @@ function summarize(ev) {
     case "voxgate.session.resumable": return `${ev.type} (grace ${ev.grace_s} s)`;
     case "voxgate.session.resume": return `${ev.type} received_events=${ev.received_events}`;
     case "voxgate.session.resumed": return `${ev.type} replayed_events=${ev.replayed_events}`;
-    case "voxgate.upstream.reconnecting": return `${ev.type} (${ev.reason || ""})`;
+    case "voxgate.upstream.reconnecting": return `${ev.type} reason=${ev.reason}`;
     case "voxgate.upstream.reconnected":
       return `${ev.type} gap_ms=${ev.gap_ms} state_restored=${ev.state_restored}`;
-    case "voxgate.upstream.lost": return `${ev.type} (${ev.reason || ""})`;
+    case "voxgate.upstream.lost": return `${ev.type} reason=${ev.reason}`;
     case "response.output_audio.delta": return `${ev.type} ${ev.item_id} ${ev.delta.length}b64`;
     case "error": return `error ${ev.error?.code || ""}: ${ev.error?.message || ""}`;
     case "conversation.item.truncate":
@@ -242,8 +249,9 @@ function makeClient() {
   });
   c.on("upstream", ({ state, reason }) => {
     setStatus(c.state);
+    const why = upstreamReason(reason);
     const words = state === "ok" ? "voice service: reconnected"
-      : `voice service: ${state}${reason ? ` (${reason})` : ""}`;
+      : `voice service: ${state}${why ? ` (${why})` : ""}`;
     log("note", { type: `(upstream ${state})`, text: words });
   });
   c.on("resume", (r) => {

@@ -147,7 +147,8 @@ export class VoxgateClient {
                    sessions: 0, resumes: 0, resumeAttempts: 0, resumeFailures: 0, lastResumeMs: null,
                    resumeMs: [], replayedEvents: 0, duplicateEvents: 0, gapFrames: 0,
                    gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0,
-                   upstreamReconnects: 0, states: [] };
+                   upstreamReconnects: 0, states: [], drops: [] };
+    this.socketFrames = 0; // frames sent on the current socket
     this.resetSession();
   }
 
@@ -302,6 +303,7 @@ export class VoxgateClient {
     const ws = new WebSocket(this.url, ["realtime", "voxgate.v1", `openai-insecure-api-key.${key}`]);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
+    this.socketFrames = 0;
     ws.onmessage = (e) => this.ws === ws && this.onMessage(e.data);
     ws.onclose = (e) => this.ws === ws && this.onClose(e, ws);
     ws.onopen = () => { this.opened = true; };
@@ -360,6 +362,9 @@ export class VoxgateClient {
 
   beginResume(e, ws) {
     const now = performance.now();
+    const drops = this.stats.drops;
+    drops.push({ code: e.code, bufferedAmount: ws ? ws.bufferedAmount : 0, frames: this.socketFrames });
+    if (drops.length > RESUME_SAMPLES) drops.shift();
     this.resuming = { dropAt: now, deadline: now + this.graceMs, attempt: 0, refused: false,
                       lastWhy: "", timer: null };
     this.requeueUnsent(ws);
@@ -461,6 +466,7 @@ export class VoxgateClient {
     this.resuming = null;
     this.ws = ws;
     this.opened = true;
+    this.socketFrames = 0;
     this.resumeToken = ev.resume_token; // the old one is dead now
     this.sessionId = ev.session_id || this.sessionId;
     this.replayLeft = ev.replayed_events | 0;
@@ -592,6 +598,7 @@ export class VoxgateClient {
     this.frameTimes[(this.sentMs / FRAME_MS) % TIMING_RING] = at + FRAME_MS;
     this.sentMs += FRAME_MS;
     this.stats.sentFrames++;
+    this.socketFrames++;
     this.stats.sentBytes += pcm.byteLength;
     if (this.pttActive) this.pttMs += FRAME_MS;
   }
