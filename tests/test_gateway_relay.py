@@ -425,8 +425,9 @@ async def test_upstream_unreachable_is_retried_until_the_ready_deadline_then_rep
                 assert "503" in error["error"]["message"]
                 assert (await expect_close(ws))[0] == 1013
         assert fake.refused_count >= 3  # a 503 is retried with backoff, not given up at once
+        nowhere = gateway_settings("ws://127.0.0.1:1/v1/realtime", ready_timeout_s=1.5)
         async with (
-            run_gateway(gateway_settings("ws://127.0.0.1:1/v1/realtime", ready_timeout_s=1.5)) as gw,
+            run_gateway(nowhere) as gw,
             aiohttp.ClientSession() as http,
             http.ws_connect(
                 gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}

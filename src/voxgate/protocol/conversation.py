@@ -261,6 +261,14 @@ class Conversation:
         """Copies of the items, in order."""
         return [copy.deepcopy(i) for i in self._items]
 
+    def snapshot(self) -> list[Item]:
+        """The stored items themselves, in order (a new list; callers must not mutate them).
+
+        What a response reads as its context: a deep copy per response would cost O(length of
+        the conversation) on every turn, which grows without bound in a long call.
+        """
+        return list(self._items)
+
     @property
     def last_item_id(self) -> str | None:
         return self._items[-1]["id"] if self._items else None

@@ -739,7 +739,7 @@ class RealtimeCore:
     def _context_items(self, params: dict[str, Any], event_id: str | None) -> list[dict[str, Any]]:
         given = params.get("input")
         if given is None:
-            return self.conversation.items
+            return self.conversation.snapshot()
         if not isinstance(given, list):
             raise ClientEventError(
                 "Invalid type for 'response.input': expected an array.",

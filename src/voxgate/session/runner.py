@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import WSMsgType, web
 
 from voxgate.auth.resume import ResumeState
 from voxgate.backends.base import Backend, UpstreamConnectError, UpstreamConnection, UpstreamTarget
 from voxgate.protocol.close import CloseCode
-from voxgate.protocol.errors import InvalidState
+from voxgate.protocol.errors import SERVER_ERROR, InvalidState, error_event
 from voxgate.protocol.extensions import gateway_event
 from voxgate.session.actions import (
     FORWARD,
@@ -61,6 +62,13 @@ _CLOSE_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, 
 _FATAL_HTTP = frozenset({400, 401, 403, 404})
 #: Characters of base64 audio per second of 24 kHz PCM16 (what the audio budget counts).
 _B64_CHARS_PER_S = 64_000
+_INTERNAL_ERROR_TEXT = orjson.dumps(
+    error_event(
+        "voxgate hit an internal error and ended this session; it has been logged.",
+        code="voxgate_internal",
+        error_type=SERVER_ERROR,
+    )
+).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +203,10 @@ class SessionRunner:
         except* Exception as group:  # a bug in voxgate: end this session, never the process
             self._log.error("session.internal_error", error=repr(group.exceptions[0]))
             self.end = EndSession(
-                CloseCode.INTERNAL_ERROR, "server_error.voxgate_internal", None, "internal_error"
+                CloseCode.INTERNAL_ERROR,
+                "server_error.voxgate_internal",
+                _INTERNAL_ERROR_TEXT,
+                "internal_error",
             )
         end = self.end or EndSession(CloseCode.NORMAL, "", None, "done")
         self.end = end
@@ -807,6 +818,9 @@ class SessionRunner:
                 await asyncio.wait_for(upstream.close(code=CloseCode.NORMAL), 2.0)
         link, self._link = self._link, None
         if link is not None:
+            if end.cause == "internal_error" and end.error_text and not link.ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await link.ws.send_str(end.error_text)
             if not link.ws.closed:
                 with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
                     await asyncio.wait_for(

@@ -42,6 +42,8 @@ from voxgate.session.runner import ClientLink, RunnerConfig, SessionRunner
 from voxgate.transports.negotiate import ConnectRequest, negotiate, offered_subprotocols
 
 log = structlog.get_logger("voxgate.session")
+#: Unauthenticated connections allowed to wait for their resume request at once.
+_MAX_PENDING_RESUMES = 256
 
 
 class GatewayWebSocket(web.WebSocketResponse):
@@ -96,6 +98,7 @@ class RealtimeEndpoint:
         #: live resumable sessions by id (bounded by the session limit)
         self._resumable: dict[str, tuple[SessionRunner, ResumeState]] = {}
         self._runners: set[SessionRunner] = set()
+        self._resuming = 0  # resume handshakes waiting for their first frame
         self._reconnectable = bool(getattr(backend, "reconnectable", False))
         self._policy = ReconnectPolicy(
             attempts=settings.reconnect_attempts,
@@ -245,6 +248,17 @@ class RealtimeEndpoint:
     ) -> web.WebSocketResponse:
         """Take back a live session: verify the token, replay what the client missed."""
         slog = log.bind(conn="resume")
+        if self._resuming >= _MAX_PENDING_RESUMES:
+            return await self._refuse_resume(ws, slog, "too_many_pending")
+        self._resuming += 1
+        try:
+            return await self._resume_checked(ws, request, req, slog)
+        finally:
+            self._resuming -= 1
+
+    async def _resume_checked(
+        self, ws: web.WebSocketResponse, request: web.Request, req: ConnectRequest, slog: Any
+    ) -> web.WebSocketResponse:
         try:
             msg = await ws.receive(timeout=self._settings.resume_wait_s)
             token, received = parse_resume_request(msg.data if msg.data is not None else b"")
