@@ -201,8 +201,9 @@ async def test_cuts_mid_speech_and_mid_answer_resume_the_same_session(tmp_path: 
         await record.wait_closed(timeout_s=WAIT_S)  # a clean close ends the session
         stats = await console_stats(page)
         print(
-            f"resume_ms={stats['resumeMs']} gap_frames={stats['gapFrames']} "
-            f"attempts={stats['resumeAttempts']} replayed={stats['replayedEvents']}"
+            f"resume_ms={stats['resumeMs']} log={stats['resumeLog']} "
+            f"gap_frames={stats['gapFrames']} attempts={stats['resumeAttempts']} "
+            f"replayed={stats['replayedEvents']}"
         )
         assert len(fake.connections) == 1
         assert stats["sessions"] == 1
@@ -332,3 +333,34 @@ async def test_the_page_shows_when_voxgate_reconnects_to_the_voice_service(
         stats = await console_stats(page)
         assert stats["upstreamReconnects"] == 1
         assert stats["state"] == "ready"
+
+
+async def test_the_gap_ring_keeps_the_newest_audio_and_counts_what_it_dropped(
+    tmp_path: Path,
+) -> None:
+    wav = speech_wav(tmp_path / "ask.wav", [1000, QUESTION, 3000])
+    async with rig() as (fake, proxy, login), chromium(wav) as browser:
+        page = await open_console_with(browser, login, init_script=RECORD_SENT_AUDIO)
+        await start_hands_free(page)
+        # The module's option, set small here: 200 ms (10 frames) kept while resuming.
+        await page.evaluate("() => { window.voxgateConsole.client.opts.gapAudioMs = 200; }")
+        record = await fake.wait_for_connection()
+        await record.wait_for_sent("input_audio_buffer.speech_started", timeout_s=WAIT_S)
+        proxy.refuse(count=2)  # ~750 ms away
+        await cut_after_next_frame(record, proxy)
+        await page.wait_for_function("() => window.voxgateConsole.stats().resumes === 1")
+        stats = await console_stats(page)
+        assert stats["gapFrames"] >= 25
+        assert stats["gapResentFrames"] == 10
+        assert stats["gapDroppedFrames"] == stats["gapFrames"] + stats["tailResentFrames"] - 10
+        note = await page.text_content("#conn-note") or ""
+        assert "0.2 s of your audio re-sent" in note
+        assert "of older audio dropped" in note
+
+        await page.click("#stop")
+        await record.wait_closed(timeout_s=WAIT_S)
+        per_socket = await sent_audio_per_socket(page)
+        assert len(per_socket) == 2
+        assert len(per_socket[1]) >= 10 * FRAME_BYTES
+        lost = frames_lost_at_cuts(per_socket, record.audio.all_bytes())
+        assert sum(lost) <= 2

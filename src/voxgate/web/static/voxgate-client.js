@@ -145,7 +145,7 @@ export class VoxgateClient {
                    playedSamples: 0, playedSumSq: 0, playedOutSamples: 0, playedPeak: 0,
                    truncates: [], bargeIns: 0, lastLatencyMs: null,
                    sessions: 0, resumes: 0, resumeAttempts: 0, resumeFailures: 0, lastResumeMs: null,
-                   resumeMs: [], replayedEvents: 0, duplicateEvents: 0, gapFrames: 0,
+                   resumeMs: [], resumeLog: [], replayedEvents: 0, duplicateEvents: 0, gapFrames: 0,
                    gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0,
                    upstreamReconnects: 0, states: [], drops: [] };
     this.socketFrames = 0; // frames sent on the current socket
@@ -366,7 +366,7 @@ export class VoxgateClient {
     drops.push({ code: e.code, bufferedAmount: ws ? ws.bufferedAmount : 0, frames: this.socketFrames });
     if (drops.length > RESUME_SAMPLES) drops.shift();
     this.resuming = { dropAt: now, deadline: now + this.graceMs, attempt: 0, refused: false,
-                      lastWhy: "", timer: null };
+                      lastWhy: "", timer: null, dropped: 0 };
     this.requeueUnsent(ws);
     this.setState("resuming", `code ${e.code}`);
     this.scheduleResume();
@@ -439,7 +439,12 @@ export class VoxgateClient {
 
   onResumeReply(ws, data) {
     const r = this.resuming;
-    const ev = typeof data === "string" ? JSON.parse(data) : { type: "(binary)" };
+    let ev;
+    try {
+      ev = typeof data === "string" ? JSON.parse(data) : { type: "(binary)" };
+    } catch {
+      ev = { type: "(not JSON)" };
+    }
     if (ev.type === "voxgate.session.resumed") return this.resumed(ws, ev);
     this.emit("event", withoutToken(ev));
     r.refused = true; // a refusal (voxgate_resume_refused, then close 4000) or nonsense
@@ -475,7 +480,8 @@ export class VoxgateClient {
     s.resumes++;
     s.lastResumeMs = ms;
     s.resumeMs.push(ms);
-    if (s.resumeMs.length > RESUME_SAMPLES) s.resumeMs.shift();
+    s.resumeLog.push({ ms, attempts: r.attempt, replayed: this.replayLeft, gapFrames: this.gapAudioFrames });
+    if (s.resumeMs.length > RESUME_SAMPLES) { s.resumeMs.shift(); s.resumeLog.shift(); }
     this.emit("event", withoutToken(ev));
     // What waited for the session, in order: unsent tail, gap audio, events sent meanwhile.
     this.ready = true;
@@ -493,7 +499,7 @@ export class VoxgateClient {
     }
     this.setState("ready", "resumed");
     this.emit("resume", { outcome: "resumed", ms, attempts: r.attempt, replayed: this.replayLeft,
-                          gapMs, droppedMs: s.gapDroppedFrames * FRAME_MS });
+                          gapMs, droppedMs: r.dropped * FRAME_MS });
   }
 
   resumeFailed(why) {
@@ -533,6 +539,7 @@ export class VoxgateClient {
       this.gap.splice(i, 1);
       this.gapAudioFrames--;
       this.stats.gapDroppedFrames++;
+      if (this.resuming) this.resuming.dropped++;
     }
   }
 
