@@ -190,6 +190,7 @@ async def test_cuts_mid_speech_and_mid_answer_resume_the_same_session(tmp_path: 
         assert await log_count(page, "voxgate.session.resumed") == 3
         note = await page.text_content("#conn-note") or ""
         assert "Call resumed after" in note
+        assert "vgr_" not in (await page.text_content("#log") or "")  # tokens are never shown
         states = await states_of(page)
         resumed = [i for i, (s, r) in enumerate(states) if s == "ready" and r == "resumed"]
         assert len(resumed) == 3
