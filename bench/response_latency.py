@@ -7,6 +7,9 @@ its 20 ms have "been captured", and measures, per turn, the time from the end of
 the stream to the first ``response.output_audio.delta``. End of speech is the end of the last
 20 ms frame above -40 dBFS in the clip (espeak appends a few hundred ms of near-silence,
 which does not count as speech). Word error rate comes from the engine's input transcripts.
+Also reported: end of speech -> ``speech_stopped`` (the turn-end decision, which must wait
+``silence_duration_ms`` = 200), and the server's CPU seconds per second of session audio.
+espeak-ng is not bit-exact run to run, so the clips (and their tails) vary a little per run.
 
 Then it runs 1, 2, 4, 8 sessions talking at once and reports p50/p95 for each, and how many
 sessions one core carries before p95 doubles.
@@ -76,8 +79,11 @@ class Clip:
 @dataclass
 class Results:
     latencies_ms: list[float] = field(default_factory=list)
+    #: end of speech -> ``speech_stopped`` (the turn-end decision, silence window included)
+    stopped_ms: list[float] = field(default_factory=list)
     transcripts: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    audio_s: float = 0.0
 
 
 def make_clip(text: str) -> Clip:
@@ -128,11 +134,13 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
         for clip in clips:
             done = asyncio.Event()
             first_audio: list[float] = []
+            stopped: list[float] = []
             transcript: list[str] = []
 
             async def reader(
                 done: asyncio.Event = done,
                 first_audio: list[float] = first_audio,
+                stopped: list[float] = stopped,
                 transcript: list[str] = transcript,
             ) -> None:
                 async for msg in ws:
@@ -140,6 +148,8 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
                     kind = event["type"]
                     if kind == "response.output_audio.delta" and not first_audio:
                         first_audio.append(loop.time())
+                    elif kind == "input_audio_buffer.speech_stopped" and not stopped:
+                        stopped.append(loop.time())
                     elif kind == "conversation.item.input_audio_transcription.completed":
                         transcript.append(event["transcript"])
                     elif kind == "error":
@@ -158,6 +168,7 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
                     break
                 chunk = base64.b64encode(clip.pcm[i : i + step]).decode()
                 await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+                results.audio_s += CHUNK_MS / 1000
             try:
                 async with asyncio.timeout(15):
                     await done.wait()
@@ -166,6 +177,8 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
             task.cancel()
             if first_audio:
                 results.latencies_ms.append((first_audio[0] - start) * 1000 - clip.speech_end_ms)
+            if stopped:
+                results.stopped_ms.append((stopped[0] - start) * 1000 - clip.speech_end_ms)
             results.transcripts.append((clip.text, transcript[0] if transcript else ""))
 
 
@@ -176,6 +189,7 @@ def free_port() -> int:
 
 
 def start_server(port: int, *, pin: bool, final: str) -> subprocess.Popen[bytes]:
+    """voxgate with the local engine; pinned, it must run on core 0 alone (taskset -c 0)."""
     env = dict(
         os.environ,
         VOXGATE_API_KEYS=KEY,
@@ -203,6 +217,12 @@ async def wait_ready(port: int, timeout_s: float = 60) -> None:
     raise TimeoutError("voxgate did not become ready")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds used by process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -220,13 +240,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         for n in levels:
             turns = clips[: 6 if args.quick else (20 if n == 1 else 8)]
             res = Results()
+            cpu_before = cpu_s(proc.pid)
             await asyncio.gather(*(one_session(url, turns, res) for _ in range(n)))
+            cpu = cpu_s(proc.pid) - cpu_before
             lat = res.latencies_ms
             per_level[n] = {
                 "turns": len(lat),
                 "p50_ms": round(pct(lat, 50)),
                 "p95_ms": round(pct(lat, 95)),
                 "mean_ms": round(statistics.fmean(lat)) if lat else None,
+                "speech_stopped_p50_ms": round(pct(res.stopped_ms, 50)),
+                "speech_stopped_p95_ms": round(pct(res.stopped_ms, 95)),
+                "cpu_s_per_session_s": round(cpu / max(res.audio_s, 1e-9), 3),
                 "wer": round(wer(res.transcripts), 3),
                 "errors": res.errors,
             }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final
 
@@ -34,7 +35,7 @@ from voxgate.backends.local.responder import (
     KnowledgeResponder,
     Responder,
 )
-from voxgate.backends.local.tts import get_tts
+from voxgate.backends.local.tts import SpeechCache, Synthesizer, get_tts
 from voxgate.backends.local.vad import VadStream
 from voxgate.config import Settings
 from voxgate.protocol import ids
@@ -55,7 +56,18 @@ _WARM_UP_TEXT: Final = "How do I place a limit order on a stock? What is a margi
 
 
 class LocalBackend:
-    """Serves realtime sessions from the local engine (VAD → ASR → responder → TTS)."""
+    """Serves realtime sessions from the local engine (VAD → ASR → responder → TTS).
+
+    Args:
+        responder: what the assistant says (:mod:`.responder`).
+        responder_name: shown by ``/readyz``.
+        asr_decoders: ASR decoder pool size (users mid-utterance at once).
+        final_decode: ``stream`` or ``batch`` final transcripts (:mod:`.asr`).
+        limits: per-session limits and timeouts.
+        warm: load the models in the background now, not on the first turn.
+        tts: returns the synthesiser (``synthesize(text, fmt=, voice=, speed=)`` → wire
+            bytes); default espeak-ng. Everything the engine says goes through it.
+    """
 
     name = "local"
 
@@ -68,6 +80,7 @@ class LocalBackend:
         final_decode: FinalDecode = "stream",
         limits: EngineLimits | None = None,
         warm: bool = True,
+        tts: Callable[[], Synthesizer] = get_tts,
     ) -> None:
         self._responder_name = responder_name
         self.resources = EngineResources(
@@ -76,6 +89,7 @@ class LocalBackend:
             responder=responder,
             final_decode=final_decode,
             limits=limits or EngineLimits(),
+            speech_cache=SpeechCache(tts),
         )
         self._warm: Future[None] | None = None
         if warm:
@@ -144,7 +158,9 @@ def _warm_up(resources: EngineResources) -> None:
     """Load the models once, in a worker thread, so the first turn does not pay for it."""
     started = time.perf_counter()
     try:
+        # espeak-ng's own voice adapts the ASR's cepstral mean, whatever TTS answers users
         speech = get_tts().synthesize_pcm16(_WARM_UP_TEXT, rate=ASR_RATE_HZ, speed=0.8)
+        resources.speech_cache.synthesize("Hello.", fmt="audio/pcm", voice="alloy", speed=1.0)
         VadStream()
         # Decoding some speech gives the pool the cepstral mean every utterance starts from.
         resources.pool.adapt(speech)

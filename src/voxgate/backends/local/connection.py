@@ -35,7 +35,7 @@ from voxgate.backends.local.engine import (
     tools_of,
 )
 from voxgate.backends.local.responder import FunctionCall, ResponderError, TextPiece
-from voxgate.backends.local.tts import TTSError, get_tts
+from voxgate.backends.local.tts import TTSError
 from voxgate.backends.local.turns import (
     TurnDetector,
     TurnEnded,
@@ -189,9 +189,9 @@ class LocalConnection:
 
     async def _after_event(self) -> None:
         core = self._core
-        if core.detector_stale:
-            await self._rebuild_detector()
         chunks = core.take_audio()
+        if core.detector_stale:
+            await self._rebuild_detector(pending_bytes=sum(len(c) for c in chunks))
         if chunks and self._detector is not None:
             events = await self._in_worker(self._detector.feed_many, chunks)
             await self._apply_turn_events(events)
@@ -208,25 +208,33 @@ class LocalConnection:
         async with asyncio.timeout(self._limits.asr_timeout_s):
             return await self._loop.run_in_executor(self._res.executor, fn, *args)
 
-    async def _rebuild_detector(self) -> None:
+    async def _rebuild_detector(self, *, pending_bytes: int) -> None:
+        """A new detector whose first audio is the ``pending_bytes`` not yet detected.
+
+        Its clock starts where that audio starts in the session's stream, so its
+        ``audio_start_ms`` / ``audio_end_ms`` are session times (§5).
+        """
         core = self._core
         core.detector_stale = False
         await self._drop_detector()
         td = core.turn_detection
         if td is None:
             return
+        fmt = format_type(input_format(core.session))
+        start_offset = core.stream_offset - pending_bytes
+        start_ms = int(core.stream_ms - pending_bytes / bytes_per_ms(_audio_fmt(fmt)))
         self._detector = await self._in_worker(
             lambda: TurnDetector(
                 td,
-                format_type(input_format(core.session)),
-                start_ms=int(core.stream_ms),
+                fmt,
+                start_ms=start_ms,
                 pool=self._res.pool,
                 final_decode=self._res.final_decode,
                 max_turn_ms=int(self._limits.max_turn_s * 1000),
                 prepare_lead_ms=self._limits.prepare_lead_ms,
             )
         )
-        self._detector_base = (core.stream_offset, core.stream_ms)
+        self._detector_base = (start_offset, float(start_ms))
 
     async def _drop_detector(self) -> None:
         detector, self._detector = self._detector, None
@@ -294,8 +302,9 @@ class LocalConnection:
             if not isinstance(piece, TextPiece) or not piece.text.strip():
                 return None
             sentence = piece.text.strip()
-            synthesize = cache.synthesize if piece.static else get_tts().synthesize
-            audio = synthesize(sentence, fmt=fmt, voice=voice, speed=speed)
+            audio = cache.synthesize(
+                sentence, fmt=fmt, voice=voice, speed=speed, cache=piece.static
+            )
             return (sentence, fmt, voice, speed), audio
 
         self._drop_prepared()
@@ -486,12 +495,13 @@ class LocalConnection:
         if wire is None and first_in_response:
             wire = await self._take_prepared((sentence, fmt, voice, speed))
         if wire is None:
-            synthesize = cache.synthesize if static else get_tts().synthesize
             try:
                 async with asyncio.timeout(self._limits.tts_timeout_s):
                     wire = await self._loop.run_in_executor(
                         self._res.executor,
-                        lambda: synthesize(sentence, fmt=fmt, voice=voice, speed=speed),
+                        lambda: cache.synthesize(
+                            sentence, fmt=fmt, voice=voice, speed=speed, cache=static
+                        ),
                     )
             except TimeoutError:
                 raise _ResponseFailed("voxgate_tts_timeout", "speech synthesis timed out") from None

@@ -142,7 +142,7 @@ class EngineResources:
     responder: Responder
     final_decode: FinalDecode = "batch"
     limits: EngineLimits = EngineLimits()
-    #: Synthesised static sentences (knowledge-base answers), shared by the sessions.
+    #: The TTS, with synthesised static sentences (knowledge-base answers) cached for all.
     speech_cache: SpeechCache = field(default_factory=SpeechCache)
 
 

@@ -311,7 +311,8 @@ DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
 
 
 class SpeechCache:
-    """A bounded LRU of wire audio for static sentences, keyed by text, format, voice, speed.
+    """The engine's TTS: a synthesiser plus a bounded LRU of wire audio for static sentences,
+    keyed by text, format, voice and speed.
 
     Thread-safe: :meth:`get` is a dictionary look-up (fine on the event loop);
     :meth:`synthesize` is blocking on a miss (a worker thread's job). Two threads missing
@@ -320,7 +321,8 @@ class SpeechCache:
     it is synthesised but not kept.
 
     Args:
-        tts: the synthesiser, created on first use (default: the process's espeak-ng).
+        tts: returns the synthesiser; called on each use, so an engine can load lazily
+            (default: the process's espeak-ng, :func:`get_tts`).
         max_bytes: audio kept, in bytes.
     """
 
@@ -352,12 +354,19 @@ class SpeechCache:
                 self.hits += 1
             return audio
 
-    def synthesize(self, text: str, *, fmt: AudioFormat, voice: str, speed: float) -> bytes:
+    def synthesize(
+        self, text: str, *, fmt: AudioFormat, voice: str, speed: float, cache: bool = True
+    ) -> bytes:
         """The cached audio, synthesised (blocking) and kept if it was not there.
+
+        With ``cache=False`` (text that will not come again) the synthesiser is called and
+        nothing is looked up or kept.
 
         Raises:
             TTSError: synthesis failed (nothing is cached).
         """
+        if not cache:
+            return self._tts().synthesize(text, fmt=fmt, voice=voice, speed=speed)
         cached = self.get(text, fmt=fmt, voice=voice, speed=speed)
         if cached is not None:
             return cached
