@@ -379,7 +379,8 @@ class SessionMachine:
         if self.recovery is not None and self._fatal_error_seen is None:
             expired, self._upstream_expired = self._upstream_expired, False
             if expired or is_retryable_close(code):
-                return self._begin_reconnect("session_expired" if expired else f"lost:{code}")
+                cause = "session_expired" if expired else f"lost:{code or 'network'}"
+                return self._begin_reconnect(cause)
         clean_reason = redact(reason, self._known)[:120]
         if self._fatal_error_seen is not None:
             etype, ecode = self._fatal_error_seen

@@ -112,6 +112,7 @@ class SessionStats:
     stalls: int = 0
     paced_frames: int = 0
     replay_dropped_frames: int = 0
+    client_audio_bytes: int = 0  # raw audio received in binary frames (voxgate.v1)
 
 
 @dataclass(eq=False)
@@ -254,6 +255,7 @@ class SessionRunner:
                 elif mtype is WSMsgType.BINARY:
                     stats.client_frames += 1
                     stats.client_bytes += len(msg.data)
+                    stats.client_audio_bytes += len(msg.data)
                     outcome = machine.client_binary(msg.data, now())
                     if outcome:
                         await self._execute(outcome)
@@ -364,6 +366,8 @@ class SessionRunner:
                     resume_token=token,
                     replayed_events=missed,
                     session_id=self.session_id,
+                    # binary audio received so far: a client re-sends what was lost in flight
+                    input_audio_bytes=self.stats.client_audio_bytes,
                 )
             )
             seq = received_events

@@ -146,7 +146,7 @@ export class VoxgateClient {
                    truncates: [], bargeIns: 0, lastLatencyMs: null,
                    sessions: 0, resumes: 0, resumeAttempts: 0, resumeFailures: 0, lastResumeMs: null,
                    resumeMs: [], resumeLog: [], replayedEvents: 0, duplicateEvents: 0, gapFrames: 0,
-                   gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0,
+                   gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0, inFlightResentFrames: 0,
                    upstreamReconnects: 0, states: [], drops: [] };
     this.socketFrames = 0; // frames sent on the current socket
     this.resetSession();
@@ -193,6 +193,7 @@ export class VoxgateClient {
     this.seenIds = new Set(); // recent event ids (an event delivered twice is dropped)
     this.seenOrder = [];
     this.sentTail = []; // recent sends [{ frame } | { text }, bytes], to re-send unsent ones
+    this.sessionAudioBytes = 0; // binary audio sent in this session (voxgate counts the same)
     this.sentTailBytes = 0;
     this.responseActive = false;
     if (this.upstream !== "ok") this.setUpstream("ok");
@@ -384,10 +385,30 @@ export class VoxgateClient {
       if (item.frame) {
         this.stats.sentFrames--;
         this.stats.sentBytes -= bytes;
+        this.sessionAudioBytes -= bytes;
         this.sentMs -= FRAME_MS;
         this.stats.tailResentFrames++;
         this.gapAudioFrames++;
       }
+    }
+    this.gap = back.reverse().concat(this.gap);
+  }
+
+  /** Move the newest `bytes` of sent audio back to the front of the gap (to send again). */
+  requeueFrames(bytes) {
+    const back = [];
+    while (bytes > 0 && this.sentTail.length) {
+      const [item, size] = this.sentTail.pop();
+      this.sentTailBytes -= size;
+      if (!item.frame) continue; // a text event: voxgate's count is of audio only
+      bytes -= size;
+      back.push(item);
+      this.stats.sentFrames--;
+      this.stats.sentBytes -= size;
+      this.sessionAudioBytes -= size;
+      this.sentMs -= FRAME_MS;
+      this.stats.inFlightResentFrames++;
+      this.gapAudioFrames++;
     }
     this.gap = back.reverse().concat(this.gap);
   }
@@ -475,6 +496,11 @@ export class VoxgateClient {
     this.resumeToken = ev.resume_token; // the old one is dead now
     this.sessionId = ev.session_id || this.sessionId;
     this.replayLeft = ev.replayed_events | 0;
+    // Frames that left this page but never reached voxgate (in flight at the cut) go out
+    // again first: voxgate says how much binary audio it received in this session.
+    if (Number.isInteger(ev.input_audio_bytes) && ev.input_audio_bytes < this.sessionAudioBytes) {
+      this.requeueFrames(this.sessionAudioBytes - ev.input_audio_bytes);
+    }
     const ms = Math.round(performance.now() - r.dropAt);
     const s = this.stats;
     s.resumes++;
@@ -607,6 +633,7 @@ export class VoxgateClient {
     this.stats.sentFrames++;
     this.socketFrames++;
     this.stats.sentBytes += pcm.byteLength;
+    this.sessionAudioBytes += pcm.byteLength;
     if (this.pttActive) this.pttMs += FRAME_MS;
   }
 
@@ -686,6 +713,7 @@ export class VoxgateClient {
       this.ready = true;
       this.attempt = 0;
       this.stats.sessions++;
+      this.sessionAudioBytes = 0; // a new session: voxgate's count starts again too
       const s = this.opts.session;
       if (s) this.send({ type: "session.update", session: { type: "realtime", ...s } });
       const frames = this.pending;
