@@ -160,7 +160,7 @@ def test_loss_tells_an_opted_in_client_it_is_reconnecting() -> None:
 
 def test_loss_without_a_close_frame_is_a_reconnect() -> None:
     m = ready()
-    assert m.upstream_closed(None, "") == [StartReconnect("lost:None")]
+    assert m.upstream_closed(None, "") == [StartReconnect("lost:network")]
 
 
 def test_frames_sent_while_reconnecting_are_held_then_flushed_and_recorded() -> None:
