@@ -77,3 +77,14 @@ def test_full_pool_raises_busy_instead_of_waiting_forever() -> None:
             AsrStream(pool, acquire_timeout_s=0.05).feed(b"\0\0" * 320)
     finally:
         holder.cancel()
+
+
+def test_prefill_creates_free_decoders_up_to_the_pool_size() -> None:
+    pool = DecoderPool(max_size=2)
+    assert pool.prefill(5) == 2
+    assert pool.created == 2
+    assert pool.prefill(2) == 0
+    first, second = pool.acquire(), pool.acquire()
+    assert pool.created == 2  # lent from the prefilled ones, none made on demand
+    pool.release(first)
+    pool.release(second)

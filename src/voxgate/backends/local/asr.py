@@ -126,6 +126,29 @@ class DecoderPool:
                 self._cond.notify()
             raise
 
+    def prefill(self, count: int) -> int:
+        """Create free decoders until ``count`` exist (at most ``max_size``). Blocking.
+
+        Creating one takes ~0.3-1 s with the GIL held, which stalls every session of the
+        process, so a server makes them before it takes calls rather than on a first turn.
+        Returns how many were created.
+        """
+        made = 0
+        while True:
+            with self._cond:
+                if self._created >= min(count, self.max_size):
+                    return made
+                self._created += 1
+            try:
+                decoder = self._new_decoder()
+            except BaseException:
+                with self._cond:
+                    self._created -= 1
+                    self._cond.notify()
+                raise
+            self.release(decoder)
+            made += 1
+
     def release(self, decoder: Decoder) -> None:
         """Give a decoder back (it must not be mid-utterance)."""
         with self._cond:

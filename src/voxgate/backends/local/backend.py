@@ -50,8 +50,6 @@ from voxgate.tools.knowledge import KnowledgeBase
 log = structlog.get_logger(__name__)
 
 DEFAULT_ASR_DECODERS: Final = 4
-WARM_DECODERS: Final = 2
-"""Decoders created at startup (each takes ~0.3-1 s); more are made on demand."""
 _WARM_UP_TEXT: Final = "How do I place a limit order on a stock? What is a margin call?"
 
 
@@ -164,9 +162,7 @@ def _warm_up(resources: EngineResources) -> None:
         VadStream()
         # Decoding some speech gives the pool the cepstral mean every utterance starts from.
         resources.pool.adapt(speech)
-        decoders = [resources.pool.acquire() for _ in range(WARM_DECODERS)]
-        for decoder in decoders:
-            resources.pool.release(decoder)
+        resources.pool.prefill(resources.pool.max_size)
     except Exception as exc:  # warming is an optimisation; sessions report real failures
         log.warning("local_engine.warm_failed", error=type(exc).__name__)
         return

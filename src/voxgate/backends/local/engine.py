@@ -47,9 +47,15 @@ _ADAPT_CHUNK_BYTES: Final = 640  # 20 ms at 16 kHz, as sessions feed it
 
 @functools.cache
 def engine_executor(workers: int | None = None) -> ThreadPoolExecutor:
-    """The process's bounded worker threads for VAD, ASR and TTS (one per core by default)."""
+    """The process's bounded worker threads for VAD, ASR and TTS.
+
+    One per core the process may run on (``taskset``/cgroup affinity, not the machine's
+    count): pocketsphinx holds the GIL while it decodes, so more threads than cores only
+    add switching between them.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return ThreadPoolExecutor(
-        max_workers=workers or os.cpu_count() or 2, thread_name_prefix="voxgate-engine"
+        max_workers=workers or cores or 2, thread_name_prefix="voxgate-engine"
     )
 
 
