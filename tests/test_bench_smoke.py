@@ -50,3 +50,40 @@ def test_relay_bench_quickest_mode(tmp_path: Path) -> None:
     pipe = report["runs"]["pipe"][0]
     assert pipe["frames_in_window"] > 0
     assert pipe["relay_cpu_pct"] is not None
+
+
+def test_resilience_bench_quickest_mode(tmp_path: Path) -> None:
+    """bench/resilience.py: a 2-minute mirror simulation and 2 upstream cuts (audio off, on)."""
+    report = {}
+    for name, args in (
+        ("mirror", ["mirror", "--minutes", "2"]),
+        ("reconnect", ["reconnect", "--cuts", "2", "--clients", "v1", "--quiet-wait", "0"]),
+    ):
+        out = tmp_path / f"{name}.json"
+        proc = subprocess.run(  # noqa: S603 (our own interpreter and script)
+            [sys.executable, str(REPO / "bench" / "resilience.py"), *args, "--json", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report[name] = json.loads(out.read_text())[name]
+    mirror = report["mirror"]
+    assert mirror["frames"] == 2 * 60 * 50
+    assert mirror["items_kept"] > 0
+    assert 0 < mirror["memory_max_bytes"] < 4 * 1024 * 1024
+    assert mirror["tracemalloc_peak_bytes"] > 0
+    assert mirror["sent_append_ns"] > 0
+    runs = report["reconnect"]["runs"]
+    assert [run["audio"] for run in runs] == [False, True]
+    for run in runs:
+        assert run["errors"] == 0, run
+        assert [cut["status"] for cut in run["cuts"]] == ["completed", "completed"], run
+        assert all(cut["reconnected_ms"] > 0 and cut["gap_ms"] >= 0 for cut in run["cuts"])
+        assert run["upstream_connections"] == 3, run
+    check = runs[1]["audio_check"]
+    assert check["not_a_slice"] == 0, check
+    assert check["gaps"] == 0, check
+    assert check["tail_ok"], check
