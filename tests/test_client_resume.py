@@ -265,3 +265,21 @@ def _endpoint_key() -> Any:
     from voxgate.app import ENDPOINT
 
     return ENDPOINT
+
+
+async def test_acknowledged_events_leave_the_replay_log_and_cannot_be_asked_for() -> None:
+    async with rig() as (_, proxy, gw):
+        client = await open_session(proxy.port)
+        token = token_of(client)
+        await client.send({"type": "voxgate.session.ack", "received_events": client.received})
+        await client.send({"type": "voxgate.session.ack", "received_events": "lots"})
+        error = await client.until("error")
+        assert error["error"]["param"] == "received_events"  # a bad ack is an error, not fatal
+        proxy.cut()
+        # the log let go of what was acknowledged: asking for it again is refused
+        early, first = await resume(gw.port, token, 0)
+        await expect_refused(early, first)
+        back, first = await resume(gw.port, token, client.received)
+        assert first["type"] == "voxgate.session.resumed"
+        assert first["replayed_events"] == 0
+        await back.ws.close()

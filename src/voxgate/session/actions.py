@@ -55,7 +55,14 @@ class StartReconnect:
     retry_response: bool = False
 
 
-Action: TypeAlias = SendClient | SendUpstream | StartFlush | EndSession | StartReconnect
+@dataclass(frozen=True, slots=True)
+class AckReplay:
+    """An opted-in client has the first ``received_events`` numbered events: trim the log."""
+
+    received_events: int
+
+
+Action: TypeAlias = SendClient | SendUpstream | StartFlush | EndSession | StartReconnect | AckReplay
 
 
 class _Forward:

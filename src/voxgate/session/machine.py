@@ -42,6 +42,7 @@ from voxgate.protocol.sniff import NotAnEvent, client_event_id, event_type, pars
 from voxgate.session.actions import (
     FORWARD,
     NOTHING,
+    AckReplay,
     Action,
     EndSession,
     Outcome,
@@ -72,6 +73,8 @@ CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
 )
 _SUPPORTED = ", ".join(f"'{t}'" for t in sorted(CLIENT_EVENT_TYPES))
 APPEND = "input_audio_buffer.append"
+#: voxgate.v1 clients confirm what they received, so the replay log can let go of it.
+ACK = "voxgate.session.ack"
 #: Exact heads of the two audio events that are most of the traffic, as the SDKs and the real
 #: server serialise them (type first, with or without a space). A frame that starts with one
 #: is routed with a single ``startswith``; anything else goes through :func:`event_type`.
@@ -156,6 +159,8 @@ class SessionMachine:
             etype = event_type(text)
         except NotAnEvent as exc:
             return self._client_error(exc.message, exc.code, None, None, now)
+        if etype == ACK and self.extensions:
+            return self._ack(text, now)
         if etype != APPEND and etype not in CLIENT_EVENT_TYPES:
             return self._client_error(
                 f"Invalid value: '{etype[:64]}'. Supported values are: {_SUPPORTED}.",
@@ -186,6 +191,23 @@ class SessionMachine:
         if to_upstream is None:
             return NOTHING
         return FORWARD if to_upstream is text else (SendUpstream(to_upstream),)
+
+    def _ack(self, text: str, now: float) -> Outcome:
+        """``voxgate.session.ack {received_events}``: never forwarded (issue #7)."""
+        try:
+            _, event = parse_event(text)
+        except NotAnEvent as exc:
+            return self._client_error(exc.message, exc.code, None, None, now)
+        n = event.get("received_events")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            return self._client_error(
+                "Invalid 'received_events': expected a non-negative integer.",
+                "invalid_value",
+                "received_events",
+                client_event_id(text),
+                now,
+            )
+        return (AckReplay(n),)
 
     def client_binary(self, data: bytes, now: float) -> Outcome:
         """A binary frame: raw input audio for opted-in clients, an error for everyone else."""

@@ -5,6 +5,11 @@ except the resume control events themselves (``voxgate.session.*``, see
 :func:`counts_toward_seq`). A client that reconnects says how many numbered frames it received;
 the log hands back the rest, in order, so none is lost and none arrives twice.
 
+Clients may send ``voxgate.session.ack {received_events}`` (unnumbered, never forwarded); the
+log then lets go of everything up to there at once, so an attached client that acks every
+second holds about a second of events, not the whole bound. A resume may not ask for less
+than it acknowledged.
+
 Bound and policy: the log keeps the newest frames up to ``limit_bytes`` (sum of frame
 lengths) and drops the oldest past it. That is safe while a client is attached and reading:
 what it has not received yet is the tail. Once the client is *detached*, every frame logged
@@ -36,6 +41,7 @@ class ReplayLog:
         self.dropped_frames = 0
         self.detached_after: int | None = None  # last_seq when the client was detached
         self.lost_while_detached = False
+        self.acked = 0  # the client said it has every frame up to here
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -58,6 +64,14 @@ class ReplayLog:
             self.first_seq += 1
         return not self.lost_while_detached
 
+    def ack(self, received: int) -> None:
+        """The client has every frame up to ``received``: they can never be asked for again."""
+        received = min(received, self.last_seq)
+        while self._frames and self.first_seq <= received:
+            self._bytes -= len(self._frames.popleft())
+            self.first_seq += 1
+        self.acked = max(self.acked, received)
+
     def detach(self) -> None:
         """The client is gone: from now on nothing logged may be dropped."""
         if self.detached_after is None:
@@ -71,7 +85,7 @@ class ReplayLog:
         """Whether every frame after ``received`` is still here (and ``received`` is sane)."""
         return (
             not self.lost_while_detached
-            and 0 <= received <= self.last_seq
+            and self.acked <= received <= self.last_seq
             and received + 1 >= self.first_seq
         )
 

@@ -43,6 +43,7 @@ from voxgate.protocol.errors import SERVER_ERROR, InvalidState, error_event
 from voxgate.protocol.extensions import gateway_event
 from voxgate.session.actions import (
     FORWARD,
+    AckReplay,
     EndSession,
     Outcome,
     SendClient,
@@ -748,6 +749,9 @@ class SessionRunner:
                 await self._flush()
             elif isinstance(action, StartReconnect):
                 reconnect = action
+            elif isinstance(action, AckReplay):
+                if self._replay is not None:
+                    self._replay.ack(action.received_events)
             elif isinstance(action, EndSession):
                 link = self._link
                 if action.error_text is not None and link is not None and not link.ws.closed:

@@ -39,6 +39,8 @@ const TIMING_RING = 1000; // capture times of the last 20 s of sent frames (for 
 const RESUME_DELAYS_MS = [0, 250, 500, 1000, 2000, 4000, 8000]; // the last one repeats
 const RESUME_ATTEMPT_TIMEOUT_MS = 8000; // one resume connection: connect + first reply
 const GAP_AUDIO_MS = 10000; // mic audio kept while resuming (default of opts.gapAudioMs)
+const ACK_EVERY_MS = 1000; // voxgate.session.ack at most this far apart while events arrive
+const ACK_EVERY_EVENTS = 200; // … or after this many events (a fast audio burst)
 const SENT_TAIL_BYTES = MAX_BUFFERED_BYTES + 64 * 1024; // sent frames kept for re-sending
 const SEEN_EVENT_IDS = 512; // event ids remembered to drop an event delivered twice
 const STATE_HISTORY = 100;
@@ -146,7 +148,7 @@ export class VoxgateClient {
                    truncates: [], bargeIns: 0, lastLatencyMs: null,
                    sessions: 0, resumes: 0, resumeAttempts: 0, resumeFailures: 0, lastResumeMs: null,
                    resumeMs: [], resumeLog: [], replayedEvents: 0, duplicateEvents: 0, gapFrames: 0,
-                   gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0, inFlightResentFrames: 0,
+                   gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0, inFlightResentFrames: 0, acks: 0,
                    upstreamReconnects: 0, states: [], drops: [] };
     this.socketFrames = 0; // frames sent on the current socket
     this.resetSession();
@@ -186,6 +188,8 @@ export class VoxgateClient {
   resetSession() {
     this.ready = false;
     this.received = 0; // server frames of this session received (voxgate.session.* excluded)
+    this.lastAcked = 0; // last received count sent in voxgate.session.ack
+    this.lastAckAt = 0;
     this.resumeToken = null; // the latest token; each resume hands out a new one
     this.graceMs = 0;
     this.sessionId = null;
@@ -696,6 +700,15 @@ export class VoxgateClient {
   countReceived() {
     this.received++;
     if (this.replayLeft > 0) { this.replayLeft--; this.stats.replayedEvents++; }
+    // Tell voxgate what arrived (about once a second), so its replay log can let go of it.
+    const now = performance.now();
+    if (this.resumeToken && !this.resuming && this.ws && this.ws.readyState === WebSocket.OPEN
+        && (now - this.lastAckAt >= ACK_EVERY_MS || this.received - this.lastAcked >= ACK_EVERY_EVENTS)) {
+      this.ws.send(JSON.stringify({ type: "voxgate.session.ack", received_events: this.received }));
+      this.lastAcked = this.received;
+      this.lastAckAt = now;
+      this.stats.acks++;
+    }
   }
 
   /** `voxgate.session.*`: resume bookkeeping; never counted, the token is never emitted. */
