@@ -54,7 +54,7 @@ from voxgate.session.actions import (
 from voxgate.session.coalesce import ErrorCoalescer
 from voxgate.session.prebuffer import PreBuffer
 from voxgate.session.reconnect import is_retryable_close
-from voxgate.session.recovery import Recovery, ReplayDriver, ReplayStats
+from voxgate.session.recovery import NEVER_RETRIED_CODES, Recovery, ReplayDriver, ReplayStats
 
 #: Client event types of the GA WebSocket protocol (realtime-protocol.md §4).
 CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
@@ -85,17 +85,7 @@ _AUDIO_DELTA_HEADS = (
 )
 
 #: Upstream error codes after which the session cannot continue (§7); never retried.
-FATAL_UPSTREAM_CODES: frozenset[str] = frozenset(
-    {
-        "invalid_api_key",
-        "insufficient_quota",
-        "invalid_model",
-        "missing_model",
-        "model_not_found",
-        "beta_api_shape_disabled",
-        "session_expired",
-    }
-)
+FATAL_UPSTREAM_CODES: frozenset[str] = NEVER_RETRIED_CODES | {"session_expired"}
 #: With recovery, the upstream's own 60-minute cap is not the end of the call (issue #6).
 _RECOVERABLE_UPSTREAM_CODES = frozenset({"session_expired"})
 #: Upstream events held while the embedded config is applied (they precede session.created

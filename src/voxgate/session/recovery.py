@@ -439,7 +439,7 @@ class ReplayDriver:
         raw = event.get("error")
         err: dict[str, Any] = raw if isinstance(raw, dict) else {}
         code = err.get("code") if isinstance(err.get("code"), str) else None
-        if code in _FATAL_CODES:
+        if code in NEVER_RETRIED_CODES:
             self.fatal = (code or "server_error", str(err.get("message") or ""))
             return []
         eid = err.get("event_id")
@@ -503,7 +503,8 @@ class ReplayDriver:
         return sent.text
 
 
-_FATAL_CODES = frozenset(
+#: Upstream error codes no reconnect can fix (a bad key, quota, model, shape): never retried.
+NEVER_RETRIED_CODES: frozenset[str] = frozenset(
     {
         "invalid_api_key",
         "insufficient_quota",
