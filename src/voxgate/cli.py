@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -78,6 +79,10 @@ async def _serve(settings: Settings, drain_timeout_s: float, generated_key: str 
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
     await site.start()
+    # Startup objects (modules, models) live for the whole process: keep them out of every
+    # full collection, which otherwise pauses all sessions for tens of ms (bench/resilience.py).
+    gc.collect()
+    gc.freeze()
     port = int(runner.addresses[0][1]) if runner.addresses else settings.port
     base = f"http://{settings.host}:{port}"
     sys.stdout.write(
