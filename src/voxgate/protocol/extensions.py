@@ -7,7 +7,6 @@ event types as errors, realtime-protocol.md §11). Pure.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import orjson
@@ -30,13 +29,9 @@ def gateway_event(event_type: str, **fields: Any) -> str:
     return orjson.dumps({"type": event_type, "event_id": event_id(), **fields}).decode()
 
 
-def append_from_binary(audio: bytes) -> str:
-    """Turn a binary audio frame from an opted-in client into ``input_audio_buffer.append``."""
-    return (
-        '{"type":"input_audio_buffer.append","audio":"'
-        + base64.b64encode(audio).decode("ascii")
-        + '"}'
-    )
+def append_b64(audio_b64: str) -> str:
+    """``input_audio_buffer.append`` carrying this base64 audio."""
+    return '{"type":"input_audio_buffer.append","audio":"' + audio_b64 + '"}'
 
 
 class ResumeRequestError(ValueError):

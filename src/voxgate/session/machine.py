@@ -28,6 +28,7 @@ a retryable upstream loss becomes :class:`StartReconnect` instead of the end.
 
 from __future__ import annotations
 
+import base64
 import enum
 from typing import Any
 
@@ -35,7 +36,7 @@ import orjson
 
 from voxgate.protocol.close import CloseCode, close_reason
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, InvalidState, error_event
-from voxgate.protocol.extensions import append_from_binary, gateway_event
+from voxgate.protocol.extensions import append_b64, gateway_event
 from voxgate.protocol.ids import event_id as new_event_id
 from voxgate.protocol.redaction import redact
 from voxgate.protocol.sniff import NotAnEvent, client_event_id, event_type, parse_event
@@ -209,10 +210,11 @@ class SessionMachine:
                 None,
                 now,
             )
-        text = append_from_binary(data)
+        audio_b64 = base64.b64encode(data).decode("ascii")
+        text = append_b64(audio_b64)
         if self.phase is Phase.READY:
             if self.recovery is not None:
-                self.recovery.sent_append(text)
+                self.recovery.sent_audio(audio_b64)
             return (SendUpstream(text),)
         if self.phase is Phase.CLOSED:
             return NOTHING

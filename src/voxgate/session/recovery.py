@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from voxgate.protocol.extensions import append_b64
 from voxgate.protocol.ids import event_id as new_event_id
 from voxgate.session.mirror import MIRRORED_TYPES, Mirror
 
@@ -109,7 +110,7 @@ class Recovery:
         self._swallow_done: set[str] = set()  # item.done acks of replayed items still to come
         self.local_truncate_ids: set[str] = set()
         self._committed_ids: deque[str] = deque(maxlen=8)  # turns the input buffer committed
-        self.reconnects = 0
+        self.reconnects = 0  # begin() calls: upstreams lost in this session
 
     # ------------------------------------------------------------------ state queries
 
@@ -125,6 +126,10 @@ class Recovery:
         return not self._responses and not self.mirror.speaking and not pending
 
     # ------------------------------------------------------------------ client → upstream
+
+    def sent_audio(self, audio_b64: str) -> None:
+        """Audio from a binary frame is being sent upstream (its base64 is already at hand)."""
+        self.mirror.on_client_append(audio_b64)
 
     def sent_append(self, text: str) -> None:
         """An ``input_audio_buffer.append`` frame is being sent upstream."""
@@ -241,7 +246,9 @@ class Recovery:
         if etype == "input_audio_buffer.speech_stopped":
             end_ms = event.get("audio_end_ms")
             if isinstance(end_ms, int | float):
-                mirror.speech_stopped_at(int(end_ms) * mirror.bytes_per_ms)
+                # exact bytes: the upstream's own ms (before the shift) from its first byte
+                upstream_ms = int(end_ms) - self._offset_ms
+                mirror.speech_stopped_at(self._offset + upstream_ms * mirror.bytes_per_ms)
             self._turn_stopped = True
             if "speech_stopped" in self._swallow:
                 self._swallow.discard("speech_stopped")
@@ -485,7 +492,7 @@ class ReplayDriver:
             while ci < len(controls) and controls[ci].offset <= start:
                 out.append(self._resend(controls[ci]))
                 ci += 1
-            out.append('{"type":"input_audio_buffer.append","audio":"' + b64 + '"}')
+            out.append(append_b64(b64))
         out.extend(self._resend(c) for c in controls[ci:])
         self.stats.resent_events = len(controls)
         self._state = "done"

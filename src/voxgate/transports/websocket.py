@@ -99,13 +99,15 @@ class RealtimeEndpoint:
         self._resumable: dict[str, tuple[SessionRunner, ResumeState]] = {}
         self._runners: set[SessionRunner] = set()
         self._resuming = 0  # resume handshakes waiting for their first frame
-        self._reconnectable = bool(getattr(backend, "reconnectable", False))
+        reconnectable = bool(getattr(backend, "reconnectable", False))
         self._policy = ReconnectPolicy(
             attempts=settings.reconnect_attempts,
             base_delay_s=settings.reconnect_base_delay_s,
             max_delay_s=settings.reconnect_max_delay_s,
             connect_timeout_s=settings.reconnect_connect_timeout_s,
         )
+        #: recovery (mirror, reconnect, recycle) for backends that can be reconnected
+        self._recover = reconnectable and self._policy.attempts > 0
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -214,7 +216,7 @@ class RealtimeEndpoint:
         return ws
 
     def _recovery(self) -> Recovery | None:
-        if not self._reconnectable or self._policy.attempts == 0:
+        if not self._recover:
             return None
         s = self._settings
         return Recovery(
@@ -227,7 +229,7 @@ class RealtimeEndpoint:
 
     def _runner_config(self, grant: Grant) -> RunnerConfig:
         s = self._settings
-        reconnect = self._reconnectable and self._policy.attempts > 0
+        reconnect = self._recover
         return RunnerConfig(
             ready_timeout_s=s.ready_timeout_s,
             max_session_s=grant.max_session_s,
