@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -48,6 +49,20 @@ async def test_ga_client_secret_via_the_stock_sdk(gateway: RunningGateway) -> No
     assert session.audio.output is not None
     assert session.audio.output.voice == "marin"
     await client.close()
+
+
+async def test_client_secret_session_expires_with_the_key(gateway: RunningGateway) -> None:
+    """``session.expires_at`` was 0: a session from this key cannot start after the key expires."""
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            gateway.http_url + "/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {SERVER_KEY}"},
+            json={"expires_after": {"anchor": "created_at", "seconds": 300}},
+        )
+        body = await resp.json()
+    assert resp.status == 200
+    assert body["session"]["expires_at"] == body["expires_at"]
+    assert abs(body["expires_at"] - (time.time() + 300)) < 5
 
 
 async def test_beta_sessions_endpoint_returns_client_secret_value(gateway: RunningGateway) -> None:
@@ -105,7 +120,12 @@ async def test_minting_requires_a_server_key(gateway: RunningGateway) -> None:
             "session.temperature",
         ),
         ({"bogus": 1}, "unknown_parameter", "bogus"),
-        ({"voxgate": {"subject": ""}}, "invalid_value", "voxgate.subject"),
+        ({"voxgate": {"subject": ""}}, "string_below_min_length", "voxgate.subject"),
+        (
+            {"voxgate": {"max_session_seconds": 1e9}},
+            "decimal_above_max_value",
+            "voxgate.max_session_seconds",
+        ),
     ],
 )
 async def test_invalid_requests_get_openai_shaped_errors(
@@ -140,6 +160,25 @@ async def test_health_and_metrics(gateway: RunningGateway) -> None:
         assert (await health.json())["status"] == "ok"
         metrics = await (await http.get(gateway.http_url + "/metrics")).text()
         assert "voxgate_sessions_active" in metrics
-        ready = await (await http.get(gateway.http_url + "/readyz")).json()
-        assert ready["status"] == "ready"
-        assert "sk-upstream" not in str(ready)
+        ready = await http.get(gateway.http_url + "/readyz")
+        body = await ready.json()
+        # this gateway's upstream is a closed port: readyz says so (it said "ready")
+        assert (ready.status, body["status"], body["problem"]) == (
+            503,
+            "not_ready",
+            "upstream_unreachable",
+        )
+        assert "sk-upstream" not in str(body)
+
+
+async def test_default_instructions_claim_no_knowledge_cutoff(gateway: RunningGateway) -> None:
+    """A dated cutoff ("2023-10") is wrong for the local engine's models and ages badly."""
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            gateway.http_url + "/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {SERVER_KEY}"},
+        )
+        instructions = (await resp.json())["session"]["instructions"]
+    assert instructions
+    assert "cutoff" not in instructions.lower()
+    assert not re.search(r"\b(19|20)\d\d\b", instructions)

@@ -11,11 +11,13 @@ import secrets
 
 from aiohttp import web
 
+from voxgate.auth import client_keys
 from voxgate.auth import routes as key_routes
 from voxgate.auth.grants import Authenticator
 from voxgate.auth.server_keys import ServerKeys
 from voxgate.backends.base import Backend
 from voxgate.config import Settings
+from voxgate.observability.health import DETAILS, BackendHealth
 from voxgate.observability.metrics import Metrics
 from voxgate.transports.websocket import RealtimeEndpoint
 
@@ -23,6 +25,7 @@ METRICS = web.AppKey("voxgate.metrics", Metrics)
 BACKEND = web.AppKey("voxgate.backend", Backend)
 DRAINING = web.AppKey("voxgate.draining", list[bool])
 ENDPOINT = web.AppKey("voxgate.endpoint", RealtimeEndpoint)
+HEALTH = web.AppKey("voxgate.health", BackendHealth)
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -30,11 +33,13 @@ def build_backend(settings: Settings) -> Backend:
         from voxgate.backends.openai import OpenAIBackend
 
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        return OpenAIBackend(
+        openai = OpenAIBackend(
             url=settings.openai_url,
             api_key=key,
             max_frame_bytes=settings.max_upstream_frame_bytes,
         )
+        openai.probe_model = settings.default_model
+        return openai
     from voxgate.backends.local.backend import LocalBackend  # type: ignore[import-not-found,unused-ignore]
 
     backend: Backend = LocalBackend.from_settings(settings)
@@ -75,10 +80,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app[BACKEND] = backend
     app[DRAINING] = [False]
     app[ENDPOINT] = endpoint
+    app[HEALTH] = BackendHealth(getattr(backend, "probe", None))
     app[key_routes.SERVER_KEYS] = server_keys
     app[key_routes.SIGNING_SECRET] = secret
     app[key_routes.MAX_SESSION_S] = settings.max_session_s
     app[key_routes.DEFAULT_MODEL] = settings.default_model
+    app[key_routes.MAX_KEY_CHARS] = client_keys.max_key_chars(settings.max_header_bytes)
 
     app.router.add_get("/v1/realtime", endpoint.handle)
     app.router.add_get("/realtime", endpoint.handle)
@@ -111,9 +118,15 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """Ready: not draining and the backend's (cached) probe passes; else 503 saying why."""
     if request.app[DRAINING][0]:
         return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ready", **request.app[BACKEND].describe()})
+    problem = await request.app[HEALTH].check()
+    described = request.app[BACKEND].describe()
+    if problem is None:
+        return web.json_response({"status": "ready", **described})
+    body = {"status": "not_ready", "problem": problem, "detail": DETAILS.get(problem), **described}
+    return web.json_response(body, status=503)
 
 
 async def _metrics(request: web.Request) -> web.Response:

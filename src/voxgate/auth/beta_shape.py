@@ -1,7 +1,10 @@
 """Conversion of the retired beta session shape to the GA shape (realtime-protocol.md §9). Pure.
 
 Used by ``POST /v1/realtime/sessions``, which still mints keys for old clients: the key always
-carries a GA config, since every upstream speaks GA.
+carries a GA config, since every upstream speaks GA. The request is validated first
+(:class:`voxgate.auth.requests.BetaSessionRequest`), so values here have the beta's types;
+the GA session validator then checks the result, and :func:`beta_param` turns the GA parameter
+path of its error back into the beta field the client sent.
 """
 
 from __future__ import annotations
@@ -61,6 +64,39 @@ def beta_to_ga(beta: dict[str, Any]) -> dict[str, Any]:
         if audio_out:
             ga["audio"]["output"] = audio_out
     return ga
+
+
+#: GA parameter paths (under ``session.``) and the beta field each came from, longest first.
+_GA_TO_BETA: tuple[tuple[str, str], ...] = (
+    ("audio.input.transcription", "input_audio_transcription"),
+    ("audio.input.turn_detection", "turn_detection"),
+    ("audio.input.noise_reduction", "input_audio_noise_reduction"),
+    ("audio.input.format", "input_audio_format"),
+    ("audio.output.format", "output_audio_format"),
+    ("audio.output.voice", "voice"),
+    ("audio.output.speed", "speed"),
+    ("output_modalities", "modalities"),
+    ("max_output_tokens", "max_response_output_tokens"),
+)
+
+
+def beta_param(ga_param: str | None, prefix: str = "session") -> str | None:
+    """The beta field behind a GA parameter path (``session.audio.output.voice`` → ``voice``)."""
+    if ga_param is None:
+        return None
+    path = ga_param.removeprefix(prefix + ".") if ga_param != prefix else ""
+    for ga, beta in _GA_TO_BETA:
+        if path == ga or path.startswith((ga + ".", ga + "[")):
+            return beta + path[len(ga) :]
+    return path or None
+
+
+def beta_message(message: str, ga_param: str | None, prefix: str = "session") -> str:
+    """A GA validator message with the parameter named as the beta request named it."""
+    beta = beta_param(ga_param, prefix)
+    if ga_param and beta and ga_param in message:
+        return message.replace(ga_param, beta)
+    return message
 
 
 def ga_to_beta(ga: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,10 @@ verifies a key without shared state. The payload carries the session config, an 
 subject (end-user id), the expiry (10 s to 2 h, default 600 s; it bounds *starting* a session,
 realtime-protocol.md §2.1) and the maximum session length. Verification is constant-time on
 the signature and rejects expired, forged or malformed keys with one typed error.
+
+Mint and verify share their limits: :func:`mint` refuses to produce a key :func:`verify` would
+refuse (longer than ``MAX_KEY_CHARS``, a lifetime outside 10 s..2 h), and :func:`verify`
+refuses a key claiming a lifetime :func:`mint` would never give.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ DEFAULT_TTL_S = 600
 #: A key bigger than this is refused before any decoding work (protects the verifier).
 MAX_KEY_CHARS = 48 * 1024
 _VERSION = 1
+#: Room a key's header needs besides the key (``Bearer ``, or the other subprotocols offered).
+_HEADER_OVERHEAD = 256
 
 
 class ClientKeyError(ValueError):
@@ -37,6 +43,15 @@ class ClientKeyError(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+class ClientKeyTooLarge(ValueError):
+    """The key would be longer than the verifier (or a header) accepts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"client key of {size} characters exceeds {limit}")
+        self.size = size
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +86,19 @@ def mint(
     session: dict[str, Any] | None = None,
     subject: str | None = None,
     max_session_s: float | None = None,
+    max_key_chars: int = MAX_KEY_CHARS,
 ) -> tuple[str, ClientKeyClaims]:
-    """Mint a key. ``ttl_s`` must already be validated to lie in 10..7200."""
+    """Mint a key.
+
+    Args:
+        ttl_s: lifetime, already validated to lie in 10..7200.
+        max_key_chars: the longest key the caller's verifier path accepts (never more than
+            ``MAX_KEY_CHARS``; less when headers are smaller).
+
+    Raises:
+        ValueError: ``ttl_s`` out of range.
+        ClientKeyTooLarge: the key would be longer than ``max_key_chars``.
+    """
     if not MIN_TTL_S <= ttl_s <= MAX_TTL_S:
         raise ValueError("ttl_s out of range")
     claims = ClientKeyClaims(
@@ -93,7 +119,17 @@ def mint(
         "ses": session,
     }
     payload = _b64e(zlib.compress(orjson.dumps(body), 6))
-    return f"{PREFIX}{payload}.{_sign(secret, payload)}", claims
+    key = f"{PREFIX}{payload}.{_sign(secret, payload)}"
+    limit = min(max_key_chars, MAX_KEY_CHARS)
+    if len(key) > limit:
+        raise ClientKeyTooLarge(len(key), limit)
+    return key, claims
+
+
+def max_key_chars(max_header_bytes: int) -> int:
+    """The longest key a client can present when header fields are capped at ``max_header_bytes``
+    (``Authorization: Bearer <key>`` or the ``Sec-WebSocket-Protocol`` list)."""
+    return max(0, min(MAX_KEY_CHARS, max_header_bytes - _HEADER_OVERHEAD))
 
 
 def looks_like_client_key(credential: str) -> bool:
@@ -123,15 +159,17 @@ def verify(secret: bytes, key: str, *, now: float) -> ClientKeyClaims:
         raise ClientKeyError("malformed") from None
     if not isinstance(body, dict) or body.get("v") != _VERSION:
         raise ClientKeyError("malformed")
-    exp = body.get("exp")
-    if not isinstance(exp, int) or now >= exp:
+    exp, iat = body.get("exp"), body.get("iat")
+    if not isinstance(exp, int) or not isinstance(iat, int) or exp - iat > MAX_TTL_S:
+        raise ClientKeyError("malformed")
+    if now >= exp:
         raise ClientKeyError("expired")
     session = body.get("ses")
     max_s = body.get("max")
     sub = body.get("sub")
     return ClientKeyClaims(
         key_id=str(body.get("kid", "")),
-        issued_at=int(body.get("iat", 0)),
+        issued_at=iat,
         expires_at=exp,
         max_session_s=float(max_s) if isinstance(max_s, int | float) else None,
         subject=sub if isinstance(sub, str) else None,

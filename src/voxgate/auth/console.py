@@ -36,8 +36,16 @@ from typing import Any, Generic, TypeVar
 import orjson
 from aiohttp import web
 
-from voxgate.auth import client_keys
-from voxgate.auth.routes import DEFAULT_MODEL, MAX_SESSION_S, SERVER_KEYS, SIGNING_SECRET
+from voxgate.auth.requests import (
+    ConsoleKeyRequest,
+    ConsoleLoginRequest,
+    NoBody,
+    RequestError,
+    error_response,
+    parse,
+    read_body,
+)
+from voxgate.auth.routes import DEFAULT_MODEL, MAX_SESSION_S, SERVER_KEYS, mint_for
 from voxgate.protocol.errors import ClientEventError
 from voxgate.protocol.session_config import validate_session_config
 from voxgate.transports.negotiate import bearer_token
@@ -185,13 +193,7 @@ def new_login_url(app: web.Application, base_url: str, ttl_s: float | None = Non
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+    return error_response(status, message, param=None, code=code)
 
 
 def _json(body: dict[str, Any]) -> web.Response:
@@ -208,17 +210,6 @@ def _cross_origin(request: web.Request) -> bool:
     if origin is None or origin == "null":
         return origin == "null"
     return origin != f"{request.scheme}://{request.host}"
-
-
-async def _body(request: web.Request) -> dict[str, Any] | None:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _set_cookie(response: web.Response, request: web.Request, value: str, max_age: int) -> None:
@@ -259,9 +250,11 @@ def _with_csrf(request: web.Request) -> ConsoleSession | web.Response:
 async def login(request: web.Request) -> web.Response:
     if _cross_origin(request):
         return _error(403, "Cross-origin requests are not allowed.", "cross_origin")
-    body = await _body(request)
-    token = body.get("token") if body else None
-    redeemed = request.app[CONSOLE_AUTH].redeem(token) if isinstance(token, str) else None
+    try:
+        body = parse(ConsoleLoginRequest, await read_body(request))
+    except RequestError as exc:
+        return exc.response()
+    redeemed = request.app[CONSOLE_AUTH].redeem(body.token)
     if redeemed is None:
         return _error(
             401,
@@ -286,6 +279,10 @@ async def logout(request: web.Request) -> web.Response:
     session = _with_csrf(request)
     if isinstance(session, web.Response):
         return session
+    try:
+        parse(NoBody, await read_body(request))
+    except RequestError as exc:
+        return exc.response()
     request.app[CONSOLE_AUTH].logout(request.cookies[COOKIE_NAME])
     response = _json({"ok": True})
     _set_cookie(response, request, "", 0)
@@ -297,25 +294,25 @@ async def mint_page_key(request: web.Request) -> web.Response:
     session = _with_csrf(request)
     if isinstance(session, web.Response):
         return session
-    body = await _body(request)
-    if body is None:
-        return _error(400, "The request body must be a JSON object.", "invalid_json")
-    config = body.get("session") or {"type": "realtime"}
     try:
-        full = validate_session_config(config)
-    except ClientEventError as exc:
-        return _error(400, exc.message, exc.code or "invalid_value")
-    if full.get("type") == "realtime" and not config.get("model"):
-        config = {**config, "model": request.app[DEFAULT_MODEL]}
-    value, claims = client_keys.mint(
-        request.app[SIGNING_SECRET],
-        now=time.time(),
-        ttl_s=PAGE_KEY_TTL_S,
-        session=config,
-        subject=session.subject,
-        max_session_s=min(PAGE_SESSION_CAP_S, request.app[MAX_SESSION_S]),
-    )
-    return _json({"value": value, "expires_at": claims.expires_at})
+        body = parse(ConsoleKeyRequest, await read_body(request))
+        config = body.session or {"type": "realtime"}
+        try:
+            full = validate_session_config(config)
+        except ClientEventError as exc:
+            raise RequestError(exc.message, param=exc.param, code=exc.code) from None
+        if full.get("type") == "realtime" and not config.get("model"):
+            config = {**config, "model": request.app[DEFAULT_MODEL]}
+        value, expires_at = mint_for(
+            request.app,
+            config,
+            ttl_s=PAGE_KEY_TTL_S,
+            subject=session.subject,
+            max_session_s=min(PAGE_SESSION_CAP_S, request.app[MAX_SESSION_S]),
+        )
+    except RequestError as exc:
+        return exc.response()
+    return _json({"value": value, "expires_at": expires_at})
 
 
 async def create_login_token(request: web.Request) -> web.Response:
@@ -323,6 +320,10 @@ async def create_login_token(request: web.Request) -> web.Response:
     token = bearer_token(request.headers.get("Authorization"))
     if not request.app[SERVER_KEYS].check(token):
         return _error(401, "Incorrect API key provided.", "invalid_api_key")
+    try:
+        parse(NoBody, await read_body(request))
+    except RequestError as exc:
+        return exc.response()
     login_token = request.app[CONSOLE_AUTH].new_login_token()
     return _json({"token": login_token, "path": f"/?{LOGIN_PARAM}={login_token}"})
 

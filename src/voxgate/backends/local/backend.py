@@ -143,6 +143,16 @@ class LocalBackend:
         if self._warm is not None:
             self._warm.cancel()
 
+    async def probe(self) -> str | None:
+        """``llm_unreachable`` when the configured chat-completions server does not answer
+        (``/readyz``); None otherwise (the knowledge responder needs no network)."""
+        from voxgate.backends.probe import models_url, probe_http
+
+        responder = self.resources.responder
+        if not isinstance(responder, ChatCompletionsResponder):
+            return None
+        return await probe_http(models_url(responder.url))
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
