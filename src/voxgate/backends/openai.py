@@ -43,6 +43,8 @@ class OpenAIBackend:
     name = "openai"
     #: a lost connection can be replaced by a fresh one and the session replayed on it
     reconnectable = True
+    #: the model ``probe`` asks for (``build_backend`` sets ``VOXGATE_DEFAULT_MODEL``)
+    probe_model = "gpt-realtime"
 
     def __init__(
         self,
@@ -91,3 +93,15 @@ class OpenAIBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "url": safe_url(self._url), "key_set": bool(self._api_key)}
+
+    async def probe(self) -> str | None:
+        """Open one realtime session with the server's key and close it (``/readyz``).
+
+        Returns:
+            None when the upstream sent ``session.created``, else a problem code
+            (:mod:`voxgate.backends.probe`).
+        """
+        from voxgate.backends.probe import probe_realtime
+
+        target = UpstreamTarget(model=self.probe_model, intent=None, session_id="probe")
+        return await probe_realtime(upstream_url(self._url, target), self._api_key)

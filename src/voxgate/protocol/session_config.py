@@ -30,7 +30,7 @@ G711_RATE_HZ: Final = 8_000
 PCM_FORMAT: Final[dict[str, Any]] = {"type": "audio/pcm", "rate": PCM_RATE_HZ}
 DEFAULT_MODEL: Final = "gpt-realtime"
 DEFAULT_INSTRUCTIONS: Final = (
-    "Your knowledge cutoff is 2023-10. You are a helpful, witty, and friendly AI. "
+    "You are a helpful, witty, and friendly AI. "
     "Act like a human, but remember that you aren't a human. Keep your answers short."
 )
 SESSION_LIFETIME_S: Final = 3600
