@@ -41,7 +41,10 @@ class RequestError(Exception):
         self.message, self.param, self.code, self.status = message, param, code, status
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.message, param=self.param, code=self.code)
+        response = error_response(self.status, self.message, param=self.param, code=self.code)
+        if self.status == 408:
+            response.force_close()  # the rest of a body that never came is not worth waiting for
+        return response
 
 
 def error_response(
