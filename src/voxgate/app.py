@@ -8,12 +8,14 @@ Routes: the realtime WebSocket (``/v1/realtime``, ``/realtime``), key minting
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from aiohttp import web
 
 from voxgate.auth import client_keys
 from voxgate.auth import routes as key_routes
 from voxgate.auth.grants import Authenticator
+from voxgate.auth.requests import BODY_TIMEOUT_S
 from voxgate.auth.server_keys import ServerKeys
 from voxgate.backends.base import Backend
 from voxgate.config import Settings
@@ -26,6 +28,9 @@ BACKEND = web.AppKey("voxgate.backend", Backend)
 DRAINING = web.AppKey("voxgate.draining", list[bool])
 ENDPOINT = web.AppKey("voxgate.endpoint", RealtimeEndpoint)
 HEALTH = web.AppKey("voxgate.health", BackendHealth)
+#: Called with the drain timeout (s) when draining starts (SIGTERM, Ctrl+C): the place to tell
+#: opted-in (``voxgate.v1``) clients to reconnect elsewhere. ``serve`` calls them once.
+DRAIN_HOOKS = web.AppKey("voxgate.drain_hooks", list[Callable[[float], None]])
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -81,6 +86,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app[DRAINING] = [False]
     app[ENDPOINT] = endpoint
     app[HEALTH] = BackendHealth(getattr(backend, "probe", None))
+    app[DRAIN_HOOKS] = []
+    app[BODY_TIMEOUT_S] = settings.http_request_timeout_s
     app[key_routes.SERVER_KEYS] = server_keys
     app[key_routes.SIGNING_SECRET] = secret
     app[key_routes.MAX_SESSION_S] = settings.max_session_s

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     error_coalesce_window_s: float = Field(default=1.0, ge=0)
     #: Largest HTTP header field (ek_ keys with long instructions travel in headers).
     max_header_bytes: int = Field(default=64 * 1024, ge=8190)
+    #: A client must send a complete request head (and a POST body) within this long; at most
+    #: this many connections may be half-open at once (the oldest is closed beyond it).
+    http_request_timeout_s: float = Field(default=10.0, gt=0)
+    http_max_pending_connections: int = Field(default=256, ge=1)
 
     # upstream resilience (issue 6)
     #: Attempts to reconnect a lost upstream, backoff (equal jitter) and per-attempt timeout.
@@ -99,6 +103,20 @@ class Settings(BaseSettings):
     local_asr_decoders: int = Field(default=4, ge=1, le=64)
     local_asr_final: Literal["stream", "batch"] = "stream"
     knowledge_path: str | None = None
+
+    @field_validator("openai_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+    @field_validator("local_llm_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not value.strip().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
