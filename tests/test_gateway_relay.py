@@ -438,7 +438,10 @@ async def test_upstream_unreachable_is_retried_until_the_ready_deadline_then_rep
             assert (await expect_close(ws))[0] == 1013
 
 
-async def test_bad_upstream_key_reaches_the_client_redacted_with_the_same_close() -> None:
+async def test_bad_upstream_key_is_the_gateways_problem_not_the_clients() -> None:
+    """Issue 12.9: OpenAI refusing voxgate's own key must not tell the client *its* key is
+    wrong (close 3000 makes the console ask for a new key); a 1011-class close instead, the
+    key never quoted, and /readyz says upstream_auth_failed."""
     async with fake_and_gateway({"api_keys": {"sk-the-right-one-0000"}}) as (_, gw):
         async with (
             aiohttp.ClientSession() as http,
@@ -447,12 +450,15 @@ async def test_bad_upstream_key_reaches_the_client_redacted_with_the_same_close(
             ) as ws,
         ):
             error = await recv_json(ws)
-            assert error["error"]["code"] == "invalid_api_key"
+            assert error["error"]["code"] == "voxgate_upstream_auth_failed"
             message = error["error"]["message"]
-            assert "Incorrect API key provided" in message
+            assert "not your key" in message
             assert "sk-" not in message
             assert UPSTREAM_KEY[-4:] not in message
-            assert await expect_close(ws) == (3000, "invalid_request_error.invalid_api_key")
+            assert await expect_close(ws) == (1011, "server_error.voxgate_upstream_auth_failed")
+            async with http.get(f"{gw.http_url}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["problem"] == "upstream_auth_failed"
 
 
 async def test_upstream_quota_error_is_fatal_and_forwarded() -> None:

@@ -96,7 +96,7 @@ async def test_no_secret_reaches_any_log_line(log_buffer: io.StringIO) -> None:
                     gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
                 ) as ws:
                     error = await recv_json(ws)
-                    assert error["error"]["code"] == "invalid_api_key"
+                    assert error["error"]["code"] == "voxgate_upstream_auth_failed"
                     assert "upstreamSECRET" not in error["error"]["message"]
 
     output = log_buffer.getvalue()

@@ -209,14 +209,19 @@ def test_upstream_error_quoting_a_key_is_redacted() -> None:
             "event_id": None,
         },
     }
-    actions = m.upstream_text(orjson.dumps(error).decode(), 0.0)
-    (err,) = errors_in(actions)
-    assert "sk-live" not in str(err["message"])
-    assert err["code"] == "invalid_api_key"
-    end = m.upstream_closed(3000, "invalid_request_error.invalid_api_key")
-    assert end == (
-        EndSession(3000, "invalid_request_error.invalid_api_key", None, "upstream_fatal"),
+    # the upstream refused voxgate's own key (issue 12.9): never forwarded as "your key"
+    assert errors_in(m.upstream_text(orjson.dumps(error).decode(), 0.0)) == []
+    assert m.upstream_auth_failed
+    (end,) = m.upstream_closed(3000, "invalid_request_error.invalid_api_key")
+    assert isinstance(end, EndSession)
+    assert (end.close_code, end.reason, end.cause) == (
+        1011,
+        "server_error.voxgate_upstream_auth_failed",
+        "upstream_auth_failed",
     )
+    assert end.error_text is not None
+    assert "sk-live" not in end.error_text
+    assert "voxgate_upstream_auth_failed" in end.error_text
 
 
 def test_upstream_error_without_secrets_is_forwarded_unchanged() -> None:

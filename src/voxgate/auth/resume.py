@@ -1,4 +1,4 @@
-"""Resume tokens: what lets a dropped ``voxgate.v1`` client take its session back. Pure.
+"""Resume tokens: what lets a dropped ``voxgate.v1`` client take its session back. No I/O.
 
 A token is ``vgr_<payload>.<signature>``: the payload is base64url JSON naming the session,
 its subject (end user, or none), a generation counter and a random nonce; the signature is an
@@ -8,8 +8,9 @@ session's job: it remembers the nonce of the one token it will accept and issues
 (next generation, new nonce) on every resume, so a token used once, or an older one, no longer
 matches. A token never travels in a URL (the client sends it in its first frame).
 
-:class:`ResumeState` is the session's side: the one token it accepts now, and the rules for
-taking it back (same session, same subject, current generation and nonce).
+:class:`ResumeState` is the session's side: the rules for taking it back (same session, same
+subject, current generation and nonce), with the one token it accepts now kept in the
+:class:`~voxgate.store.base.Store` so every node of a deployment agrees on it.
 
 Tokens do not expire on their own: they are only good while their session lives (its grace
 period bounds how long a dropped client may take), which is why they still work after the
@@ -26,6 +27,8 @@ import secrets
 from dataclasses import dataclass
 
 import orjson
+
+from voxgate.store.base import Store
 
 PREFIX = "vgr_"
 MAX_TOKEN_CHARS = 2048
@@ -60,14 +63,19 @@ def _sign(secret: bytes, payload: str) -> str:
     return _b64e(hmac.new(secret, _DOMAIN + payload.encode("ascii"), hashlib.sha256).digest())
 
 
+def encode(secret: bytes, claims: ResumeClaims) -> str:
+    """The signed token carrying ``claims``."""
+    body = {"s": claims.session_id, "u": claims.subject, "g": claims.generation, "n": claims.nonce}
+    payload = _b64e(orjson.dumps(body))
+    return f"{PREFIX}{payload}.{_sign(secret, payload)}"
+
+
 def mint(
     secret: bytes, *, session_id: str, subject: str | None, generation: int
 ) -> tuple[str, ResumeClaims]:
     """Mint the token for ``generation`` of a session (a fresh random nonce each time)."""
     claims = ResumeClaims(session_id, subject, generation, secrets.token_urlsafe(12))
-    body = {"s": session_id, "u": subject, "g": generation, "n": claims.nonce}
-    payload = _b64e(orjson.dumps(body))
-    return f"{PREFIX}{payload}.{_sign(secret, payload)}", claims
+    return encode(secret, claims), claims
 
 
 def verify(secret: bytes, token: str) -> ResumeClaims:
@@ -107,39 +115,51 @@ def same_nonce(a: str, b: str) -> bool:
 
 
 class ResumeState:
-    def __init__(self, secret: bytes, *, session_id: str, subject: str | None) -> None:
+    """One session's side of resume: issue its tokens, and decide whether one may resume it.
+
+    The single-use state (the one generation and nonce the session accepts now) lives in the
+    :class:`~voxgate.store.base.Store`, so any node of a deployment can check and consume a
+    token; the rules (same session, same subject, current token) are here.
+    """
+
+    def __init__(
+        self, secret: bytes, store: Store, *, session_id: str, subject: str | None
+    ) -> None:
         self._secret = secret
+        self._store = store
         self.session_id = session_id
         self.subject = subject
         self.generation = 0
-        self._nonce = ""
         self.resumes = 0
 
-    def issue(self) -> str:
+    async def issue(self) -> str:
         """Mint the next token; every earlier one stops working."""
-        self.generation += 1
-        token, claims = mint(
-            self._secret,
-            session_id=self.session_id,
-            subject=self.subject,
-            generation=self.generation,
+        nonce = secrets.token_urlsafe(12)
+        self.generation = await self._store.rotate_resume(self.session_id, nonce)
+        return encode(
+            self._secret, ResumeClaims(self.session_id, self.subject, self.generation, nonce)
         )
-        self._nonce = claims.nonce
-        return token
 
-    def accepts(self, claims: ResumeClaims, *, presented_subject: str | None) -> str | None:
-        """None if ``claims`` may resume this session now, else why not (for logs)."""
+    def check(self, claims: ResumeClaims, *, presented_subject: str | None) -> str | None:
+        """None if the claims name this session and its user, else why not (for logs)."""
         if claims.session_id != self.session_id:
             return "other_session"
         if claims.subject != self.subject:
             return "other_subject"
         if presented_subject is not None and presented_subject != self.subject:
             return "other_subject"
-        if claims.generation != self.generation or not same_nonce(claims.nonce, self._nonce):
+        return None
+
+    async def accepts(self, claims: ResumeClaims, *, presented_subject: str | None) -> str | None:
+        """:meth:`check`, then the token must be the current one: None if it may resume."""
+        why = self.check(claims, presented_subject=presented_subject)
+        if why is not None:
+            return why
+        if not await self._store.consume_resume(self.session_id, claims.generation, claims.nonce):
             return "token_used"
         return None
 
-    def consume(self) -> str:
-        """Accept a resume: rotate now (before any I/O) and return the new token."""
+    async def consume(self) -> str:
+        """Accept a resume (after :meth:`accepts`): the next token, every earlier one void."""
         self.resumes += 1
-        return self.issue()
+        return await self.issue()

@@ -1,18 +1,19 @@
-"""The ``openai`` backend: one aiohttp WebSocket per client session to ``VOXGATE_OPENAI_URL``.
+"""The ``openai`` backend: one WebSocket per client session to ``VOXGATE_OPENAI_URL``.
 
 It authenticates with the server's ``OPENAI_API_KEY``, never with the client's credential, and
 never logs the key or a URL that could carry credentials (only scheme, host and path). The
-connector has no connection limit: aiohttp's default of 100 would silently cap the gateway at
-100 sessions.
+socket is voxgate's own client (:mod:`voxgate.backends.ws_client`), which hands frames to the
+session synchronously on the hot path; there is no connection pool and so no pool limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import aiohttp
-
+from voxgate.backends import ws_client
 from voxgate.backends.base import UpstreamConnectError, UpstreamConnection, UpstreamTarget
 
 
@@ -52,44 +53,33 @@ class OpenAIBackend:
         url: str,
         api_key: str | None,
         max_frame_bytes: int = 32 * 1024 * 1024,
+        connect_timeout_s: float = 10.0,
     ) -> None:
         self._url = url
         self._api_key = api_key
         self._max_frame_bytes = max_frame_bytes
-        self._http: aiohttp.ClientSession | None = None
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=False)
-            self._http = aiohttp.ClientSession(connector=connector)
-        return self._http
+        self._connect_timeout_s = connect_timeout_s
+        self._ssl: ssl.SSLContext | None = None
 
     async def connect(self, target: UpstreamTarget) -> UpstreamConnection:
         headers = {"Authorization": f"Bearer {self._api_key or ''}"}
         url = upstream_url(self._url, target)
+        if self._ssl is None and url.startswith(("wss:", "https:")):
+            self._ssl = ssl.create_default_context()
         try:
-            ws = await self._session().ws_connect(
-                url,
-                headers=headers,
-                autoping=False,  # the session runner pings and answers pings (cheaper)
-                heartbeat=None,
-                compress=0,
-                max_msg_size=self._max_frame_bytes,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamConnectError(
-                f"upstream refused the WebSocket upgrade with HTTP {exc.status}", status=exc.status
-            ) from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            async with asyncio.timeout(self._connect_timeout_s):
+                return await ws_client.connect(
+                    url, headers, max_message_bytes=self._max_frame_bytes, ssl_context=self._ssl
+                )
+        except ws_client.HandshakeError as exc:
+            raise UpstreamConnectError(exc.detail, status=exc.status) from None
+        except (TimeoutError, OSError) as exc:
             raise UpstreamConnectError(
                 f"cannot connect to {safe_url(self._url)}: {type(exc).__name__}"
             ) from None
-        return ws
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        """Nothing process-wide to release: every connection belongs to its session."""
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "url": safe_url(self._url), "key_set": bool(self._api_key)}

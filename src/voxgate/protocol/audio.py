@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Final, Literal
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import soxr
 
-AudioFormat = Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
+from voxgate.protocol.formats import FORMATS
+from voxgate.protocol.formats import AudioFormat as AudioFormat
 
-PCM_RATE_HZ: Final = 24_000
+PCM_RATE_HZ: Final = FORMATS["audio/pcm"].rate_hz
 """Sample rate of ``audio/pcm`` on the wire (§8)."""
-G711_RATE_HZ: Final = 8_000
+G711_RATE_HZ: Final = FORMATS["audio/pcmu"].rate_hz
 """Sample rate of ``audio/pcmu`` and ``audio/pcma`` (§8)."""
-
-_RATE_HZ: Final[dict[str, int]] = {
-    "audio/pcm": PCM_RATE_HZ,
-    "audio/pcmu": G711_RATE_HZ,
-    "audio/pcma": G711_RATE_HZ,
-}
-_BYTES_PER_SAMPLE: Final[dict[str, int]] = {"audio/pcm": 2, "audio/pcmu": 1, "audio/pcma": 1}
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -41,12 +35,12 @@ Int16Array = npt.NDArray[np.int16]
 
 def rate_hz(fmt: AudioFormat) -> int:
     """Sample rate of a wire format (24 000 for ``audio/pcm``, 8 000 for G.711)."""
-    return _RATE_HZ[fmt]
+    return FORMATS[fmt].rate_hz
 
 
 def bytes_per_ms(fmt: AudioFormat) -> int:
     """Bytes per millisecond: 48 for ``audio/pcm``, 8 for ``audio/pcmu``/``audio/pcma``."""
-    return _RATE_HZ[fmt] * _BYTES_PER_SAMPLE[fmt] // 1000
+    return FORMATS[fmt].bytes_per_ms
 
 
 def bytes_to_ms(n_bytes: int, fmt: AudioFormat) -> float:
@@ -56,8 +50,9 @@ def bytes_to_ms(n_bytes: int, fmt: AudioFormat) -> float:
 
 def ms_to_bytes(ms: float, fmt: AudioFormat) -> int:
     """Whole-sample byte count for ``ms`` milliseconds of ``fmt`` (rounded down to a sample)."""
-    size = _BYTES_PER_SAMPLE[fmt]
-    samples = int(ms * _RATE_HZ[fmt] / 1000)
+    row = FORMATS[fmt]
+    size = row.sample_bytes
+    samples = int(ms * row.rate_hz / 1000)
     return samples * size
 
 

@@ -41,6 +41,7 @@ from voxgate.protocol import conversation as cv
 from voxgate.protocol import ids
 from voxgate.protocol.close import CloseCode, close_reason
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, ClientEventError, error_event
+from voxgate.protocol.events import unsupported_type_message
 from voxgate.protocol.session_config import (
     apply_session_update,
     bytes_per_ms,
@@ -50,20 +51,6 @@ from voxgate.protocol.session_config import (
     output_format,
 )
 
-CLIENT_EVENT_TYPES: Final = (
-    "session.update",
-    "input_audio_buffer.append",
-    "input_audio_buffer.clear",
-    "input_audio_buffer.commit",
-    "conversation.item.create",
-    "conversation.item.delete",
-    "conversation.item.retrieve",
-    "conversation.item.truncate",
-    "response.cancel",
-    "response.create",
-    "session.close",
-    "session.input_audio_buffer.append",
-)
 MIN_COMMIT_MS: Final = 100
 MAX_APPEND_BYTES: Final = 15 * 1024 * 1024
 _RESPONSE_KEYS: Final = frozenset(
@@ -336,9 +323,8 @@ class RealtimeCore:
             )
         handler = self._handlers.get(event_type) if isinstance(event_type, str) else None
         if handler is None:
-            supported = ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES)
             raise ClientEventError(
-                f"Invalid value: '{event_type}'. Supported values are: {supported}.",
+                unsupported_type_message(event_type),
                 code="invalid_value",
                 param="type",
                 event_id=event_id,
@@ -383,6 +369,17 @@ class RealtimeCore:
                 param="audio",
                 event_id=event_id,
             ) from None
+        return self.append_chunk(chunk, event_id)
+
+    def append_audio(self, chunk: bytes) -> list[Action]:
+        """Raw input audio (a binary frame of an opted-in client): an append without base64."""
+        try:
+            return self.append_chunk(chunk, None)
+        except ClientEventError as exc:
+            return [Send(exc.to_event())]
+
+    def append_chunk(self, chunk: bytes, event_id: str | None) -> list[Action]:
+        """Append decoded audio to the input buffer; raises :class:`ClientEventError`."""
         if len(chunk) > MAX_APPEND_BYTES:
             raise ClientEventError(
                 "Invalid 'audio': at most 15 MiB of audio per append.",

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from voxgate.protocol.errors import ClientEventError
+from voxgate.protocol.formats import FORMATS, info
 
 SessionType = Literal["realtime", "transcription"]
 
-PCM_RATE_HZ: Final = 24_000
-G711_RATE_HZ: Final = 8_000
+PCM_RATE_HZ: Final = FORMATS["audio/pcm"].rate_hz
+G711_RATE_HZ: Final = FORMATS["audio/pcmu"].rate_hz
 PCM_FORMAT: Final[dict[str, Any]] = {"type": "audio/pcm", "rate": PCM_RATE_HZ}
 DEFAULT_MODEL: Final = "gpt-realtime"
 DEFAULT_INSTRUCTIONS: Final = (
@@ -62,17 +63,17 @@ def format_type(fmt: Mapping[str, Any] | None) -> str:
 
 def sample_rate_hz(fmt: Mapping[str, Any] | None) -> int:
     """24 000 for ``audio/pcm``, 8 000 for G.711 (``audio/pcmu`` / ``audio/pcma``)."""
-    return PCM_RATE_HZ if format_type(fmt) == "audio/pcm" else G711_RATE_HZ
+    return info(format_type(fmt)).rate_hz
 
 
 def bytes_per_sample(fmt: Mapping[str, Any] | None) -> int:
     """2 for 16-bit PCM, 1 for G.711."""
-    return 2 if format_type(fmt) == "audio/pcm" else 1
+    return info(format_type(fmt)).sample_bytes
 
 
 def bytes_per_ms(fmt: Mapping[str, Any] | None) -> int:
     """48 for ``audio/pcm`` at 24 kHz, 8 for ``audio/pcmu``/``audio/pcma``."""
-    return sample_rate_hz(fmt) * bytes_per_sample(fmt) // 1000
+    return info(format_type(fmt)).bytes_per_ms
 
 
 def duration_ms(n_bytes: int, fmt: Mapping[str, Any] | None) -> float:

@@ -36,7 +36,9 @@ import orjson
 
 from voxgate.protocol.close import CloseCode, close_reason
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, InvalidState, error_event
+from voxgate.protocol.events import APPEND, CLIENT_EVENT_TYPES, unsupported_type_message
 from voxgate.protocol.extensions import append_b64, gateway_event
+from voxgate.protocol.formats import PCM, input_info
 from voxgate.protocol.ids import event_id as new_event_id
 from voxgate.protocol.redaction import redact
 from voxgate.protocol.sniff import NotAnEvent, client_event_id, event_type, parse_event
@@ -54,26 +56,10 @@ from voxgate.session.actions import (
 )
 from voxgate.session.coalesce import ErrorCoalescer
 from voxgate.session.prebuffer import PreBuffer
-from voxgate.session.reconnect import is_retryable_close
-from voxgate.session.recovery import NEVER_RETRIED_CODES, Recovery, ReplayDriver, ReplayStats
+from voxgate.session.reconnect import NEVER_RETRIED_CODES, is_retryable_close
+from voxgate.session.recovery import Recovery
+from voxgate.session.replay_driver import ReplayDriver, ReplayStats
 
-#: Client event types of the GA WebSocket protocol (realtime-protocol.md §4).
-CLIENT_EVENT_TYPES: frozenset[str] = frozenset(
-    {
-        "session.update",
-        "input_audio_buffer.append",
-        "input_audio_buffer.commit",
-        "input_audio_buffer.clear",
-        "conversation.item.create",
-        "conversation.item.retrieve",
-        "conversation.item.truncate",
-        "conversation.item.delete",
-        "response.create",
-        "response.cancel",
-    }
-)
-_SUPPORTED = ", ".join(f"'{t}'" for t in sorted(CLIENT_EVENT_TYPES))
-APPEND = "input_audio_buffer.append"
 #: voxgate.v1 clients confirm what they received, so the replay log can let go of it.
 ACK = "voxgate.session.ack"
 #: Exact heads of the two audio events that are most of the traffic, as the SDKs and the real
@@ -85,6 +71,10 @@ _AUDIO_DELTA_HEADS = (
     '{"type": "response.output_audio.delta"',
 )
 
+#: Upstream error codes that mean voxgate's own upstream key was refused.
+UPSTREAM_AUTH_CODES: frozenset[str | None] = frozenset({"invalid_api_key"})
+UPSTREAM_AUTH_FAILED = "voxgate_upstream_auth_failed"
+_SESSION_TYPES = frozenset({"session.created", "session.updated"})
 #: Upstream error codes after which the session cannot continue (§7); never retried.
 FATAL_UPSTREAM_CODES: frozenset[str] = NEVER_RETRIED_CODES | {"session_expired"}
 #: With recovery, the upstream's own 60-minute cap is not the end of the call (issue #6).
@@ -133,6 +123,48 @@ class SessionMachine:
         self._fatal_error_seen: tuple[str, str | None] | None = None
         self.session_object: dict[str, Any] | None = None
         self.errors_sent = 0
+        self._input_bps = PCM.bytes_per_s
+        #: the upstream refused voxgate's own key (the endpoint tells the operator and /readyz)
+        self.upstream_auth_failed = False
+
+    # ------------------------------------------------------------------ hot paths
+
+    def client_audio_text(self, text: str) -> bool:
+        """The sink's question for a client text frame: is it an append to forward unchanged?
+
+        True: forward ``text`` upstream as is (it is recorded for recovery); False: nothing
+        happened, hand the frame to :meth:`client_text`.
+        """
+        if (
+            self.phase is Phase.READY
+            and text.startswith(_APPEND_HEADS)
+            and text.find('"type"', 36) < 0  # no second "type" key to smuggle another event
+        ):
+            if self.recovery is not None:
+                self.recovery.sent_append(text)
+            return True
+        return False
+
+    def client_audio_bytes(self, data: bytes) -> bool:
+        """The sink's question for a binary frame: may it go upstream as audio right now?
+
+        True: send it (raw to an upstream that takes bytes, else :func:`append_b64`); it is
+        recorded for recovery. False: nothing happened, hand it to :meth:`client_binary`.
+        """
+        if self.phase is Phase.READY and self.extensions:
+            if self.recovery is not None:
+                self.recovery.sent_audio_bytes(data)
+            return True
+        return False
+
+    def upstream_audio_text(self, text: str) -> bool:
+        """The sink's question for an upstream frame: an audio delta to forward unchanged?"""
+        return self.phase is Phase.READY and text.startswith(_AUDIO_DELTA_HEADS)
+
+    @property
+    def input_bytes_per_s(self) -> int:
+        """Input audio bytes per second of the session's format (what pacing charges)."""
+        return self._input_bps
 
     # ------------------------------------------------------------------ client side
 
@@ -154,7 +186,7 @@ class SessionMachine:
             return self._ack(text, now)
         if etype != APPEND and etype not in CLIENT_EVENT_TYPES:
             return self._client_error(
-                f"Invalid value: '{etype[:64]}'. Supported values are: {_SUPPORTED}.",
+                unsupported_type_message(etype),
                 "invalid_value",
                 "type",
                 client_event_id(text),
@@ -214,7 +246,7 @@ class SessionMachine:
         text = append_b64(audio_b64)
         if self.phase is Phase.READY:
             if self.recovery is not None:
-                self.recovery.sent_audio(audio_b64)
+                self.recovery.sent_audio_bytes(data)
             return (SendUpstream(text),)
         if self.phase is Phase.CLOSED:
             return NOTHING
@@ -276,6 +308,8 @@ class SessionMachine:
         phase = self.phase
         if etype == "error":
             return self._upstream_error(text, now)
+        if etype in _SESSION_TYPES:
+            self._note_session(text)
         if phase is Phase.READY or phase is Phase.FLUSHING or phase is Phase.RECONNECTING:
             if self.recovery is None:
                 return FORWARD
@@ -292,6 +326,14 @@ class SessionMachine:
                 return self._on_config_applied(text)
             return self._hold_upstream(text)
         return NOTHING
+
+    def _note_session(self, text: str) -> None:
+        """Track the input format from ``session.created``/``.updated`` (pacing charges by it)."""
+        try:
+            _, event = parse_event(text)
+        except NotAnEvent:
+            return
+        self._input_bps = input_info(event.get("session")).bytes_per_s
 
     def _hold_upstream(self, text: str) -> Outcome:
         if len(self._held_upstream) >= _MAX_HELD_UPSTREAM:
@@ -364,6 +406,10 @@ class SessionMachine:
             self.recovery.on_server("error", text, now)
         if code in FATAL_UPSTREAM_CODES:
             self._fatal_error_seen = (etype, code)
+        if code in UPSTREAM_AUTH_CODES:
+            # The upstream refused *voxgate's* key, not the client's: never say "your key".
+            self.upstream_auth_failed = True
+            return NOTHING
         if self.phase is Phase.CONFIGURING and err.get("event_id") == self._config_event_id:
             return self._fatal(
                 f"The upstream rejected the session configuration: {clean}",
@@ -396,6 +442,8 @@ class SessionMachine:
                 cause = "session_expired" if expired else f"lost:{code or 'network'}"
                 return self._begin_reconnect(cause)
         clean_reason = redact(reason, self._known)[:120]
+        if self.upstream_auth_failed or (code == CloseCode.AUTH and self._fatal_error_seen is None):
+            return self.upstream_auth_refused()
         if self._fatal_error_seen is not None:
             etype, ecode = self._fatal_error_seen
             fatal_code = (
@@ -459,7 +507,7 @@ class SessionMachine:
         """The driver that rebuilds this session on a new upstream (phase RECONNECTING)."""
         if self.recovery is None or self.phase is not Phase.RECONNECTING:
             raise InvalidState(f"replay in phase {self.phase.value}")
-        return self.recovery.replay(retry_response=retry_response)
+        return ReplayDriver(self.recovery, retry_response=retry_response)
 
     def reconnected(self, stats: ReplayStats, gap_ms: float) -> Outcome:
         """The new upstream is rebuilt: tell an opted-in client, then flush what it sent."""
@@ -487,8 +535,14 @@ class SessionMachine:
     def reconnect_failed(self, reason: str, *, fatal_code: str | None = None) -> Outcome:
         """Every attempt failed (or the upstream refused for good): end the session."""
         actions: list[Action] = []
+        reason = redact(reason, self._known)[:120]
+        if fatal_code in UPSTREAM_AUTH_CODES:
+            reason = UPSTREAM_AUTH_FAILED
         if self.extensions:
             actions.append(SendClient(gateway_event("voxgate.upstream.lost", reason=reason)))
+        if fatal_code in UPSTREAM_AUTH_CODES:
+            actions.extend(self.upstream_auth_refused())  # type: ignore[arg-type]
+            return actions
         if fatal_code is not None:
             self._fatal_error_seen = (SERVER_ERROR, fatal_code)
             end = self._fatal(
@@ -506,6 +560,17 @@ class SessionMachine:
             )
         actions.extend(end)  # type: ignore[arg-type]
         return actions
+
+    def upstream_auth_refused(self) -> Outcome:
+        """The upstream refused voxgate's own credentials (a server configuration problem)."""
+        self.upstream_auth_failed = True
+        return self._fatal(
+            "The voice service rejected this gateway's upstream credentials. This is a server "
+            "configuration problem, not your key; the operator has been told.",
+            UPSTREAM_AUTH_FAILED,
+            CloseCode.INTERNAL_ERROR,
+            cause="upstream_auth_failed",
+        )
 
     def upstream_unreachable(self, detail: str) -> Outcome:
         """Connecting to the upstream failed (refused, DNS, TLS, HTTP error, timeout)."""
@@ -540,6 +605,12 @@ class SessionMachine:
             cause="session_expired",
         )
 
+    def end(self, close_code: int, cause: str, reason: str = "") -> EndSession:
+        """The runner ends the session for a reason of its own (client gone, stalled, grace
+        over, shutdown): the machine is CLOSED from here on. Returns the ending to perform."""
+        self.phase = Phase.CLOSED
+        return EndSession(int(close_code), reason, None, cause)
+
     # ------------------------------------------------------------------ helpers
 
     def _client_error(
@@ -564,6 +635,7 @@ class SessionMachine:
         error_type: str = SERVER_ERROR,
     ) -> Outcome:
         event = error_event(message, code=code, error_type=error_type)
+        self.errors_sent += 1
         return self._end(
             int(close_code), close_reason(error_type, code), orjson.dumps(event).decode(), cause
         )

@@ -8,7 +8,11 @@ client's requests, so it holds only what the upstream accepted:
   text and audio transcripts, function calls and their outputs (assistant audio is never kept);
 * the audio of the most recent user audio turns (so a turn whose transcript is not known yet
   is replayed as audio, not lost);
-* the input audio appended since the last commit, as the original base64 text.
+* the input audio appended since the last commit, as raw audio in one byte ring.
+
+Memory: nothing per frame. Pending audio is one ``bytearray`` (the oldest bytes are cut from
+its front; positions are integers), items and the config are kept as serialised JSON (bytes),
+so a long call adds no objects for the garbage collector to walk.
 
 Audio positions are bytes on the *client's* timeline: every byte the client appended in the
 session, in order. Callers translate a new upstream's ``audio_*_ms`` to it before feeding
@@ -20,7 +24,8 @@ Bounds and policy (every one counted):
   (``dropped_items``); the config and its instructions are always kept;
 * turn audio: up to ``turn_audio_limit_bytes``; past it the oldest turns keep only their
   transcripts ("oldest audio items become their transcripts");
-* pending audio: up to ``audio_limit_bytes``, oldest dropped first (``dropped_audio_bytes``).
+* pending audio: up to ``audio_limit_bytes``, oldest dropped first (``dropped_audio_bytes``);
+  callers size it in seconds of the session's format (:meth:`Mirror.for_seconds`).
   With server VAD and nobody speaking only the newest ``idle_keep_bytes`` are kept: the
   upstream needs no more than its prefix padding before speech, so an idle session holds
   about a second of audio, not minutes of silence.
@@ -36,14 +41,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections import OrderedDict, deque
 from typing import Any
 
 import orjson
 
+from voxgate.protocol.formats import PCM, input_info
+
 #: Fields of a session object a client may not send back in ``session.update``.
 _SERVER_ONLY = ("object", "id", "expires_at")
-_BYTES_PER_MS = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
 #: Replayed audio goes out in appends of this many milliseconds.
 REPLAY_CHUNK_MS = 100
 
@@ -69,45 +74,66 @@ class Mirror:
         self.audio_limit_bytes = audio_limit_bytes
         self.turn_audio_limit_bytes = turn_audio_limit_bytes
         self.idle_keep_ms = idle_keep_ms
-        self.session: dict[str, Any] | None = None
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._item_sizes: dict[str, int] = {}
+        self._session: bytes | None = None  # the effective config, serialised
+        self._order: list[str] = []  # item ids in conversation order
+        self._items: dict[str, bytes] = {}  # item id -> serialised item (no audio)
         self.items_bytes = 0
         self.dropped_items = 0
-        self._turn_audio: OrderedDict[str, bytes] = OrderedDict()
+        self._turn_audio: dict[str, bytes] = {}  # oldest first
         self.turn_audio_bytes = 0
-        # pending audio: (client-timeline offset of the frame's first byte, base64, bytes)
-        self._pending: deque[tuple[int, str, int]] = deque()
-        self.pending_audio_bytes = 0
+        self._ring = bytearray()  # pending input audio, oldest first
+        self._ring_start = 0  # client-timeline offset of _ring[0]
         self.dropped_audio_bytes = 0
         self.stream_bytes = 0  # every input byte the client appended, on its timeline
-        self._bpm = 48
+        self._bpm = PCM.bytes_per_ms
         self._vad = True
-        self._idle_keep_bytes = idle_keep_ms * 48
+        self._idle_keep_bytes = idle_keep_ms * self._bpm
         self._fast_bound = min(self._idle_keep_bytes, audio_limit_bytes)
         self.speaking = False  # between speech_started and the turn's commit
         self._vad_cut: int | None = None
 
+    @classmethod
+    def for_seconds(
+        cls, *, audio_s: float, turn_audio_s: float, items_limit_bytes: int, idle_keep_ms: int
+    ) -> Mirror:
+        """A mirror whose audio bounds are seconds of 24 kHz PCM16 (the largest format).
+
+        The byte bounds then hold at least that many seconds in any format (G.711 holds six
+        times as long in the same bytes).
+        """
+        return cls(
+            items_limit_bytes=items_limit_bytes,
+            audio_limit_bytes=int(audio_s * PCM.bytes_per_s),
+            turn_audio_limit_bytes=int(turn_audio_s * PCM.bytes_per_s),
+            idle_keep_ms=idle_keep_ms,
+        )
+
     # ------------------------------------------------------------------ inputs
 
     def on_client_append(self, audio_b64: str) -> None:
-        """The client appended audio (about to be sent upstream). Cheap: no decoding."""
-        if len(audio_b64) % 4:
+        """The client appended base64 audio (about to be sent upstream)."""
+        try:
+            raw = binascii.a2b_base64(audio_b64, strict_mode=True)
+        except (binascii.Error, ValueError):
             return  # not base64: the upstream rejects it, so it never enters its buffer
-        size = b64_len(audio_b64)
-        pending = self._pending
-        pending.append((self.stream_bytes, audio_b64, size))
-        self.stream_bytes += size
-        self.pending_audio_bytes += size
-        if self.pending_audio_bytes <= self._fast_bound:
+        self.on_client_audio(raw)
+
+    def on_client_audio(self, raw: bytes) -> None:
+        """The client appended raw audio (a binary frame). Amortised O(len(raw)), no objects."""
+        ring = self._ring
+        ring += raw
+        self.stream_bytes += len(raw)
+        size = len(ring)
+        if size <= self._fast_bound:
             return
         idle = self._vad and not self.speaking and self._vad_cut is None
         limit = self._fast_bound if idle else self.audio_limit_bytes
-        while self.pending_audio_bytes > limit and pending:
-            first_size = pending.popleft()[2]
-            self.pending_audio_bytes -= first_size
+        if size > limit:
+            excess = size - limit
+            del ring[:excess]
+            self._ring_start += excess
             if not idle:
-                self.dropped_audio_bytes += first_size  # idle trimming drops only silence
+                self.dropped_audio_bytes += excess  # idle trimming drops only silence
 
     def on_server_event(self, etype: str, event: dict[str, Any]) -> None:
         """Every non-audio server event, in order. Unknown types are ignored."""
@@ -127,14 +153,18 @@ class Mirror:
         if item_id is not None and audio:
             self._keep_turn_audio(item_id, audio)
             if item_id not in self._items:
-                self._items[item_id] = {
-                    "id": item_id,
-                    "type": "message",
-                    "role": "user",
-                    "status": "completed",
-                    "content": [{"type": "input_audio", "transcript": None}],
-                }
-                self._account(item_id)
+                self._put(
+                    item_id,
+                    {
+                        "id": item_id,
+                        "type": "message",
+                        "role": "user",
+                        "status": "completed",
+                        "content": [{"type": "input_audio", "transcript": None}],
+                    },
+                )
+                self._order.append(item_id)
+                self._trim_items()
 
     def clear_pending(self) -> None:
         self._take_pending(self.stream_bytes)
@@ -143,7 +173,7 @@ class Mirror:
 
     def drop_unfinished_items(self) -> list[str]:
         """Forget items still ``in_progress`` (their response was cut short); return their ids."""
-        gone = [i for i, item in self._items.items() if item.get("status") == "in_progress"]
+        gone = [i for i in self._order if self._item(i).get("status") == "in_progress"]
         for item_id in gone:
             self._forget(item_id)
         return gone
@@ -151,8 +181,12 @@ class Mirror:
     # ------------------------------------------------------------------ views
 
     @property
+    def session(self) -> dict[str, Any] | None:
+        return orjson.loads(self._session) if self._session is not None else None
+
+    @property
     def items(self) -> list[dict[str, Any]]:
-        return list(self._items.values())
+        return [self._item(i) for i in self._order]
 
     @property
     def bytes_per_ms(self) -> int:
@@ -163,27 +197,40 @@ class Mirror:
         return self._vad
 
     @property
+    def pending_audio_bytes(self) -> int:
+        return len(self._ring)
+
+    @property
     def pending_start(self) -> int:
         """Client-timeline offset of the first pending byte (the stream end when none)."""
-        return self._pending[0][0] if self._pending else self.stream_bytes
+        return self._ring_start
 
     def pending_audio(self) -> bytes:
-        return b"".join(_decode(b64) for _, b64, _ in self._pending)
+        return bytes(self._ring)
+
+    def pending_chunks(self, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
+        """Pending audio as ``(client offset, bytes)`` chunks of at most ``max_bytes``.
+
+        The default chunk is :data:`REPLAY_CHUNK_MS` of the session's format, whole samples.
+        """
+        step = max_bytes or self._bpm * REPLAY_CHUNK_MS
+        ring, start = self._ring, self._ring_start
+        return [(start + i, bytes(ring[i : i + step])) for i in range(0, len(ring), step)]
 
     def pending_frames(self) -> list[tuple[int, str]]:
-        """Pending audio as the original ``(client offset, base64)`` frames, oldest first."""
-        return [(start, b64) for start, b64, _ in self._pending]
+        """:meth:`pending_chunks` as base64 (what a replay appends)."""
+        return [(at, base64.b64encode(raw).decode("ascii")) for at, raw in self.pending_chunks()]
 
     def memory_bytes(self) -> int:
-        """What the mirror holds, approximately: items JSON + turn audio + pending base64."""
-        pending_chars = sum(len(b64) for _, b64, _ in self._pending)
-        return self.items_bytes + self.turn_audio_bytes + pending_chars
+        """What the mirror holds: items JSON + turn audio + pending audio."""
+        return self.items_bytes + self.turn_audio_bytes + len(self._ring)
 
     def config_event(self) -> dict[str, Any] | None:
         """``session.update`` restoring the effective config, or None before session.created."""
-        if self.session is None:
+        session = self.session
+        if session is None:
             return None
-        config = {k: v for k, v in self.session.items() if k not in _SERVER_ONLY}
+        config = {k: v for k, v in session.items() if k not in _SERVER_ONLY}
         return {"type": "session.update", "session": config}
 
     def item_events(self) -> list[tuple[str, dict[str, Any], bool]]:
@@ -195,7 +242,8 @@ class Mirror:
         transcript) is skipped, and ``previous_item_id`` is not sent (order is the send order).
         """
         out: list[tuple[str, dict[str, Any], bool]] = []
-        for item_id, item in self._items.items():
+        for item_id in self._order:
+            item = self._item(item_id)
             creatable = _creatable(item, self._turn_audio.get(item_id))
             if creatable is not None:
                 was_audio = any(
@@ -214,85 +262,88 @@ class Mirror:
         if config is not None:
             events.append(config)
         events.extend(event for _, event, _ in self.item_events())
-        audio = self.pending_audio()
-        step = self._bpm * REPLAY_CHUNK_MS
-        for i in range(0, len(audio), step):
-            chunk = base64.b64encode(audio[i : i + step]).decode("ascii")
+        for _, chunk in self.pending_frames():
             events.append({"type": "input_audio_buffer.append", "audio": chunk})
         return events
 
     # ------------------------------------------------------------------ handlers
 
-    def _session(self, event: dict[str, Any]) -> None:
+    def _on_session(self, event: dict[str, Any]) -> None:
         session = event.get("session")
         if not isinstance(session, dict):
             return
-        self.session = session
-        audio_in = (session.get("audio") or {}).get("input") or {}
-        fmt = audio_in.get("format") or {}
-        self._bpm = _BYTES_PER_MS.get(str(fmt.get("type", "audio/pcm")), 48)
+        self._session = orjson.dumps(session)
+        self._bpm = input_info(session).bytes_per_ms
         self._idle_keep_bytes = self.idle_keep_ms * self._bpm
         self._fast_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
+        audio_in = (session.get("audio") or {}).get("input") or {}
         self._vad = audio_in.get("turn_detection") is not None
 
-    def _item(self, event: dict[str, Any]) -> None:
+    def _on_item(self, event: dict[str, Any]) -> None:
         item = event.get("item")
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             return
         item_id: str = item["id"]
         clean = _without_audio(item)
-        old = self._items.get(item_id)
-        if old is not None:
-            _keep_known_transcripts(old, clean)
-            self._items[item_id] = clean
+        if item_id in self._items:
+            _keep_known_transcripts(self._item(item_id), clean)
+            self._put(item_id, clean)
         else:
-            self._insert(item_id, clean, event.get("previous_item_id"))
-        self._account(item_id)
+            self._put(item_id, clean)
+            self._insert(item_id, event.get("previous_item_id"))
+        self._trim_items()
 
-    def _insert(self, item_id: str, item: dict[str, Any], previous: Any) -> None:
+    def _insert(self, item_id: str, previous: Any) -> None:
         """Put a new item right after ``previous`` (null or ``root``: first), as the server did."""
-        self._items[item_id] = item
-        if previous is None or previous == "root":
-            if previous == "root" or len(self._items) == 1:
-                self._items.move_to_end(item_id, last=False)
-            return  # a null previous_item_id on a later item means "appended"
-        if previous not in self._items:
-            return  # its predecessor was dropped by the bound: it stays last
-        keys = list(self._items)
-        for key in keys[keys.index(previous) + 1 : -1]:
-            self._items.move_to_end(key)  # the items after ``previous`` go after the new one
+        order = self._order
+        if previous == "root" or (previous is None and not order):
+            order.insert(0, item_id)
+        elif previous is None or previous not in self._items or previous == item_id:
+            order.append(item_id)  # a null previous_item_id on a later item means "appended";
+            # an unknown one was dropped by the bound, so the new item goes last
+        else:
+            order.insert(order.index(previous) + 1, item_id)
 
-    def _account(self, item_id: str) -> None:
-        size = len(orjson.dumps(self._items[item_id]))
-        self.items_bytes += size - self._item_sizes.get(item_id, 0)
-        self._item_sizes[item_id] = size
-        while self.items_bytes > self.items_limit_bytes and len(self._items) > 1:
-            oldest = next(iter(self._items))
-            self._forget(oldest)
+    def _item(self, item_id: str) -> dict[str, Any]:
+        item: dict[str, Any] = orjson.loads(self._items[item_id])
+        return item
+
+    def _put(self, item_id: str, item: dict[str, Any]) -> None:
+        data = orjson.dumps(item)
+        old = self._items.get(item_id)
+        self.items_bytes += len(data) - (len(old) if old is not None else 0)
+        self._items[item_id] = data
+
+    def _trim_items(self) -> None:
+        while self.items_bytes > self.items_limit_bytes and len(self._order) > 1:
+            self._forget(self._order[0])
             self.dropped_items += 1
 
     def _forget(self, item_id: str) -> None:
-        if self._items.pop(item_id, None) is not None:
-            self.items_bytes -= self._item_sizes.pop(item_id, 0)
+        data = self._items.pop(item_id, None)
+        if data is not None:
+            self.items_bytes -= len(data)
+            self._order.remove(item_id)
         audio = self._turn_audio.pop(item_id, None)
         if audio is not None:
             self.turn_audio_bytes -= len(audio)
 
-    def _deleted(self, event: dict[str, Any]) -> None:
+    def _on_deleted(self, event: dict[str, Any]) -> None:
         item_id = event.get("item_id")
         if isinstance(item_id, str):
             self._forget(item_id)
 
-    def _transcribed(self, event: dict[str, Any]) -> None:
+    def _on_transcribed(self, event: dict[str, Any]) -> None:
         item_id = str(event.get("item_id"))
-        item = self._items.get(item_id)
         transcript = event.get("transcript")
-        if item is None or not isinstance(transcript, str):
+        if item_id not in self._items or not isinstance(transcript, str):
             return
+        item = self._item(item_id)
         for part in item.get("content") or []:
             if isinstance(part, dict) and part.get("type") == "input_audio":
                 part["transcript"] = transcript
-        self._account(item_id)
+        self._put(item_id, item)
+        self._trim_items()
 
     def speech_started(self) -> None:
         self.speaking = True
@@ -307,39 +358,21 @@ class Mirror:
 
     def _take_pending(self, stream_offset: int) -> bytes:
         """Remove and return the pending audio before ``stream_offset``."""
-        taken: list[bytes] = []
-        pending = self._pending
-        while pending:
-            start, b64, size = pending[0]
-            if start + size <= stream_offset:
-                pending.popleft()
-                self.pending_audio_bytes -= size
-                taken.append(_decode(b64))
-            elif start < stream_offset:
-                cut = stream_offset - start
-                raw = _decode(b64)
-                taken.append(raw[:cut])
-                rest = raw[cut:]
-                pending[0] = (stream_offset, base64.b64encode(rest).decode("ascii"), len(rest))
-                self.pending_audio_bytes -= cut
-                break
-            else:
-                break
-        return b"".join(taken)
+        cut = min(max(0, stream_offset - self._ring_start), len(self._ring))
+        taken = bytes(self._ring[:cut])
+        del self._ring[:cut]
+        self._ring_start += cut
+        return taken
 
     def _keep_turn_audio(self, item_id: str, audio: bytes) -> None:
+        old = self._turn_audio.pop(item_id, None)
+        if old is not None:
+            self.turn_audio_bytes -= len(old)
         self._turn_audio[item_id] = audio
         self.turn_audio_bytes += len(audio)
         while self.turn_audio_bytes > self.turn_audio_limit_bytes and self._turn_audio:
-            _, old = self._turn_audio.popitem(last=False)
-            self.turn_audio_bytes -= len(old)
-
-
-def _decode(b64: str) -> bytes:
-    try:
-        return base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        return b""
+            oldest = next(iter(self._turn_audio))
+            self.turn_audio_bytes -= len(self._turn_audio.pop(oldest))
 
 
 def _without_audio(item: dict[str, Any]) -> dict[str, Any]:
@@ -400,13 +433,13 @@ def _creatable(item: dict[str, Any], turn_audio: bytes | None) -> dict[str, Any]
 
 
 _HANDLERS = {
-    "session.created": Mirror._session,
-    "session.updated": Mirror._session,
-    "conversation.item.added": Mirror._item,
-    "conversation.item.done": Mirror._item,
-    "conversation.item.created": Mirror._item,
-    "conversation.item.deleted": Mirror._deleted,
-    "conversation.item.input_audio_transcription.completed": Mirror._transcribed,
+    "session.created": Mirror._on_session,
+    "session.updated": Mirror._on_session,
+    "conversation.item.added": Mirror._on_item,
+    "conversation.item.done": Mirror._on_item,
+    "conversation.item.created": Mirror._on_item,
+    "conversation.item.deleted": Mirror._on_deleted,
+    "conversation.item.input_audio_transcription.completed": Mirror._on_transcribed,
 }
 
 #: Server event types the mirror reads (the machine parses only these, plus its own).

@@ -45,3 +45,16 @@ class ReconnectPolicy:
 def is_retryable_close(code: int | None) -> bool:
     """A close (or a loss without a close frame, ``None``) worth reconnecting after."""
     return code is None or code in RETRYABLE_CLOSE_CODES
+
+
+#: Upstream error codes no reconnect can fix (a bad key, quota, model, shape): never retried.
+NEVER_RETRIED_CODES: frozenset[str] = frozenset(
+    {
+        "invalid_api_key",
+        "insufficient_quota",
+        "invalid_model",
+        "missing_model",
+        "model_not_found",
+        "beta_api_shape_disabled",
+    }
+)

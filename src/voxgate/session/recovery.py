@@ -17,19 +17,20 @@ non-audio server event; the runner asks it for a replay when an upstream is lost
   every server event that carries an item id or ``audio_*_ms``, and the reverse map applied to
   client events.
 
-Nothing here does I/O or reads a clock; ``now`` comes from the caller.
+Nothing here does I/O or reads a clock; ``now`` comes from the caller. The rebuild itself
+(which events to send a fresh upstream, in which order) is
+:class:`~voxgate.session.replay_driver.ReplayDriver`'s, through the public methods below.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from voxgate.protocol.extensions import append_b64
 from voxgate.protocol.ids import event_id as new_event_id
 from voxgate.session.mirror import MIRRORED_TYPES, Mirror
 
@@ -61,13 +62,12 @@ PARSED_SERVER_TYPES: frozenset[str] = frozenset(
     | {"response.created", "response.done", "response.output_item.done", "error"}
 )
 _ID_FIELDS = ("item_id", "previous_item_id")
-_REPLAY_EVENT_PREFIX = "event_vgreplay_"
 _MAX_PENDING = 64
 _MAX_LOCAL_IDS = 512
 
 
 @dataclass(slots=True)
-class _Sent:
+class Sent:
     etype: str
     text: str
     client_event_id: str | None
@@ -83,22 +83,13 @@ class _Response:
     completed_outputs: int = 0
 
 
-@dataclass(slots=True)
-class ReplayStats:
-    replayed_items: int = 0
-    audio_resent_bytes: int = 0
-    resent_events: int = 0
-    state_restored: bool = True
-    notes: list[str] = field(default_factory=list)
-
-
 class Recovery:
     """Per-session recovery state. See the module docstring."""
 
     def __init__(self, mirror: Mirror, *, ack_ttl_s: float = 10.0) -> None:
         self.mirror = mirror
         self.ack_ttl_s = ack_ttl_s
-        self._pending: deque[_Sent] = deque()
+        self._pending: deque[Sent] = deque()
         self._responses: dict[str, _Response] = {}
         self._turn_item: str | None = None  # the client's item id of the user turn in progress
         self._turn_stopped = False
@@ -127,9 +118,9 @@ class Recovery:
 
     # ------------------------------------------------------------------ client → upstream
 
-    def sent_audio(self, audio_b64: str) -> None:
-        """Audio from a binary frame is being sent upstream (its base64 is already at hand)."""
-        self.mirror.on_client_append(audio_b64)
+    def sent_audio_bytes(self, pcm: bytes) -> None:
+        """Raw audio from a binary frame is being sent upstream."""
+        self.mirror.on_client_audio(pcm)
 
     def sent_append(self, text: str) -> None:
         """An ``input_audio_buffer.append`` frame is being sent upstream."""
@@ -152,7 +143,7 @@ class Recovery:
         """
         event: dict[str, Any] | None = None
         if self._to_upstream or (etype == "conversation.item.truncate" and self.local_truncate_ids):
-            event = _loads(text)
+            event = loads(text)
         if event is not None and etype == "conversation.item.truncate":
             local = self._local_truncate(event)
             if local is not None:
@@ -160,7 +151,7 @@ class Recovery:
         if etype in TRACKED_CLIENT_TYPES:
             # kept in the client's ids: a re-send maps them to whichever upstream it goes to
             self._track(etype, text, event, now)
-        if event is not None and self._to_upstream and _remap(event, self._to_upstream):
+        if event is not None and self._to_upstream and remap(event, self._to_upstream):
             text = orjson.dumps(event).decode()
         return text, None
 
@@ -171,7 +162,7 @@ class Recovery:
         ):
             pending.popleft()
         if event is None:
-            event = _loads(text) or {}
+            event = loads(text) or {}
         eid = event.get("event_id")
         key = None
         if etype == "conversation.item.create":
@@ -179,7 +170,7 @@ class Recovery:
             item: dict[str, Any] = raw if isinstance(raw, dict) else {}
             key = (item.get("id"), item.get("type", "message"), item.get("role"), _first_part(item))
         pending.append(
-            _Sent(
+            Sent(
                 etype,
                 text,
                 eid if isinstance(eid, str) else None,
@@ -215,10 +206,10 @@ class Recovery:
         """A non-audio server event. Returns the text to forward (maybe rewritten) or None."""
         if not self.needs_parse(etype, text):
             return text
-        event = _loads(text)
+        event = loads(text)
         if event is None:
             return text
-        changed = _remap(event, self._to_client) if self._to_client else False
+        changed = remap(event, self._to_client) if self._to_client else False
         if self._offset_ms and etype in _SPEECH:
             for key in ("audio_start_ms", "audio_end_ms"):
                 if isinstance(event.get(key), int | float):
@@ -302,7 +293,7 @@ class Recovery:
         self._turn_stopped = False
         return True
 
-    def _pop_ack(self, client_type: str, event: dict[str, Any]) -> _Sent | None:
+    def _pop_ack(self, client_type: str, event: dict[str, Any]) -> Sent | None:
         for i, sent in enumerate(self._pending):
             if sent.etype != client_type:
                 continue
@@ -350,7 +341,7 @@ class Recovery:
                 retry = True
         self._responses.clear()
         for item_id in self.mirror.drop_unfinished_items():
-            self._remember_local(item_id)
+            self.remember_local(item_id)
         self._swallow.clear()
         if self.mirror.speaking and self._turn_item:
             self._swallow.add("speech_started")
@@ -358,172 +349,49 @@ class Recovery:
                 self._swallow.add("speech_stopped")
         return out, retry
 
-    def _remember_local(self, item_id: str) -> None:
+    def remember_local(self, item_id: str) -> None:
+        """``item_id`` exists upstream only as text now: answer its truncates locally."""
         if len(self.local_truncate_ids) < _MAX_LOCAL_IDS:
             self.local_truncate_ids.add(item_id)
 
-    def replay(self, *, retry_response: bool) -> ReplayDriver:
-        return ReplayDriver(self, retry_response=retry_response)
+    def install(self, to_client: dict[str, str], offset: int, swallow_done: set[str]) -> int:
+        """The new upstream is rebuilt: switch ids and the audio timeline over to it.
 
-    def _install(self, to_client: dict[str, str], offset: int, stats: ReplayStats) -> None:
-        """The new upstream is rebuilt: switch ids and the audio timeline over to it."""
+        Args:
+            to_client: upstream id → client id for items the new upstream renamed.
+            offset: client-timeline offset of the first audio byte the new upstream gets.
+            swallow_done: upstream ids whose ``conversation.item.done`` acks are still to come
+                (the client has those items already).
+
+        Returns:
+            The audio bytes re-sent (from ``offset`` to the stream end).
+        """
         self._to_client, self._to_upstream = {}, {}
         for uid, cid in to_client.items():
             self._map(uid, cid)
         self._offset = offset
         self._offset_ms = offset // self.mirror.bytes_per_ms
-        stats.audio_resent_bytes = self.mirror.stream_bytes - offset
+        self._swallow_done |= {to_client.get(i, i) for i in swallow_done}
+        return self.mirror.stream_bytes - offset
 
-    def _take_pending(self) -> list[_Sent]:
+    def take_unacked(self) -> list[Sent]:
+        """Control events sent but never acknowledged, oldest first (cleared here)."""
         taken = list(self._pending)
         self._pending.clear()
         return taken
 
-
-class ReplayDriver:
-    """Rebuild the session on a fresh upstream, one server event at a time. Pure.
-
-    Caller's duty: feed every text frame of the new upstream to :meth:`on_text` and send what
-    it returns, in order, until ``done``; then the machine flushes what the client sent
-    meanwhile. Steps: wait for ``session.created`` (swallowed: the client has one) → send the
-    mirrored config and wait for ``session.updated`` → send every item and wait for their acks
-    (ids compared, so a changed id is mapped) → send a ``response.create`` if a VAD turn lost
-    its answer, the uncommitted audio and the unacknowledged control events, interleaved at
-    their audio positions → done.
-    """
-
-    def __init__(self, recovery: Recovery, *, retry_response: bool) -> None:
-        self._rec = recovery
-        self._retry = retry_response
-        self.stats = ReplayStats()
-        self.done = False
-        self.fatal: tuple[str, str] | None = None  # (error code, message) of a fatal error
-        self._state = "created"
-        self._items = recovery.mirror.item_events()
-        self._acked = 0
-        self._to_client: dict[str, str] = {}
-        self._swallow_done: set[str] = set()
-
-    def on_text(self, text: str) -> list[str]:
-        event = _loads(text)
-        if event is None:
-            return []
-        etype = event.get("type")
-        if etype == "error":
-            return self._on_error(event)
-        if self._state == "created" and etype == "session.created":
-            config = self._rec.mirror.config_event()
-            if config is None:
-                return self._send_items()
-            self._state = "updated"
-            config["event_id"] = _REPLAY_EVENT_PREFIX + "config"
-            return [orjson.dumps(config).decode()]
-        if self._state == "updated" and etype == "session.updated":
-            session = event.get("session")
-            if isinstance(session, dict):
-                self._rec.mirror.on_server_event("session.updated", event)
-            return self._send_items()
-        if self._state == "items" and etype in (
-            "conversation.item.added",
-            "conversation.item.created",
-        ):
-            item = event.get("item")
-            if isinstance(item, dict) and self._acked < len(self._items):
-                wanted = self._items[self._acked][0]
-                got = item.get("id")
-                if isinstance(got, str) and got != wanted:
-                    self._to_client[got] = wanted
-                if etype == "conversation.item.added" and isinstance(got, str):
-                    self._swallow_done.add(got)
-            return self._item_acked()
-        if etype == "conversation.item.done":
-            item = event.get("item")
-            if isinstance(item, dict):
-                self._swallow_done.discard(str(item.get("id")))
-        return []
-
-    def _on_error(self, event: dict[str, Any]) -> list[str]:
-        raw = event.get("error")
-        err: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        code = err.get("code") if isinstance(err.get("code"), str) else None
-        if code in NEVER_RETRIED_CODES:
-            self.fatal = (code or "server_error", str(err.get("message") or ""))
-            return []
-        eid = err.get("event_id")
-        self.stats.state_restored = False
-        self.stats.notes.append(f"{code}:{eid}")
-        if self._state == "updated" and eid == _REPLAY_EVENT_PREFIX + "config":
-            return self._send_items()
-        if self._state == "items" and isinstance(eid, str) and eid.startswith(_REPLAY_EVENT_PREFIX):
-            return self._item_acked()
-        return []
-
-    def _send_items(self) -> list[str]:
-        self._state = "items"
-        if not self._items:
-            return self._finish()
-        out = []
-        for n, (_, event, was_audio) in enumerate(self._items):
-            out.append(orjson.dumps({**event, "event_id": f"{_REPLAY_EVENT_PREFIX}{n}"}).decode())
-            if was_audio:
-                self._rec._remember_local(self._items[n][0])
-        return out
-
-    def _item_acked(self) -> list[str]:
-        self._acked += 1
-        if self._acked < len(self._items):
-            return []
-        return self._finish()
-
-    def _finish(self) -> list[str]:
-        rec = self._rec
-        mirror = rec.mirror
-        self.stats.replayed_items = len(self._items)
-        offset = mirror.pending_start
-        rec._install(self._to_client, offset, self.stats)
-        rec._swallow_done |= {self._to_client.get(i, i) for i in self._swallow_done}
-        out: list[str] = []
-        if self._retry:
-            out.append('{"type":"response.create"}')
-        controls = rec._take_pending()
-        frames = mirror.pending_frames()
-        ci = 0
-        for start, b64 in frames:
-            while ci < len(controls) and controls[ci].offset <= start:
-                out.append(self._resend(controls[ci]))
-                ci += 1
-            out.append(append_b64(b64))
-        out.extend(self._resend(c) for c in controls[ci:])
-        self.stats.resent_events = len(controls)
-        self._state = "done"
-        self.done = True
-        return out
-
-    def _resend(self, sent: _Sent) -> str:
-        # Re-tracked as pending on the new upstream, at its original audio position.
-        self._rec._pending.append(sent)
-        if not self._rec._to_upstream:
+    def resend(self, sent: Sent) -> str:
+        """The text re-sending ``sent`` to the current upstream; it is pending again."""
+        self._pending.append(sent)
+        if not self._to_upstream:
             return sent.text
-        event = _loads(sent.text)
-        if event is not None and _remap(event, self._rec._to_upstream):
+        event = loads(sent.text)
+        if event is not None and remap(event, self._to_upstream):
             return orjson.dumps(event).decode()
         return sent.text
 
 
-#: Upstream error codes no reconnect can fix (a bad key, quota, model, shape): never retried.
-NEVER_RETRIED_CODES: frozenset[str] = frozenset(
-    {
-        "invalid_api_key",
-        "insufficient_quota",
-        "invalid_model",
-        "missing_model",
-        "model_not_found",
-        "beta_api_shape_disabled",
-    }
-)
-
-
-def _loads(text: str) -> dict[str, Any] | None:
+def loads(text: str) -> dict[str, Any] | None:
     try:
         event = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -555,7 +423,7 @@ def _audio_field(text: str) -> str | None:
     return None if "\\" in value else value
 
 
-def _remap(event: dict[str, Any], mapping: dict[str, str]) -> bool:
+def remap(event: dict[str, Any], mapping: dict[str, str]) -> bool:
     """Replace mapped ids in ``item_id``, ``previous_item_id`` and ``item.id``; True if any."""
     changed = False
     for key in _ID_FIELDS:
@@ -570,7 +438,7 @@ def _remap(event: dict[str, Any], mapping: dict[str, str]) -> bool:
     return changed
 
 
-def _matches(sent: _Sent, event: dict[str, Any], committed: Collection[str]) -> bool:
+def _matches(sent: Sent, event: dict[str, Any], committed: Collection[str]) -> bool:
     """Whether ``conversation.item.added`` acknowledges this client ``item.create``."""
     item = event.get("item")
     if not isinstance(item, dict) or sent.item_key is None:

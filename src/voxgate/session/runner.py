@@ -1,45 +1,39 @@
 """SessionRunner: the owner of one session's I/O (DESIGN.md principle 4).
 
-It connects the upstream, pumps frames client → machine → upstream and upstream → machine →
-client, executes the machine's actions in order, and ends everything together: one TaskGroup
-per session holds the upstream pump, the timers, and the pump of whichever client connection is
-attached. There is no queue between the sockets: each pump awaits the other socket's
-``send_str``, so a peer that stops reading holds back the pump feeding it and memory stays
-bounded by the transport buffers, the pre-ready buffer and (for resumable clients) the replay log.
+It holds the session's parts and ends them together: one TaskGroup per session runs the
+upstream pump (:class:`~voxgate.session.upstream.UpstreamSide`, an object the runner owns), the
+clock task and the pump of whichever client connection is attached. It talks to the client
+through a :class:`~voxgate.session.ports.ClientConnection` and to the backend through an
+:class:`~voxgate.session.ports.UpstreamConnection`; no transport type appears here.
 
-The session outlives its connections on both sides:
+Hot path: while both sides are ready and idle, audio frames never wake a task. Each
+connection hands an arriving frame to the runner's sink from its own transport callback
+(:meth:`_client_sink`, :meth:`upstream_sink`); the sink asks the machine one cheap question
+(an ``append`` / ``output_audio.delta`` to forward unchanged?), records it, and writes it to
+the other side synchronously. Anything else, or a congested peer, goes through the pumps
+(the slow path), in order. No queue sits between the sockets: a pump that must wait for a
+peer's buffer to drain stops reading its own side, so memory is bounded by the transport
+buffers, the pre-ready buffer, the mirror and (for resumable clients) the replay log.
 
-* **upstream** (issue #6): a retryable loss, the upstream's own ``session_expired``, a missed
-  heartbeat or a planned recycle becomes a reconnect: backoff, a fresh upstream, the mirror
-  replayed by :class:`~voxgate.session.recovery.ReplayDriver`, then the client's held frames
-  flushed. Client frames wait in the same ordered, bounded buffer as before readiness.
-* **client** (issue #7): a ``voxgate.v1`` client that vanishes (no close frame, a missed
-  heartbeat, a socket that stopped draining) is *detached*: the session and its upstream stay,
-  events go to the replay log, and :meth:`resume` attaches a new connection within the grace
-  period, replaying what it missed. A stock client that drops ends the session.
-
-The hot loops call ``receive``/``send_str`` directly and ask the machine only for a sniffed
-``type``; every frame that needs no change is forwarded as the original text.
+The session outlives its connections on both sides: a retryable upstream loss, its own
+``session_expired``, a missed heartbeat or a planned recycle becomes a reconnect; a
+``voxgate.v1`` client that vanishes is *detached* and may :meth:`resume` within the grace
+period. Timers are decided by the pure :class:`~voxgate.session.clock.SessionClock`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import WSMsgType, web
 
-from voxgate.auth.resume import ResumeState
-from voxgate.backends.base import Backend, UpstreamConnection, UpstreamTarget
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import SERVER_ERROR, InvalidState, error_event
-from voxgate.protocol.extensions import gateway_event
+from voxgate.protocol.extensions import append_b64, gateway_event
 from voxgate.session.actions import (
     FORWARD,
     AckReplay,
@@ -51,14 +45,33 @@ from voxgate.session.actions import (
     StartReconnect,
     _Forward,
 )
+from voxgate.session.clock import (
+    ClientStalled,
+    ClientUnresponsive,
+    ClockConfig,
+    GraceExpired,
+    MaxLengthReached,
+    Observed,
+    PingClient,
+    PingUpstream,
+    Recycle,
+    SessionClock,
+    TimerAction,
+    UpstreamUnresponsive,
+)
 from voxgate.session.machine import Phase, SessionMachine
+from voxgate.session.ports import (
+    Backend,
+    ClientConnection,
+    PeerGone,
+    ResumeIssuer,
+    UpstreamTarget,
+)
 from voxgate.session.ratelimit import ClientPacer
 from voxgate.session.reconnect import ReconnectPolicy
 from voxgate.session.replay import ReplayLog
-from voxgate.session.upstream_side import CLOSE_TYPES, UpstreamSide
+from voxgate.session.upstream import UpstreamSide
 
-#: Characters of base64 audio per second of 24 kHz PCM16 (what the audio budget counts).
-_B64_CHARS_PER_S = 64_000
 _INTERNAL_ERROR_TEXT = orjson.dumps(
     error_event(
         "voxgate hit an internal error and ended this session; it has been logged.",
@@ -66,6 +79,7 @@ _INTERNAL_ERROR_TEXT = orjson.dumps(
         error_type=SERVER_ERROR,
     )
 ).decode()
+_APPEND_HEAD = '"input_audio_buffer.append"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +100,17 @@ class RunnerConfig:
     client_audio_multiple: float = 0.0
     client_audio_burst_s: float = 0.0
 
+    def clock(self) -> ClockConfig:
+        return ClockConfig(
+            max_session_s=self.max_session_s,
+            ping_interval_s=self.ping_interval_s,
+            client_send_timeout_s=self.client_send_timeout_s,
+            resume_grace_s=self.resume_grace_s,
+            recycle_after_s=self.recycle_after_s,
+        )
 
-@dataclass
+
+@dataclass(slots=True)
 class SessionStats:
     """Counters of one session, logged at close and folded into metrics."""
 
@@ -114,10 +137,9 @@ class SessionStats:
 
 @dataclass(eq=False)
 class ClientLink:
-    """One client connection attached to a session."""
+    """One client connection attached to a session; ``done`` is set when it leaves."""
 
-    ws: web.WebSocketResponse
-    abort: Callable[[], None] | None = None
+    conn: ClientConnection
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -127,7 +149,7 @@ class _SessionOver(Exception):
         self.end = end
 
 
-class SessionRunner(UpstreamSide):
+class SessionRunner:
     """Runs one session to its end. Construct, then ``await run()``; it never raises."""
 
     def __init__(
@@ -139,32 +161,46 @@ class SessionRunner(UpstreamSide):
         target: UpstreamTarget,
         config: RunnerConfig,
         log: Any,
-        resume: ResumeState | None = None,
+        resume: ResumeIssuer | None = None,
     ) -> None:
         self._link: ClientLink | None = client
-        self._backend = backend
         self._machine = machine
         self._target = target
         self._cfg = config
         self._log = log
         self._resume = resume
         self._replay = ReplayLog(config.replay_bytes) if resume is not None else None
-        self._upstream: UpstreamConnection | None = None
-        self._tg: asyncio.TaskGroup | None = None
         self._loop = asyncio.get_running_loop()
+        self._clock = SessionClock(config.clock(), self._loop.time())
+        self._up = UpstreamSide(
+            hooks=self,
+            backend=backend,
+            target=target,
+            machine=machine,
+            clock=self._clock,
+            policy=config.reconnect,
+            ready_timeout_s=config.ready_timeout_s,
+            log=log,
+        )
+        self._pacer = (
+            ClientPacer(
+                rate_hz=config.client_events_per_s,
+                burst=config.client_events_burst,
+                realtime_multiple=config.client_audio_multiple,
+                burst_s=config.client_audio_burst_s,
+                now=self._loop.time(),
+            )
+            if config.client_events_per_s or config.client_audio_multiple
+            else None
+        )
+        self._paced_until = 0.0  # the client pump reads nothing before this (pacing)
+        self._tg: asyncio.TaskGroup | None = None
         self.stats = SessionStats()
         self.end: EndSession | None = None
         self.client_sends_started = 0
         self.client_sends_done = 0
-        self._stall_mark = -1
-        self._stall_since = 0.0
-        self.pongs_from_client = 0
-        self.pongs_from_upstream = 0
-        self._detached_at: float | None = None
-        self._upstream_since = 0.0
-        self._recycle_requested = False
         self._stop: EndSession | None = None
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None
 
     @property
     def session_id(self) -> str:
@@ -174,19 +210,27 @@ class SessionRunner(UpstreamSide):
     def attached(self) -> bool:
         return self._link is not None
 
+    @property
+    def machine(self) -> SessionMachine:
+        return self._machine
+
     def stop(self, cause: str, close_code: int = CloseCode.GOING_AWAY) -> None:
-        """End the session soon from outside (shutdown, drain): its timers task raises."""
+        """End the session soon from outside (shutdown, drain): its clock task raises."""
         if self._stop is None:
             self._stop = EndSession(close_code, "", None, cause)
-            self._wake.set()
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
 
     async def run(self) -> EndSession:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                assert self._link is not None  # noqa: S101 (a session starts attached)
-                tg.create_task(self._client_pump(self._link), name="client_pump")
-                tg.create_task(self._upstream_pump(), name="upstream_pump")
+                link = self._link
+                if link is None:
+                    raise InvalidState("a session starts attached")
+                tg.create_task(self._client_pump(link), name="client_pump")
+                tg.create_task(self._up.pump(), name="upstream_pump")
                 tg.create_task(self._timers(), name="timers")
         except* _SessionOver as group:
             first = group.exceptions[0]
@@ -204,153 +248,241 @@ class SessionRunner(UpstreamSide):
         await self._shutdown(end)
         return end
 
+    # ------------------------------------------------------------------ hot paths
+
+    def _client_sink(self, frame: str | bytes) -> bool:
+        """A client frame while the client pump is idle: forward audio synchronously."""
+        up = self._up.conn
+        if up is None or not up.writable:
+            return False
+        machine = self._machine
+        stats = self.stats
+        if type(frame) is str:
+            if not machine.client_audio_text(frame):
+                return False
+            up.write_text(frame)
+            audio_bytes = len(frame) * 3 // 4
+        else:
+            data: bytes = frame  # type: ignore[assignment,unused-ignore]
+            if not machine.client_audio_bytes(data):
+                return False
+            if up.accepts_audio_bytes:
+                up.write_audio(data)
+            else:
+                up.write_text(append_b64(base64.b64encode(data).decode("ascii")))
+            stats.client_audio_bytes += len(data)
+            audio_bytes = len(data)
+        stats.client_frames += 1
+        stats.client_bytes += len(frame)
+        if stats.first_audio_at is None:
+            self._note_first_audio(True)
+        pacer = self._pacer
+        if pacer is not None:
+            now = self._loop.time()
+            wait = pacer.charge(audio_bytes / machine.input_bytes_per_s, now)
+            if wait:
+                self._pace(wait, now)
+        return True
+
+    def upstream_sink(self, frame: str | bytes) -> bool:
+        """An upstream frame while the upstream pump is idle: forward audio synchronously."""
+        link = self._link
+        if link is None or type(frame) is not str:
+            return False
+        conn = link.conn
+        text: str = frame
+        if not conn.writable or not self._machine.upstream_audio_text(text):
+            return False
+        replay = self._replay
+        if replay is not None:
+            replay.append(text)  # attached: never refused
+        conn.write_text(text)
+        stats = self.stats
+        stats.upstream_frames += 1
+        stats.upstream_bytes += len(text)
+        return True
+
+    def _pace(self, wait: float, now: float) -> None:
+        """Over budget: read nothing more from this client for ``wait`` s (pace, never drop)."""
+        self.stats.paced_frames += 1
+        if self._pacer is not None and self._pacer.paced == 1:
+            self._log.info("client.paced", wait_ms=round(wait * 1000, 1))
+        self._paced_until = now + wait
+        link = self._link
+        if link is not None:
+            link.conn.set_sink(None)  # frames queue in the transport; the pump sleeps first
+
     # ------------------------------------------------------------------ client side
 
     async def _client_pump(self, link: ClientLink) -> None:
-        machine = self._machine
-        receive = link.ws.receive
-        stats = self.stats
-        now = self._loop.time
-        cfg = self._cfg
-        pacer = (
-            ClientPacer(
-                rate_hz=cfg.client_events_per_s,
-                burst=cfg.client_events_burst,
-                realtime_multiple=cfg.client_audio_multiple,
-                burst_s=cfg.client_audio_burst_s,
-                now=now(),
-            )
-            if cfg.client_events_per_s or cfg.client_audio_multiple
-            else None
-        )
+        conn = link.conn
+        receive = conn.receive
+        sink = self._client_sink
+        loop = self._loop
         try:
             while True:
-                msg = await receive()
+                if self._paced_until:
+                    wait = self._paced_until - loop.time()
+                    self._paced_until = 0.0
+                    if wait > 0:
+                        await asyncio.sleep(wait)  # rate limiting, not synchronisation
+                conn.set_sink(sink)
+                frame = await receive()
                 if link is not self._link:
                     return  # detached or superseded by a resumed connection
-                mtype = msg.type
-                if mtype is WSMsgType.TEXT:
-                    text: str = msg.data
-                    stats.client_frames += 1
-                    stats.client_bytes += len(text)
-                    if stats.first_audio_at is None:
-                        self._note_first_audio(text)
-                    outcome = machine.client_text(text, now())
-                    if outcome is FORWARD:
-                        await self._upstream_send(text)
-                    elif outcome:
-                        await self._execute(outcome)
-                    if pacer is not None:
-                        await self._pace(pacer, len(text))
-                elif mtype is WSMsgType.BINARY:
-                    stats.client_frames += 1
-                    stats.client_bytes += len(msg.data)
-                    stats.client_audio_bytes += len(msg.data)
-                    outcome = machine.client_binary(msg.data, now())
-                    if outcome:
-                        await self._execute(outcome)
-                    if pacer is not None:
-                        await self._pace(pacer, len(msg.data) * 4 // 3)
-                elif mtype is WSMsgType.PING:
-                    self.pongs_from_client += 1  # a ping proves the peer is alive too
-                    await link.ws.pong(msg.data)
-                elif mtype is WSMsgType.PONG:
-                    self.pongs_from_client += 1
-                elif mtype in CLOSE_TYPES:
-                    self._client_closed(link, msg)
-                    return
+                await self._client_frame(frame)
+        except PeerGone as gone:
+            if link is self._link:
+                self._client_gone(link, gone)
         finally:
+            conn.set_sink(None)
             if link is not self._link:
                 link.done.set()
 
-    async def _pace(self, pacer: ClientPacer, chars: int) -> None:
-        """Stop reading a client that is over its budget (issue #6.5): pace, never drop."""
-        wait = pacer.charge(chars / _B64_CHARS_PER_S, self._loop.time())
-        if wait > 0:
-            self.stats.paced_frames += 1
-            if pacer.paced == 1:
-                self._log.info("client.paced", wait_ms=round(wait * 1000, 1))
-            await asyncio.sleep(wait)  # rate limiting, not synchronisation
+    async def _client_frame(self, frame: str | bytes) -> None:
+        """The slow path for one client frame: the machine decides, actions run in order."""
+        machine = self._machine
+        stats = self.stats
+        now = self._loop.time()
+        stats.client_frames += 1
+        stats.client_bytes += len(frame)
+        if isinstance(frame, str):
+            if stats.first_audio_at is None:
+                self._note_first_audio(_APPEND_HEAD in frame[:64])
+            outcome = machine.client_text(frame, now)
+            if outcome is FORWARD:
+                await self._up.send(frame)
+            elif outcome:
+                await self.execute(outcome)
+            audio_bytes = len(frame) * 3 // 4 if _APPEND_HEAD in frame[:64] else 0
+        else:
+            stats.client_audio_bytes += len(frame)
+            outcome = machine.client_binary(frame, now)
+            if outcome:
+                await self._send_binary_audio(frame, outcome)
+            audio_bytes = len(frame)
+        pacer = self._pacer
+        if pacer is not None:
+            wait = pacer.charge(audio_bytes / machine.input_bytes_per_s, now)
+            if wait:
+                self._pace(wait, now)
 
-    def _client_closed(self, link: ClientLink, msg: aiohttp.WSMessage) -> None:
-        """The client's socket ended: detach a resumable client that vanished, else end."""
-        clean = msg.type is WSMsgType.CLOSE
-        if not clean and self._resume is not None:
-            self._detach(link, f"client_lost:{msg.type.name.lower()}")
+    async def _send_binary_audio(self, data: bytes, outcome: Outcome) -> None:
+        """Raw audio goes to an upstream that takes bytes without its base64 round trip."""
+        up = self._up.conn
+        if (
+            up is not None
+            and up.accepts_audio_bytes
+            and isinstance(outcome, tuple | list)
+            and len(outcome) == 1
+            and isinstance(outcome[0], SendUpstream)
+        ):
+            if not up.write_audio(data):
+                await self._up.send(outcome[0].text)  # congested: the (rare) text route
             return
-        self._machine.phase = Phase.CLOSED
-        code = link.ws.close_code or CloseCode.NO_STATUS
-        if msg.type is WSMsgType.ERROR:
-            raise _SessionOver(
-                EndSession(int(code), "", None, f"client_error:{type(msg.data).__name__}")
-            )
-        raise _SessionOver(EndSession(int(code), "", None, "client_closed"))
+        await self.execute(outcome)
+
+    def _client_gone(self, link: ClientLink, gone: PeerGone) -> None:
+        """The client's connection ended: detach a resumable client that vanished, else end."""
+        if not gone.clean and self._resume is not None:
+            self._detach(link, "client_lost")
+            return
+        code = gone.code or CloseCode.NO_STATUS
+        cause = "client_closed" if gone.clean else "client_lost"
+        raise _SessionOver(self._machine.end(code, cause))
 
     def _detach(self, link: ClientLink, cause: str) -> None:
         """Keep the session without this client: events go to the replay log meanwhile."""
         if link is not self._link or self._replay is None:
             return
         self._link = None
+        link.conn.set_sink(None)
         self._replay.detach()
-        self._detached_at = self._loop.time()
+        self._clock.client_detached(self._loop.time())
         self.stats.detaches += 1
         self._log.info("client.detached", cause=cause, logged_events=self._replay.last_seq)
-        if link.abort is not None:
-            link.abort()  # a blocked send fails at once; the socket is gone either way
+        link.conn.abort()  # a blocked send fails at once; the socket is gone either way
         link.done.set()
 
-    async def _send_client(self, text: str) -> None:
+    async def send_client(self, text: str) -> None:
         """Send one numbered frame to the client (and log it for a resume)."""
         replay = self._replay
         if replay is not None and not replay.append(text):
-            raise _SessionOver(EndSession(CloseCode.GOING_AWAY, "", None, "resume_window_overflow"))
+            raise _SessionOver(self._machine.end(CloseCode.GOING_AWAY, "resume_window_overflow"))
         link = self._link
         if link is None:
             return
+        conn = link.conn
+        if conn.write_text(text):
+            return
         self.client_sends_started += 1
         try:
-            await link.ws.send_str(text)
-        except (ConnectionError, RuntimeError):
+            await conn.send_text(text)
+        except PeerGone:
             if self._resume is None:
                 raise _SessionOver(
-                    EndSession(CloseCode.ABNORMAL, "", None, "client_send_failed")
+                    self._machine.end(CloseCode.ABNORMAL, "client_send_failed")
                 ) from None
             self._detach(link, "client_send_failed")
         finally:
             self.client_sends_done += 1
 
-    def _note_first_audio(self, text: str) -> None:
-        if text.find("input_audio_buffer.append", 0, 64) >= 0 or text.endswith(
-            ('"input_audio_buffer.append"}', '"input_audio_buffer.append" }')
-        ):
-            self.stats.first_audio_at = time.monotonic()
-            self._log.info(
-                "session.first_audio",
-                after_ms=round((self.stats.first_audio_at - self.stats.started_at) * 1000, 1),
-                upstream_ready=self._machine.phase is Phase.READY,
-            )
+    def _note_first_audio(self, is_audio: bool) -> None:
+        if not is_audio:
+            return
+        self.stats.first_audio_at = time.monotonic()
+        self._log.info(
+            "session.first_audio",
+            after_ms=round((self.stats.first_audio_at - self.stats.started_at) * 1000, 1),
+            upstream_ready=self._machine.phase is Phase.READY,
+        )
+
+    # ------------------------------------------------------------------ upstream side (hooks)
+
+    async def on_upstream_text(self, text: str) -> None:
+        """The slow path for one upstream frame (the pump calls it)."""
+        stats = self.stats
+        stats.upstream_frames += 1
+        stats.upstream_bytes += len(text)
+        outcome = self._machine.upstream_text(text, self._loop.time())
+        if outcome is FORWARD:
+            await self.send_client(text)  # waits while the client's socket buffer is full
+        elif outcome:
+            await self.execute(outcome)
 
     # ------------------------------------------------------------------ resume
 
-    async def resume(self, link: ClientLink, received_events: int) -> str | None:
-        """Attach ``link`` (the caller checked its token) and replay what it missed.
+    def can_resume(self, received_events: int) -> bool:
+        """Whether a client that has the first ``received_events`` events may come back now."""
+        replay = self._replay
+        return (
+            replay is not None
+            and self._tg is not None
+            and self.end is None
+            and replay.can_resume_from(received_events)
+        )
 
-        Returns None on success, else a refusal reason; on success the link's pump runs in this
-        session's task group until it detaches or the session ends (``link.done``).
+    async def resume(self, link: ClientLink, received_events: int, token: str) -> str | None:
+        """Attach ``link`` (the caller checked and consumed its token) and replay what it missed.
+
+        ``token`` is the next resume token, already issued. Returns None on success, else a
+        refusal reason; on success the link's pump runs in this session's task group until it
+        detaches or the session ends (``link.done``).
         """
-        replay, resume, tg = self._replay, self._resume, self._tg
-        if replay is None or resume is None or tg is None or self.end is not None:
+        replay, tg = self._replay, self._tg
+        if replay is None or tg is None or self.end is not None:
             return "not_resumable"
         if not replay.can_resume_from(received_events):
             return "events_lost"
-        token = resume.consume()
         if self._link is not None:
             self._detach(self._link, "superseded")  # a half-open socket the client left behind
-        self._detached_at = None  # no grace expiry while catching up
+        self._clock.client_attached()  # no grace expiry while catching up
         started = self._loop.time()
         missed = replay.last_seq - received_events
+        conn = link.conn
+        seq = received_events
         try:
-            await link.ws.send_str(
+            await conn.send_text(
                 gateway_event(
                     "voxgate.session.resumed",
                     resume_token=token,
@@ -360,12 +492,11 @@ class SessionRunner(UpstreamSide):
                     input_audio_bytes=self.stats.client_audio_bytes,
                 )
             )
-            seq = received_events
             while seq < replay.last_seq:  # the log may grow while we send; catch up fully
                 seq += 1
-                await link.ws.send_str(replay.frame(seq))
-        except (ConnectionError, RuntimeError, IndexError):
-            self._detached_at = self._loop.time()
+                await conn.send_text(replay.frame(seq))
+        except (PeerGone, IndexError):
+            self._clock.client_detached(self._loop.time())
             return "send_failed"
         replay.attach()
         self._link = link
@@ -374,147 +505,99 @@ class SessionRunner(UpstreamSide):
             "client.resumed",
             replayed_events=seq - received_events,
             resume_ms=round((self._loop.time() - started) * 1000, 1),
-            generation=resume.generation,
         )
         tg.create_task(self._client_pump(link), name="client_pump")
         return None
 
-    # ------------------------------------------------------------------ timers
+    # ------------------------------------------------------------------ clock
 
     async def _timers(self) -> None:
-        """The session's clock: its maximum length, heartbeats, stalls, grace, recycling.
-
-        One task for all of them (a task per timer would cost memory per session). Heartbeat:
-        once per interval compare frame counters, ping only a peer that sent nothing during the
-        last interval, and declare it dead when the next interval also brings nothing (a pong
-        counts). So a dead peer is found within two intervals, and a late pong under load still
-        counts if it arrives within one. aiohttp's own heartbeat reschedules a timer on every
-        received frame; this one costs nothing per frame.
-        """
+        """Sleep until the clock is due (or :meth:`stop`), then perform what it says."""
         loop = self._loop
-        cfg = self._cfg
-        deadline = loop.time() + cfg.max_session_s
-        interval = cfg.ping_interval_s or float("inf")
-        next_beat = loop.time() + interval
-        stall_check_s = cfg.client_send_timeout_s / 4 if cfg.client_send_timeout_s else float("inf")
-        slow_check_s = 1.0 if (cfg.resume_grace_s or cfg.recycle_after_s) else float("inf")
-        next_check = loop.time() + min(stall_check_s, slow_check_s)
-        last = (-1, -1)
-        missed = [0, 0]
+        clock = self._clock
         while True:
-            wake = min(deadline, next_beat, next_check)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, wake - loop.time()))
+            wake = loop.create_future()
+            self._wake = wake
+            handle = loop.call_at(clock.next_wake(), _resolve, wake)
+            try:
+                if self._stop is None:
+                    await wake
+            finally:
+                handle.cancel()
+                self._wake = None
             if self._stop is not None:
-                self._machine.phase = Phase.CLOSED
-                raise _SessionOver(self._stop)
+                stop = self._stop
+                raise _SessionOver(self._machine.end(stop.close_code, stop.cause, stop.reason))
             now = loop.time()
-            if now >= deadline:
-                await self._execute(self._machine.session_expired(cfg.max_session_s))
-            if now >= next_check:
-                next_check = now + min(stall_check_s, slow_check_s)
-                self._check_stall(now)
-                self._check_grace(now)
-                await self._check_recycle(now)
-            if now < next_beat:
-                continue
-            next_beat += interval
-            seen = (
-                self.stats.client_frames + self.pongs_from_client,
-                self.stats.upstream_frames + self.pongs_from_upstream,
-            )
-            for side in (0, 1):
-                missed[side] = missed[side] + 1 if seen[side] == last[side] else 0
-            last = seen
-            link, upstream = self._link, self._upstream
-            if link is None:
-                missed[0] = 0
-            elif missed[0] >= 2:
-                if self._resume is None:
-                    raise _SessionOver(
-                        EndSession(CloseCode.GOING_AWAY, "", None, "client_heartbeat_timeout")
-                    )
-                self._detach(link, "client_heartbeat_timeout")
-                missed[0] = 0
-            if upstream is None or self._machine.phase is not Phase.READY:
-                missed[1] = 0
-            elif missed[1] >= 2:
-                self._log.warning("upstream.heartbeat_timeout", interval_s=interval)
-                missed[1] = 0
-                if self._cfg.reconnect is None:
-                    await self._execute(self._machine.upstream_closed(None, "heartbeat timeout"))
-                self._close_in_background(upstream, CloseCode.GOING_AWAY)  # the pump reconnects
-            link = self._link
-            if (
-                missed[0]
-                and link is not None
-                and self.client_sends_started == self.client_sends_done
-            ):
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await link.ws.ping()  # (never behind a blocked send: see _check_stall)
-            if missed[1] and upstream is not None and upstream is self._upstream:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await upstream.ping()
+            for action in clock.tick(now, self._observe()):
+                await self._on_timer(action, now)
 
-    def _check_stall(self, now: float) -> None:
-        """Treat a client whose socket accepted nothing for the send timeout as gone.
+    def _observe(self) -> Observed:
+        link, machine, recovery = self._link, self._machine, self._machine.recovery
+        up = self._up.conn
+        now = self._loop.time()
+        return Observed(
+            client_heard=self.stats.client_frames + (link.conn.heard if link else 0),
+            upstream_heard=self.stats.upstream_frames + (up.heard if up is not None else 0),
+            client_attached=link is not None,
+            client_sends_started=self.client_sends_started,
+            client_sends_done=self.client_sends_done,
+            upstream_ready=up is not None and machine.phase is Phase.READY,
+            quiet=recovery is not None and recovery.is_quiet(now),
+        )
 
-        A client that stops reading fills its socket buffer; the send then waits, the upstream
-        pump stops reading the upstream, and nothing grows in voxgate. Past the timeout a
-        resumable client is detached (its events go to the bounded replay log); any other
-        client's session ends and every resource is freed.
-        """
-        if not self._cfg.client_send_timeout_s:
-            return
-        done = self.client_sends_done
-        if self.client_sends_started == done:
-            self._stall_mark = -1
-            return
-        if done != self._stall_mark:
-            self._stall_mark, self._stall_since = done, now
-            return
-        if now - self._stall_since >= self._cfg.client_send_timeout_s:
+    async def _on_timer(self, action: TimerAction, now: float) -> None:
+        link = self._link
+        if isinstance(action, MaxLengthReached):
+            await self.execute(self._machine.session_expired(action.max_session_s))
+        elif isinstance(action, PingClient):
+            if link is not None:
+                await link.conn.ping()
+        elif isinstance(action, PingUpstream):
+            conn = self._up.conn
+            if conn is not None:
+                await conn.ping()
+        elif isinstance(action, ClientUnresponsive):
+            self._client_lost(link, "client_heartbeat_timeout", CloseCode.GOING_AWAY)
+        elif isinstance(action, ClientStalled):
             self.stats.stalls += 1
-            self._log.warning("session.client_stalled", blocked_s=round(now - self._stall_since, 1))
-            self._stall_mark = -1
-            link = self._link
-            if self._resume is not None and link is not None:
-                self._detach(link, "client_stalled")
-                return
-            raise _SessionOver(EndSession(CloseCode.POLICY, "", None, "client_stalled"))
+            self._log.warning("session.client_stalled", blocked_s=action.blocked_s)
+            self._client_lost(link, "client_stalled", CloseCode.POLICY)
+        elif isinstance(action, GraceExpired):
+            self._log.info("client.grace_expired", grace_s=action.grace_s)
+            raise _SessionOver(self._machine.end(CloseCode.GOING_AWAY, "resume_grace_expired"))
+        elif isinstance(action, UpstreamUnresponsive):
+            await self._upstream_unresponsive(action)
+        elif isinstance(action, Recycle):
+            await self._up.recycle(now)
 
-    def _check_grace(self, now: float) -> None:
-        since = self._detached_at
-        if self._link is None and since is not None and now - since >= self._cfg.resume_grace_s:
-            self._log.info("client.grace_expired", grace_s=self._cfg.resume_grace_s)
-            raise _SessionOver(EndSession(CloseCode.GOING_AWAY, "", None, "resume_grace_expired"))
+    def _client_lost(self, link: ClientLink | None, cause: str, close_code: int) -> None:
+        """A client that stopped answering or reading: detach it if resumable, else end."""
+        if link is not None and self._resume is not None:
+            self._detach(link, cause)
+            return
+        raise _SessionOver(self._machine.end(close_code, cause))
 
-    async def _check_recycle(self, now: float) -> None:
-        """Before the upstream's own cap, ask the pump to move at a quiet point."""
-        after = self._cfg.recycle_after_s
-        upstream = self._upstream
-        if after is None or upstream is None or self._recycle_requested:
-            return
-        if now - self._upstream_since < after or self._machine.phase is not Phase.READY:
-            return
-        if self._machine.recovery is None or not self._machine.recovery.is_quiet(now):
-            return
-        self._recycle_requested = True
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await upstream.ping()  # its pong wakes the pump, which moves between two frames
+    async def _upstream_unresponsive(self, action: UpstreamUnresponsive) -> None:
+        self._log.warning("upstream.heartbeat_timeout", interval_s=action.interval_s)
+        conn = self._up.conn
+        if self._cfg.reconnect is None:
+            await self.execute(self._machine.upstream_closed(None, "heartbeat timeout"))
+        if conn is not None:
+            self._up.close_in_background(conn, CloseCode.GOING_AWAY)  # the pump reconnects
 
     # ------------------------------------------------------------------ actions
 
-    async def _execute(self, actions: Outcome) -> StartReconnect | None:
-        """Run actions in order; return a :class:`StartReconnect` for the upstream pump."""
+    async def execute(self, actions: Outcome) -> StartReconnect | None:
+        """Run actions in order; return a :class:`StartReconnect` for the upstream side."""
         if isinstance(actions, _Forward):
             raise InvalidState("FORWARD is not an action list")
         reconnect: StartReconnect | None = None
         for action in actions:
             if isinstance(action, SendClient):
-                await self._send_client(action.text)
+                await self.send_client(action.text)
             elif isinstance(action, SendUpstream):
-                await self._upstream_send(action.text)
+                await self._up.send(action.text)
             elif isinstance(action, StartFlush):
                 await self._flush()
             elif isinstance(action, StartReconnect):
@@ -524,16 +607,18 @@ class SessionRunner(UpstreamSide):
                     self._replay.ack(action.received_events)
             elif isinstance(action, EndSession):
                 link = self._link
-                if action.error_text is not None and link is not None and not link.ws.closed:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await link.ws.send_str(action.error_text)
+                if action.error_text is not None and link is not None:
+                    try:  # noqa: SIM105
+                        await link.conn.send_text(action.error_text)
+                    except PeerGone:
+                        pass
                 raise _SessionOver(action)
         return reconnect
 
     async def _flush(self) -> None:
         machine = self._machine
-        upstream = self._upstream
-        if upstream is None:
+        up = self._up
+        if up.conn is None:
             raise InvalidState("flush without an upstream")
         if self.stats.ready_at is None:
             self.stats.ready_at = time.monotonic()
@@ -542,7 +627,7 @@ class SessionRunner(UpstreamSide):
                 await self._send_unnumbered(
                     gateway_event(
                         "voxgate.session.resumable",
-                        resume_token=self._resume.issue(),
+                        resume_token=await self._resume.issue(),
                         grace_s=self._cfg.resume_grace_s,
                         session_id=self.session_id,
                     )
@@ -552,14 +637,18 @@ class SessionRunner(UpstreamSide):
         size = 0
         now = self._loop.time
         while (frame := machine.pop_buffered(now())) is not None:
-            try:
-                await upstream.send_str(frame)
-            except (ConnectionError, RuntimeError):
-                return  # lost mid-flush: the pump reconnects; the rest stays buffered
+            conn = up.conn
+            if conn is None:
+                return
+            if not conn.write_text(frame):
+                try:
+                    await conn.send_text(frame)
+                except PeerGone:
+                    return  # lost mid-flush: the pump reconnects; the rest stays buffered
             frames += 1
             size += len(frame)
             for reply in machine.flush_replies:
-                await self._send_client(reply)
+                await self.send_client(reply)
             machine.flush_replies.clear()
         machine.flush_done()
         self.stats.flushed_frames += frames
@@ -572,33 +661,37 @@ class SessionRunner(UpstreamSide):
         """A ``voxgate.session.*`` event: not numbered, not logged for replay."""
         link = self._link
         if link is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await link.ws.send_str(text)
+            try:  # noqa: SIM105
+                await link.conn.send_text(text)
+            except PeerGone:
+                pass
 
     async def _shutdown(self, end: EndSession) -> None:
-        upstream, self._upstream = self._upstream, None
-        if upstream is not None:
-            with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(upstream.close(code=CloseCode.NORMAL), 2.0)
+        await self._up.close()
         link, self._link = self._link, None
         if link is not None:
-            if end.cause == "internal_error" and end.error_text and not link.ws.closed:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await link.ws.send_str(end.error_text)
-            if not link.ws.closed:
-                with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
-                    await asyncio.wait_for(
-                        link.ws.close(code=end.close_code, message=end.reason.encode()[:120]),
-                        2.0,
-                    )
+            conn = link.conn
+            conn.set_sink(None)
+            if end.cause == "internal_error" and end.error_text:
+                try:  # noqa: SIM105
+                    await conn.send_text(end.error_text)
+                except PeerGone:
+                    pass
+            await conn.close(end.close_code, end.reason)
             link.done.set()
+        self._log_closed(end)
+
+    def _log_closed(self, end: EndSession) -> None:
         s = self.stats
+        counters = self._up.counters
+        s.reconnects, s.recycles = counters.reconnects, counters.recycles
+        s.reconnect_gaps_ms = list(counters.gaps_ms)
         if self._replay is not None:
             s.replay_dropped_frames = self._replay.dropped_frames
         self._log.info(
             "session.closed",
             cause=end.cause,
-            close_code=end.close_code,
+            close_code=int(end.close_code),
             reason=end.reason,
             duration_s=round(time.monotonic() - s.started_at, 3),
             ready_ms=round((s.ready_at - s.started_at) * 1000, 1) if s.ready_at else None,
@@ -614,6 +707,11 @@ class SessionRunner(UpstreamSide):
             errors_sent=self._machine.errors_sent,
             errors_suppressed=self._machine.errors.suppressed_total,
         )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _ms(since: float) -> float:

@@ -21,8 +21,8 @@ from functools import partial
 from typing import Any
 
 from voxgate.protocol import conversation as cv
+from voxgate.protocol.events import CLIENT_EVENT_TYPES
 from voxgate.protocol.realtime_server import (
-    CLIENT_EVENT_TYPES,
     MAX_APPEND_BYTES,
     MIN_COMMIT_MS,
     Action,

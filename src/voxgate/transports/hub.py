@@ -1,0 +1,335 @@
+"""The node's sessions, whatever transport brought them: admit, run, find, stop.
+
+Every client-facing adapter (the WebSocket endpoint today; SSE, WebRTC and phone adapters are
+the same few calls) hands the hub a :class:`~voxgate.session.ports.ClientConnection` and what
+the client asked for; the hub authenticates (server key, ``ek_`` key, revocation), binds the
+model a key was minted for, counts the session in (the :class:`~voxgate.store.base.Store`'s
+total and per-subject limits, across nodes when the store is shared), registers it, builds the
+machine, the mirror and the runner, runs it, and counts it out. The live runner objects stay
+on this node (:meth:`SessionHub.live`); what other nodes need to know is in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from voxgate.auth.grants import Authenticator, Grant
+from voxgate.auth.resume import ResumeState
+from voxgate.observability.metrics import Metrics
+from voxgate.protocol.close import CloseCode
+from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, AuthError, FatalSessionError
+from voxgate.protocol.ids import new_id
+from voxgate.session.actions import EndSession
+from voxgate.session.machine import SessionMachine
+from voxgate.session.mirror import Mirror
+from voxgate.session.ports import Backend, ClientConnection, UpstreamTarget
+from voxgate.session.reconnect import ReconnectPolicy
+from voxgate.session.recovery import Recovery
+from voxgate.session.runner import ClientLink, RunnerConfig, SessionRunner
+from voxgate.store.base import SessionRecord, SlotRefused, Store
+
+log = structlog.get_logger("voxgate.session")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRequest:
+    """What a client asked for, transport-independently (never its credential in ``repr``)."""
+
+    credential: str | None
+    model: str | None
+    intent: str | None
+    extensions: bool
+    call_id: str | None = None
+    beta_header: bool = False
+    transport: str = "websocket"
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionRequest(model={self.model!r}, intent={self.intent!r}, "
+            f"extensions={self.extensions}, transport={self.transport!r})"
+        )
+
+
+class SessionHub:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        authenticator: Authenticator,
+        store: Store,
+        metrics: Metrics,
+        settings: Any,
+        known_secrets: tuple[str, ...],
+        secret: bytes = b"",
+        node_id: str = "",
+        clock: Callable[[], float] = time.time,
+        on_upstream_auth_failed: Callable[[], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.auth = authenticator
+        self.store = store
+        self.metrics = metrics
+        self.settings = settings
+        self.secret = secret
+        self.node_id = node_id or new_id("node", 8)
+        self.clock = clock
+        self._known = known_secrets
+        self._on_auth_failed = on_upstream_auth_failed
+        self._auth_failed_logged = False
+        self._runners: dict[str, SessionRunner] = {}
+        self._resume_states: dict[str, ResumeState] = {}
+        self._policy = ReconnectPolicy(
+            attempts=settings.reconnect_attempts,
+            base_delay_s=settings.reconnect_base_delay_s,
+            max_delay_s=settings.reconnect_max_delay_s,
+            connect_timeout_s=settings.reconnect_connect_timeout_s,
+        )
+        #: recovery (mirror, reconnect, recycle) for backends that can be reconnected
+        self.recover = bool(getattr(backend, "reconnectable", False)) and self._policy.attempts > 0
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def active_sessions(self) -> int:
+        return self._active
+
+    def live(self, session_id: str) -> SessionRunner | None:
+        return self._runners.get(session_id)
+
+    def resume_state(self, session_id: str) -> ResumeState | None:
+        return self._resume_states.get(session_id)
+
+    def end_detached(self) -> int:
+        """End every session whose client is away (draining: nobody will resume here)."""
+        ended = 0
+        for session_id in list(self._resume_states):
+            runner = self._runners.get(session_id)
+            if runner is not None and not runner.attached:
+                runner.stop("draining")
+                ended += 1
+        return ended
+
+    def stop_all(self, cause: str = "server_shutdown") -> None:
+        """Ask every live session to end now (1001 going away: clients may reconnect)."""
+        for runner in list(self._runners.values()):
+            runner.stop(cause)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no session is running (drain); False if ``timeout_s`` passed first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ admission
+
+    async def admit(self, req: SessionRequest) -> Grant:
+        """Authenticate and check what the client asked for.
+
+        Raises:
+            FatalSessionError: refused (bad or revoked key, no model, unsupported option).
+        """
+        if req.beta_header:
+            raise FatalSessionError(
+                "The beta Realtime API shape is disabled; remove the 'OpenAI-Beta: realtime=v1' "
+                "header and use the GA events.",
+                code="beta_api_shape_disabled",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+            )
+        now = self.clock()
+        grant = self.auth.authenticate(req.credential, now=now)
+        if grant.key_id is not None and await self.store.is_revoked(grant.key_id, now):
+            raise AuthError("This ephemeral key has been revoked. Mint a new one.")
+        if not (req.model or req.intent == "transcription" or req.call_id or grant.session):
+            raise FatalSessionError(
+                "You must provide a model parameter (e.g. ?model=gpt-realtime), or "
+                "?intent=transcription.",
+                code="missing_model",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+            )
+        if req.call_id:
+            raise FatalSessionError(
+                "Attaching to WebRTC/SIP calls (call_id) is not supported by this gateway.",
+                code="invalid_value",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+                param="call_id",
+            )
+        return grant
+
+    def target(self, req: SessionRequest, grant: Grant, session_id: str) -> UpstreamTarget:
+        """The upstream to open. A key's model binds: a different ``?model=`` is ignored.
+
+        The SDKs always put a model in the URL (openai-agents its own default), so refusing a
+        mismatch would break stock clients holding a key minted for another model; OpenAI
+        likewise starts a client-secret session from the secret's config.
+        """
+        embedded = grant.session or {}
+        intent, model = req.intent, req.model
+        if embedded.get("type") == "transcription":
+            intent, model = "transcription", None
+        elif isinstance(embedded.get("model"), str):
+            model = embedded["model"]
+        elif not model and intent != "transcription":
+            model = self.settings.default_model
+        return UpstreamTarget(
+            model=model, intent=intent, session_id=session_id, subject=grant.subject
+        )
+
+    # ------------------------------------------------------------------ running
+
+    async def run(
+        self, conn: ClientConnection, req: SessionRequest, grant: Grant, slog: Any
+    ) -> EndSession:
+        """Count the session in, run it to its end, count it out. Refusals raise.
+
+        Raises:
+            FatalSessionError: the deployment or the subject is at its limit.
+        """
+        s = self.settings
+        session_id = new_id("vg", 16)
+        slog = slog.bind(session_id=session_id, auth=grant.kind)
+        target = self.target(req, grant, session_id)
+        if req.model and target.model and req.model != target.model:
+            slog.info("session.model_from_key", asked=req.model, used=target.model)
+        try:
+            await self.store.acquire_slot(
+                grant.subject, max_total=s.max_sessions, max_per_subject=s.max_sessions_per_subject
+            )
+        except SlotRefused as exc:
+            raise _limit_error(exc) from None
+        resume = (
+            ResumeState(self.secret, self.store, session_id=session_id, subject=grant.subject)
+            if req.extensions and s.resume_grace_s > 0 and self.secret
+            else None
+        )
+        runner = SessionRunner(
+            client=ClientLink(conn),
+            backend=self.backend,
+            machine=self._machine(grant, req.extensions),
+            target=target,
+            config=self._runner_config(grant),
+            log=slog,
+            resume=resume,
+        )
+        record = SessionRecord(
+            session_id=session_id,
+            node=self.node_id,
+            subject=grant.subject,
+            started_at=self.clock(),
+            resumable=resume is not None,
+            key_id=grant.key_id,
+        )
+        return await self._run_counted(runner, record, resume)
+
+    async def _run_counted(
+        self, runner: SessionRunner, record: SessionRecord, resume: ResumeState | None
+    ) -> EndSession:
+        session_id = record.session_id
+        self.metrics.sessions_active.inc()
+        self._active += 1
+        self._idle.clear()
+        self._runners[session_id] = runner
+        if resume is not None:
+            self._resume_states[session_id] = resume
+        try:
+            await self.store.register(record)
+            end = await runner.run()
+        finally:
+            self._runners.pop(session_id, None)
+            self._resume_states.pop(session_id, None)
+            await self.store.unregister(session_id)
+            await self.store.release_slot(record.subject)
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+            self.metrics.sessions_active.dec()
+            self.metrics.record_session(runner.stats)
+        if runner.machine.upstream_auth_failed:
+            self._upstream_auth_failed()
+        self.metrics.sessions_total.labels(cause=end.cause.split(":")[0]).inc()
+        return end
+
+    def _upstream_auth_failed(self) -> None:
+        """The upstream refused voxgate's own key: tell the operator (once at error level)."""
+        if not self._auth_failed_logged:
+            self._auth_failed_logged = True
+            log.error(
+                "upstream.auth_failed",
+                hint="the upstream refused OPENAI_API_KEY; check the key and restart",
+            )
+        else:
+            log.info("upstream.auth_failed")
+        if self._on_auth_failed is not None:
+            self._on_auth_failed()
+
+    def _machine(self, grant: Grant, extensions: bool) -> SessionMachine:
+        s = self.settings
+        return SessionMachine(
+            embedded_session=grant.session,
+            extensions=extensions,
+            prebuffer_limit_bytes=s.prebuffer_bytes,
+            coalesce_window_s=s.error_coalesce_window_s,
+            known_secrets=self._known,
+            recovery=self._recovery(),
+        )
+
+    def _recovery(self) -> Recovery | None:
+        if not self.recover:
+            return None
+        s = self.settings
+        return Recovery(
+            Mirror(
+                items_limit_bytes=s.mirror_items_bytes,
+                audio_limit_bytes=s.mirror_audio_bytes,
+                turn_audio_limit_bytes=s.mirror_turn_audio_bytes,
+            )
+        )
+
+    def _runner_config(self, grant: Grant) -> RunnerConfig:
+        s = self.settings
+        reconnect = self.recover
+        return RunnerConfig(
+            ready_timeout_s=s.ready_timeout_s,
+            max_session_s=grant.max_session_s,
+            ping_interval_s=s.ping_interval_s,
+            client_send_timeout_s=s.client_send_timeout_s,
+            reconnect=self._policy if reconnect else None,
+            recycle_after_s=(s.upstream_max_session_s or None) if reconnect else None,
+            resume_grace_s=s.resume_grace_s,
+            replay_bytes=s.replay_bytes,
+            client_events_per_s=s.client_max_events_per_s,
+            client_events_burst=s.client_events_burst,
+            client_audio_multiple=s.client_max_audio_realtime,
+            client_audio_burst_s=s.client_audio_burst_s,
+        )
+
+
+def _limit_error(exc: SlotRefused) -> FatalSessionError:
+    if exc.code == "voxgate_subject_limit":
+        message = (
+            f"This user already has {exc.count} open sessions (the limit is {exc.limit}). "
+            "Close one and try again."
+        )
+    else:
+        message = (
+            f"The gateway is at its limit of {exc.limit} concurrent sessions. Try again later."
+        )
+    return FatalSessionError(
+        message, code=exc.code, close_code=CloseCode.TRY_AGAIN_LATER, error_type=SERVER_ERROR
+    )
