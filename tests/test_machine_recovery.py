@@ -20,7 +20,8 @@ from voxgate.session.actions import (
 )
 from voxgate.session.machine import Phase, SessionMachine
 from voxgate.session.mirror import Mirror
-from voxgate.session.recovery import Recovery, ReplayDriver
+from voxgate.session.recovery import Recovery
+from voxgate.session.replay_driver import ReplayDriver
 
 SESSION: dict[str, Any] = {
     "type": "realtime",
@@ -265,15 +266,16 @@ def test_after_a_replay_with_a_changed_id_both_directions_are_mapped() -> None:
 
 
 def test_bad_request_and_auth_closes_end_the_session() -> None:
-    for code, reason in (
-        (4000, "invalid_request_error.invalid_model"),
-        (3000, "invalid_request_error.invalid_api_key"),
-    ):
-        m = ready()
-        assert m.upstream_closed(code, reason) == (
-            EndSession(code, reason, None, "upstream_fatal"),
-        )
-        assert m.phase is Phase.CLOSED
+    m = ready()
+    reason = "invalid_request_error.invalid_model"
+    assert m.upstream_closed(4000, reason) == (EndSession(4000, reason, None, "upstream_fatal"),)
+    assert m.phase is Phase.CLOSED
+    # 3000 from the upstream: it refused voxgate's own key, not the client's (issue 12.9)
+    m = ready()
+    (end,) = m.upstream_closed(3000, "invalid_request_error.invalid_api_key")  # type: ignore[misc]
+    assert isinstance(end, EndSession)
+    assert (end.close_code, end.cause) == (1011, "upstream_auth_failed")
+    assert m.phase is Phase.CLOSED
 
 
 def test_normal_close_chosen_by_the_upstream_ends_the_session() -> None:
@@ -285,21 +287,25 @@ def test_normal_close_chosen_by_the_upstream_ends_the_session() -> None:
 
 def test_fatal_upstream_error_then_a_retryable_close_never_reconnects() -> None:
     m = ready()
-    outcome = m.upstream_text(error("invalid_api_key", "Incorrect API key provided: sk-abc"), 0.0)
+    outcome = m.upstream_text(error("insufficient_quota", "Quota exceeded for key sk-abc"), 0.0)
     (forwarded,) = sent_to_client(outcome)
-    assert forwarded["error"]["message"] == "Incorrect API key provided: [redacted]"
+    assert forwarded["error"]["message"] == "Quota exceeded for key [redacted]"
     assert m.upstream_closed(1006, "") == (
-        EndSession(4000, "invalid_request_error.invalid_api_key", None, "upstream_fatal"),
+        EndSession(4000, "invalid_request_error.insufficient_quota", None, "upstream_fatal"),
     )
     assert m.phase is Phase.CLOSED
     assert m.upstream_closed(1006, "") == NOTHING
 
 
-def test_fatal_upstream_error_then_its_auth_close_ends_the_session() -> None:
+def test_upstream_refusing_the_gateway_key_ends_the_session_as_the_gateways_fault() -> None:
     m = ready()
-    m.upstream_text(error("invalid_api_key", "Incorrect API key provided."), 0.0)
-    assert m.upstream_closed(3000, "invalid_request_error.invalid_api_key") == (
-        EndSession(3000, "invalid_request_error.invalid_api_key", None, "upstream_fatal"),
+    assert m.upstream_text(error("invalid_api_key", "Incorrect API key provided."), 0.0) == ()
+    (end,) = m.upstream_closed(3000, "invalid_request_error.invalid_api_key")  # type: ignore[misc]
+    assert isinstance(end, EndSession)
+    assert (end.close_code, end.reason, end.cause) == (
+        1011,
+        "server_error.voxgate_upstream_auth_failed",
+        "upstream_auth_failed",
     )
 
 
@@ -404,10 +410,15 @@ def test_reconnect_failed_ends_the_session_and_tells_an_opted_in_client() -> Non
 def test_reconnect_refused_for_good_ends_the_session_with_the_upstream_code() -> None:
     m = ready()
     m.upstream_closed(1006, "")
-    (end,) = m.reconnect_failed("Incorrect API key", fatal_code="invalid_api_key")
+    (end,) = m.reconnect_failed("You exceeded your quota", fatal_code="insufficient_quota")
     assert isinstance(end, EndSession)
     assert (end.close_code, end.reason, end.cause) == (
         1011,
-        "server_error.invalid_api_key",
+        "server_error.insufficient_quota",
         "upstream_fatal",
     )
+    m = ready()
+    m.upstream_closed(1006, "")
+    (end,) = m.reconnect_failed("Incorrect API key sk-abc1", fatal_code="invalid_api_key")
+    assert isinstance(end, EndSession)
+    assert (end.close_code, end.cause) == (1011, "upstream_auth_failed")

@@ -403,12 +403,13 @@ def test_append_whose_length_is_not_a_multiple_of_4_is_ignored() -> None:
     assert m.pending_frames() == [(0, "AAAA")]
 
 
-def test_pending_frames_keep_the_original_base64_and_their_offsets() -> None:
+def test_pending_audio_is_one_ring_of_exact_bytes_with_integer_positions() -> None:
     m = mirror()
     frames = [b64(b"\x01" * 960), b64(b"\x02" * 480), b64(b"\x03" * 7)]
     for frame in frames:
         m.on_client_append(frame)
-    assert m.pending_frames() == [(0, frames[0]), (960, frames[1]), (1440, frames[2])]
+    # issue 11: no per-frame objects; replay chunks are cut from the ring at 100 ms
+    assert m.pending_frames() == [(0, b64(b"\x01" * 960 + b"\x02" * 480 + b"\x03" * 7))]
     assert m.pending_start == 0
     assert m.stream_bytes == m.pending_audio_bytes == 1447
     assert m.pending_audio() == b"\x01" * 960 + b"\x02" * 480 + b"\x03" * 7
@@ -570,13 +571,13 @@ def test_undecodable_audio_of_valid_length_replays_nothing() -> None:
     assert m.pending_audio() == b"\x05" * 96
 
 
-def test_memory_bytes_counts_items_turn_audio_and_pending_base64() -> None:
+def test_memory_bytes_counts_items_turn_audio_and_pending_audio() -> None:
     m = mirror()
     added(m, user_text("item_a", "a"), None)
     m.on_client_append(b64(b"\x01" * 300))
     m.commit_until(m.stream_bytes, "item_u")
     m.on_client_append(b64(b"\x02" * 30))
-    assert m.memory_bytes() == m.items_bytes + 300 + 40
+    assert m.memory_bytes() == m.items_bytes + 300 + 30  # pending audio is raw bytes now
 
 
 def test_single_append_larger_than_the_bound_keeps_pending_audio_within_it() -> None:

@@ -1,6 +1,6 @@
-"""Recovery and ReplayDriver (voxgate.session.recovery), driven synchronously: frames sent
-upstream and server events in, the exact frames a fresh upstream gets and the fix-ups the
-client sees out. No sockets, no clock."""
+"""Recovery and ReplayDriver (voxgate.session.recovery, .replay_driver), driven synchronously:
+frames sent upstream and server events in, the exact frames a fresh upstream gets and the
+fix-ups the client sees out. No sockets, no clock."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from voxgate.session.mirror import Mirror
 from voxgate.session.recovery import PARSED_SERVER_TYPES, TRACKED_CLIENT_TYPES, Recovery
+from voxgate.session.replay_driver import ReplayDriver
 
 VAD_SESSION: dict[str, Any] = {
     "type": "realtime",
@@ -121,7 +122,7 @@ def replay_to_done(
 ) -> tuple[list[str], Any]:
     """Run a whole replay; return every frame it sent after the items, and the driver."""
     new_ids = new_ids or {}
-    driver = rec.replay(retry_response=retry)
+    driver = ReplayDriver(rec, retry_response=retry)
     sent = driver.on_text(J({"type": "session.created", "session": session}))
     assert [orjson.loads(t)["event_id"] for t in sent] == [CONFIG_EVENT_ID]
     creates = driver.on_text(J({"type": "session.updated", "session": session}))
@@ -149,7 +150,8 @@ def test_agents_style_append_with_audio_first_and_type_last_is_mirrored() -> Non
     rec = recovery()
     rec.sent_append('{"audio": "AAECAwQF", "type": "input_audio_buffer.append"}')
     rec.sent_append('{"event_id":"e1","audio":"BgcI","type":"input_audio_buffer.append"}')
-    assert rec.mirror.pending_frames() == [(0, "AAECAwQF"), (6, "BgcI")]
+    assert rec.mirror.pending_audio() == bytes(range(9))
+    assert (rec.mirror.pending_start, rec.mirror.stream_bytes) == (0, 9)
 
 
 def test_append_with_escaped_slashes_is_mirrored_through_the_full_parse() -> None:
@@ -162,7 +164,8 @@ def test_append_whose_event_id_says_audio_is_mirrored_through_the_full_parse() -
     rec = recovery()
     rec.sent_append('{"event_id":"audio","type":"input_audio_buffer.append","audio":"AQID"}')
     rec.sent_append('{"type":"input_audio_buffer.append","audio" : "BAUG"}')
-    assert rec.mirror.pending_frames() == [(0, "AQID"), (3, "BAUG")]
+    assert rec.mirror.pending_audio() == bytes(range(1, 7))
+    assert (rec.mirror.pending_start, rec.mirror.stream_bytes) == (0, 6)
 
 
 @pytest.mark.parametrize(
@@ -443,7 +446,7 @@ def test_replay_sends_config_items_then_pending_audio_with_unacked_commits_in_pl
     frames.append(append(rec, b"\x09" * 480))
 
     assert rec.begin("voxgate_upstream_lost", "gone") == ([], False)
-    driver = rec.replay(retry_response=False)
+    driver = ReplayDriver(rec, retry_response=False)
     assert driver.on_text(J({"type": "session.created", "session": {"id": "sess_2"}})) == [
         J(
             {
@@ -487,9 +490,11 @@ def test_replay_sends_config_items_then_pending_audio_with_unacked_commits_in_pl
     assert not driver.done
     tail = driver.on_text(J(upstream_ack({**answer, "content": []})))
     assert driver.done
+    # the audio before the commit goes first, in as few appends as fit (exact bytes), then
+    # the commit at the very byte it was sent at, then the rest
+    before = base64.b64encode(b"\x00" * 960 + b"\x01" * 960).decode()
     assert tail == [
-        '{"type":"input_audio_buffer.append","audio":"' + frames[0] + '"}',
-        '{"type":"input_audio_buffer.append","audio":"' + frames[1] + '"}',
+        '{"type":"input_audio_buffer.append","audio":"' + before + '"}',
         commit,
         '{"type":"input_audio_buffer.append","audio":"' + frames[2] + '"}',
     ]
@@ -525,7 +530,7 @@ def test_replay_with_a_lost_vad_answer_asks_for_a_response_before_the_audio() ->
 def test_replay_without_items_finishes_on_session_updated() -> None:
     rec = recovery(MANUAL_SESSION)
     rec.begin("voxgate_upstream_lost", "gone")
-    driver = rec.replay(retry_response=False)
+    driver = ReplayDriver(rec, retry_response=False)
     driver.on_text(J({"type": "session.created", "session": MANUAL_SESSION}))
     assert driver.on_text(J({"type": "session.updated", "session": MANUAL_SESSION})) == []
     assert driver.done
@@ -535,7 +540,7 @@ def test_replay_without_items_finishes_on_session_updated() -> None:
 def test_replay_before_any_session_config_skips_the_update() -> None:
     rec = Recovery(Mirror())
     rec.begin("voxgate_upstream_lost", "gone")
-    driver = rec.replay(retry_response=False)
+    driver = ReplayDriver(rec, retry_response=False)
     assert driver.on_text(J({"type": "session.created", "session": MANUAL_SESSION})) == []
     assert driver.done
 
@@ -648,7 +653,7 @@ def test_reconnect_after_speech_stopped_swallows_both_speech_events() -> None:
 def test_fatal_error_during_replay_sets_fatal() -> None:
     rec = recovery()
     rec.begin("voxgate_upstream_lost", "gone")
-    driver = rec.replay(retry_response=False)
+    driver = ReplayDriver(rec, retry_response=False)
     error = {
         "type": "error",
         "error": {
@@ -667,7 +672,7 @@ def test_rejected_replayed_config_goes_on_with_items_and_reports_state_not_resto
     rec = recovery()
     server(rec, added({**user_text("item_a", "hello"), "status": "completed"}))
     rec.begin("voxgate_upstream_lost", "gone")
-    driver = rec.replay(retry_response=False)
+    driver = ReplayDriver(rec, retry_response=False)
     driver.on_text(J({"type": "session.created", "session": MANUAL_SESSION}))
     error = {
         "type": "error",
@@ -691,7 +696,7 @@ def test_rejected_replayed_config_goes_on_with_items_and_reports_state_not_resto
 
 def test_replay_driver_ignores_non_json_frames() -> None:
     rec = recovery()
-    driver = rec.replay(retry_response=False)
+    driver = ReplayDriver(rec, retry_response=False)
     assert driver.on_text("nope") == []
     assert driver.on_text("[1]") == []
     assert not driver.done

@@ -20,6 +20,7 @@ from voxgate.auth.resume import (
     verify,
 )
 from voxgate.protocol.extensions import ResumeRequestError, parse_resume_request
+from voxgate.store.memory import MemoryStore
 
 SECRET = b"test-secret-0123456789abcdef"
 
@@ -123,67 +124,75 @@ def test_any_single_character_change_is_rejected(data: st.DataObject) -> None:
 
 
 def state(subject: str | None = "user_1") -> ResumeState:
-    return ResumeState(SECRET, session_id="sess_1", subject=subject)
+    return ResumeState(SECRET, MemoryStore(), session_id="sess_1", subject=subject)
 
 
-def test_issued_token_is_accepted_by_its_session() -> None:
+async def test_issued_token_is_accepted_by_its_session() -> None:
     s = state()
-    claims = verify(SECRET, s.issue())
+    claims = verify(SECRET, await s.issue())
     assert s.generation == 1
-    assert s.accepts(claims, presented_subject=None) is None
-    assert s.accepts(claims, presented_subject="user_1") is None
+    assert s.check(claims, presented_subject=None) is None
+    assert await s.accepts(claims, presented_subject="user_1") is None
 
 
-def test_a_token_is_single_use_because_consume_rotates_it() -> None:
+async def test_a_token_is_single_use_because_accepting_it_voids_it() -> None:
     s = state()
-    used = verify(SECRET, s.issue())
-    fresh = verify(SECRET, s.consume())
+    used = verify(SECRET, await s.issue())
+    assert await s.accepts(used, presented_subject=None) is None
+    fresh = verify(SECRET, await s.consume())
     assert s.resumes == 1
     assert s.generation == 2
-    assert s.accepts(used, presented_subject=None) == "token_used"
-    assert s.accepts(fresh, presented_subject=None) is None
+    assert await s.accepts(used, presented_subject=None) == "token_used"
+    assert await s.accepts(fresh, presented_subject=None) is None
 
 
-def test_issue_makes_every_earlier_token_stop_working() -> None:
+async def test_the_same_token_cannot_be_accepted_twice() -> None:
     s = state()
-    first = verify(SECRET, s.issue())
-    second = verify(SECRET, s.issue())
-    assert s.accepts(first, presented_subject=None) == "token_used"
-    assert s.accepts(second, presented_subject=None) is None
+    claims = verify(SECRET, await s.issue())
+    assert await s.accepts(claims, presented_subject=None) is None
+    assert await s.accepts(claims, presented_subject=None) == "token_used"
 
 
-def test_copied_token_of_the_same_generation_with_another_nonce_is_refused() -> None:
+async def test_issue_makes_every_earlier_token_stop_working() -> None:
     s = state()
-    s.issue()
+    first = verify(SECRET, await s.issue())
+    second = verify(SECRET, await s.issue())
+    assert await s.accepts(first, presented_subject=None) == "token_used"
+    assert await s.accepts(second, presented_subject=None) is None
+
+
+async def test_copied_token_of_the_same_generation_with_another_nonce_is_refused() -> None:
+    s = state()
+    await s.issue()
     _, forged = token_for(generation=1)  # same session, subject and generation
-    assert s.accepts(forged, presented_subject=None) == "token_used"
+    assert await s.accepts(forged, presented_subject=None) == "token_used"
 
 
-def test_nothing_is_accepted_before_the_first_issue() -> None:
+async def test_nothing_is_accepted_before_the_first_issue() -> None:
     s = state()
     _, claims = token_for(generation=0)
-    assert s.accepts(claims, presented_subject=None) == "token_used"
+    assert await s.accepts(claims, presented_subject=None) == "token_used"
 
 
-def test_token_of_another_session_or_subject_is_refused() -> None:
+async def test_token_of_another_session_or_subject_is_refused() -> None:
     s = state()
-    s.issue()
+    await s.issue()
     _, other_session = token_for(session_id="sess_2")
     _, other_subject = token_for(subject="user_2")
     _, no_subject = token_for(subject=None)
-    assert s.accepts(other_session, presented_subject=None) == "other_session"
-    assert s.accepts(other_subject, presented_subject=None) == "other_subject"
-    assert s.accepts(no_subject, presented_subject=None) == "other_subject"
+    assert await s.accepts(other_session, presented_subject=None) == "other_session"
+    assert await s.accepts(other_subject, presented_subject=None) == "other_subject"
+    assert await s.accepts(no_subject, presented_subject=None) == "other_subject"
 
 
-def test_key_presented_with_a_resume_must_be_of_the_same_subject() -> None:
+async def test_key_presented_with_a_resume_must_be_of_the_same_subject() -> None:
     s = state()
-    claims = verify(SECRET, s.issue())
-    assert s.accepts(claims, presented_subject="user_2") == "other_subject"
+    claims = verify(SECRET, await s.issue())
+    assert await s.accepts(claims, presented_subject="user_2") == "other_subject"
     anonymous = state(subject=None)
-    claims = verify(SECRET, anonymous.issue())
-    assert anonymous.accepts(claims, presented_subject=None) is None
-    assert anonymous.accepts(claims, presented_subject="user_1") == "other_subject"
+    claims = verify(SECRET, await anonymous.issue())
+    assert anonymous.check(claims, presented_subject="user_1") == "other_subject"
+    assert await anonymous.accepts(claims, presented_subject=None) is None
 
 
 # ---------------------------------------------------------------------------- resume request

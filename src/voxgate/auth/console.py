@@ -16,26 +16,22 @@ CSRF header (constant-time compare). Routes:
 * ``POST /console/api/logout`` (cookie + CSRF) → cookie cleared
 * ``POST /console/api/login_tokens`` (server key) → a fresh ``{"token", "path"}``
 
-State (login tokens and console sessions) lives in one :class:`ConsoleAuth` stored on the app;
-both tables are capped (oldest evicted first) and entries expire. Only SHA-256 digests of
-tokens are kept, so a memory dump does not hand out live credentials.
+State lives in one :class:`~voxgate.auth.console_session.ConsoleAuth` stored on the app: login
+tokens in memory (single use; only SHA-256 digests), session cookies and CSRF tokens signed
+with a key derived from ``VOXGATE_SECRET``, so with a shared secret a console stays signed in
+across a restart. Request bodies are validated (:mod:`voxgate.auth.requests`).
 This module must not serve pages or know about the realtime session itself.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from voxgate.auth.bearer import bearer_token
+from voxgate.auth.console_session import ConsoleAuth, ConsoleSession
 from voxgate.auth.requests import (
     ConsoleKeyRequest,
     ConsoleLoginRequest,
@@ -45,12 +41,17 @@ from voxgate.auth.requests import (
     parse,
     read_body,
 )
-from voxgate.auth.routes import DEFAULT_MODEL, MAX_SESSION_S, SERVER_KEYS, mint_for
+from voxgate.auth.routes import (
+    DEFAULT_MODEL,
+    MAX_SESSION_S,
+    SERVER_KEYS,
+    SIGNING_SECRET,
+    mint_for,
+)
 from voxgate.protocol.errors import ClientEventError
 from voxgate.protocol.session_config import validate_session_config
-from voxgate.transports.negotiate import bearer_token
 
-V = TypeVar("V")
+__all__ = ["CONSOLE_AUTH", "COOKIE_NAME", "CSRF_HEADER", "ConsoleAuth", "ConsoleSession"]
 
 COOKIE_NAME = "voxgate_console"
 CSRF_HEADER = "X-CSRF-Token"
@@ -59,125 +60,6 @@ LOGIN_PARAM = "login"
 PAGE_KEY_TTL_S = 60
 #: Longest realtime session a console key allows.
 PAGE_SESSION_CAP_S = 3600.0
-_MAX_TOKEN_CHARS = 128
-
-
-@dataclass(frozen=True, slots=True)
-class ConsoleSession:
-    """A logged-in console: its CSRF token, a subject for minted keys, and its expiry."""
-
-    csrf_token: str
-    subject: str
-    expires_at: float
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
-
-
-class _ExpiringTable(Generic[V]):
-    """Digest → (expiry, value), capped at ``max_items`` (oldest evicted), entries expire."""
-
-    def __init__(self, max_items: int, clock: Callable[[], float]) -> None:
-        self._items: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
-        self._max = max_items
-        self._clock = clock
-
-    def __len__(self) -> int:
-        self._prune()
-        return len(self._items)
-
-    def put(self, token: str, value: V, ttl_s: float) -> float:
-        self._prune()
-        expires_at = self._clock() + ttl_s
-        self._items[_digest(token)] = (expires_at, value)
-        while len(self._items) > self._max:
-            self._items.popitem(last=False)
-        return expires_at
-
-    def get(self, token: str) -> V | None:
-        entry = self._items.get(_digest(token))
-        if entry is None or entry[0] <= self._clock():
-            return None
-        return entry[1]
-
-    def pop(self, token: str) -> V | None:
-        entry = self._items.pop(_digest(token), None)
-        if entry is None or entry[0] <= self._clock():
-            return None
-        return entry[1]
-
-    def _prune(self) -> None:
-        # TTLs differ per entry, so scan: the table is small and bounded.
-        now = self._clock()
-        for key in [k for k, (exp, _) in self._items.items() if exp <= now]:
-            del self._items[key]
-
-
-class ConsoleAuth:
-    """Per-app console login state. Not shared between apps; nothing at module level.
-
-    Args:
-        login_ttl_s: default lifetime of a login token.
-        session_ttl_s: lifetime of a console session (cookie ``Max-Age``).
-        max_login_tokens: unredeemed login tokens kept; the oldest is dropped beyond it.
-        max_sessions: console sessions kept; the oldest is logged out beyond it.
-        clock: wall clock in seconds (tests may pass their own).
-    """
-
-    def __init__(
-        self,
-        *,
-        login_ttl_s: float = 600.0,
-        session_ttl_s: float = 12 * 3600.0,
-        max_login_tokens: int = 32,
-        max_sessions: int = 256,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.login_ttl_s = login_ttl_s
-        self.session_ttl_s = session_ttl_s
-        self._clock = clock
-        self._logins: _ExpiringTable[bool] = _ExpiringTable(max_login_tokens, clock)
-        self._sessions: _ExpiringTable[ConsoleSession] = _ExpiringTable(max_sessions, clock)
-
-    def new_login_token(self, ttl_s: float | None = None) -> str:
-        """A fresh single-use login token, valid for ``ttl_s`` (default ``login_ttl_s``)."""
-        token = secrets.token_urlsafe(24)
-        self._logins.put(token, True, self.login_ttl_s if ttl_s is None else ttl_s)
-        return token
-
-    def redeem(self, login_token: str) -> tuple[str, ConsoleSession] | None:
-        """Trade a login token (once) for ``(session_cookie_value, session)``; None if invalid."""
-        if not login_token or len(login_token) > _MAX_TOKEN_CHARS:
-            return None
-        if self._logins.pop(login_token) is None:
-            return None
-        cookie = secrets.token_urlsafe(32)
-        session = ConsoleSession(
-            csrf_token=secrets.token_urlsafe(32),
-            subject="console-" + secrets.token_hex(6),
-            expires_at=self._clock() + self.session_ttl_s,
-        )
-        self._sessions.put(cookie, session, self.session_ttl_s)
-        return cookie, session
-
-    def session(self, cookie: str | None) -> ConsoleSession | None:
-        if not cookie or len(cookie) > _MAX_TOKEN_CHARS:
-            return None
-        return self._sessions.get(cookie)
-
-    def logout(self, cookie: str) -> None:
-        self._sessions.pop(cookie)
-
-    @staticmethod
-    def csrf_ok(session: ConsoleSession, header: str | None) -> bool:
-        if not header:
-            return False
-        return hmac.compare_digest(session.csrf_token.encode(), header.encode("utf-8", "replace"))
-
-    def counts(self) -> tuple[int, int]:
-        """(live login tokens, live console sessions), for tests and metrics."""
-        return len(self._logins), len(self._sessions)
 
 
 CONSOLE_AUTH = web.AppKey("voxgate.console_auth", ConsoleAuth)
@@ -329,8 +211,11 @@ async def create_login_token(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, auth: ConsoleAuth | None = None) -> None:
-    """Store a :class:`ConsoleAuth` on ``app`` and add the ``/console/api/*`` routes."""
-    app[CONSOLE_AUTH] = auth or ConsoleAuth()
+    """Store a :class:`ConsoleAuth` on ``app`` and add the ``/console/api/*`` routes.
+
+    The default one signs cookies with the app's ``SIGNING_SECRET`` (set by ``create_app``).
+    """
+    app[CONSOLE_AUTH] = auth or ConsoleAuth(secret=app.get(SIGNING_SECRET))
     app.router.add_post("/console/api/login", login)
     app.router.add_get("/console/api/session", session_info)
     app.router.add_post("/console/api/key", mint_page_key)

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from voxgate.auth import client_keys
+from voxgate.auth.bearer import bearer_token
 from voxgate.auth.beta_shape import beta_message, beta_param, beta_to_ga, ga_to_beta
 from voxgate.auth.requests import (
     BetaSessionRequest,
@@ -34,7 +35,6 @@ from voxgate.auth.server_keys import ServerKeys
 from voxgate.protocol import ids
 from voxgate.protocol.errors import ClientEventError
 from voxgate.protocol.session_config import validate_session_config
-from voxgate.transports.negotiate import bearer_token
 
 SERVER_KEYS = web.AppKey("voxgate.server_keys", ServerKeys)
 SIGNING_SECRET = web.AppKey("voxgate.signing_secret", bytes)

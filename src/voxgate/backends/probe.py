@@ -18,10 +18,13 @@ from typing import Final
 import aiohttp
 import orjson
 
-UPSTREAM_UNREACHABLE: Final = "upstream_unreachable"
-UPSTREAM_AUTH_FAILED: Final = "upstream_auth_failed"
-UPSTREAM_REFUSED: Final = "upstream_refused"
-LLM_UNREACHABLE: Final = "llm_unreachable"
+from voxgate.observability.health import (
+    LLM_UNREACHABLE,
+    UPSTREAM_AUTH_FAILED,
+    UPSTREAM_REFUSED,
+    UPSTREAM_UNREACHABLE,
+)
+
 PROBE_TIMEOUT_S: Final = 5.0
 #: The real server closes with 3000 after ``invalid_api_key`` (realtime-protocol.md §7).
 _AUTH_CLOSE_CODE: Final = 3000

@@ -145,8 +145,10 @@ class WSClientConnection(asyncio.Protocol):
             return False
         payload = text.encode()
         key = _rand.getrandbits(32).to_bytes(4, "little")
-        transport.write(frame_header(OP_TEXT, len(payload), mask_bit=0x80) + key)
-        transport.write(MASKER(key, payload))
+        # one write, one syscall: asyncio sends each write at once while its buffer is empty
+        transport.write(
+            frame_header(OP_TEXT, len(payload), mask_bit=0x80) + key + MASKER(key, payload)
+        )
         return True
 
     async def send_text(self, text: str) -> None:

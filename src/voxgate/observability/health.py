@@ -19,14 +19,13 @@ from typing import Final
 
 import structlog
 
-from voxgate.backends.probe import (
-    LLM_UNREACHABLE,
-    UPSTREAM_AUTH_FAILED,
-    UPSTREAM_REFUSED,
-    UPSTREAM_UNREACHABLE,
-)
-
 log = structlog.get_logger(__name__)
+
+#: Problem codes a backend's probe returns (``backends/probe.py``) and ``/readyz`` reports.
+UPSTREAM_UNREACHABLE: Final = "upstream_unreachable"
+UPSTREAM_AUTH_FAILED: Final = "upstream_auth_failed"
+UPSTREAM_REFUSED: Final = "upstream_refused"
+LLM_UNREACHABLE: Final = "llm_unreachable"
 
 PROBE_TIMEOUT: Final = "probe_timeout"
 PROBE_FAILED: Final = "probe_failed"

@@ -6,9 +6,12 @@ path) and are folded in here when the session ends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from voxgate.observability.gc_pauses import GcPauses
 
 
 class _Stats(Protocol):
@@ -91,6 +94,16 @@ class Metrics:
         self.keys_minted = Counter(
             "voxgate_client_keys_minted_total", "ek_ keys minted", ["shape"], registry=r
         )
+        self.buffered = Gauge(
+            "voxgate_session_buffer_bytes",
+            "What the live sessions' bounded buffers hold now (mirror, replay logs, pre-ready)",
+            registry=r,
+        )
+        self.gc = GcPauses(r)
+
+    def measure_buffers(self, fn: Callable[[], float]) -> None:
+        """Read ``voxgate_session_buffer_bytes`` from ``fn`` at every scrape."""
+        self.buffered.set_function(fn)
 
     def record_session(self, stats: _Stats) -> None:
         self.frames.labels(direction="client_to_upstream").inc(stats.client_frames)

@@ -214,6 +214,16 @@ class SessionRunner:
     def machine(self) -> SessionMachine:
         return self._machine
 
+    def buffered_bytes(self) -> int:
+        """What this session's bounded buffers hold now: mirror, replay log, pre-ready buffer."""
+        machine = self._machine
+        held = machine.prebuffer.size_bytes
+        if machine.recovery is not None:
+            held += machine.recovery.mirror.memory_bytes()
+        if self._replay is not None:
+            held += self._replay.size_bytes
+        return held
+
     def stop(self, cause: str, close_code: int = CloseCode.GOING_AWAY) -> None:
         """End the session soon from outside (shutdown, drain): its clock task raises."""
         if self._stop is None:

@@ -97,12 +97,17 @@ class SessionHub:
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        metrics.measure_buffers(self.buffered_bytes)
 
     # ------------------------------------------------------------------ queries
 
     @property
     def active_sessions(self) -> int:
         return self._active
+
+    def buffered_bytes(self) -> int:
+        """What the live sessions' bounded buffers hold now (for the metrics scrape)."""
+        return sum(runner.buffered_bytes() for runner in self._runners.values())
 
     def live(self, session_id: str) -> SessionRunner | None:
         return self._runners.get(session_id)

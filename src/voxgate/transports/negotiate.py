@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from voxgate.auth.bearer import bearer_token
 from voxgate.protocol.extensions import (
     KEY_SUBPROTOCOL_PREFIX,
     REALTIME_SUBPROTOCOL,
@@ -53,16 +54,6 @@ def select_subprotocol(offered: Sequence[str]) -> str | None:
     if REALTIME_SUBPROTOCOL in offered:
         return REALTIME_SUBPROTOCOL
     return None
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    value = value.strip()
-    return value or None
 
 
 def negotiate(
