@@ -21,6 +21,9 @@ from voxgate.backends.base import Backend
 from voxgate.config import Settings
 from voxgate.observability.health import DETAILS, BackendHealth
 from voxgate.observability.metrics import Metrics
+from voxgate.store.base import Store
+from voxgate.store.memory import MemoryStore
+from voxgate.transports.hub import SessionHub
 from voxgate.transports.websocket import RealtimeEndpoint
 
 METRICS = web.AppKey("voxgate.metrics", Metrics)
@@ -28,6 +31,8 @@ BACKEND = web.AppKey("voxgate.backend", Backend)
 DRAINING = web.AppKey("voxgate.draining", list[bool])
 ENDPOINT = web.AppKey("voxgate.endpoint", RealtimeEndpoint)
 HEALTH = web.AppKey("voxgate.health", BackendHealth)
+HUB = web.AppKey("voxgate.hub", SessionHub)
+STORE = web.AppKey("voxgate.store", Store)
 #: Called with the drain timeout (s) when draining starts (SIGTERM, Ctrl+C): the place to tell
 #: opted-in (``voxgate.v1``) clients to reconnect elsewhere. ``serve`` calls them once.
 DRAIN_HOOKS = web.AppKey("voxgate.drain_hooks", list[Callable[[float], None]])
@@ -51,6 +56,11 @@ def build_backend(settings: Settings) -> Backend:
     return backend
 
 
+def build_store(settings: Settings) -> Store:
+    """The shared-state store: in memory unless ``VOXGATE_REDIS_URL`` is set."""
+    return MemoryStore()
+
+
 def known_secrets(settings: Settings, signing_secret: bytes) -> tuple[str, ...]:
     """Exact secret strings to mask in logs and error messages."""
     values = list(settings.api_key_values())
@@ -71,21 +81,28 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     backend = backend or build_backend(settings)
     metrics = Metrics()
     secrets_known = known_secrets(settings, secret)
-    endpoint = RealtimeEndpoint(
+    health = BackendHealth(getattr(backend, "probe", None))
+    store = build_store(settings)
+    hub = SessionHub(
         backend=backend,
         authenticator=Authenticator(server_keys, secret, settings.max_session_s),
+        store=store,
         metrics=metrics,
         settings=settings,
         known_secrets=secrets_known,
         secret=secret,
+        on_upstream_auth_failed=health.note_upstream_auth_failed,
     )
+    endpoint = RealtimeEndpoint(hub)
 
     app = web.Application(client_max_size=1024 * 1024)
     app[METRICS] = metrics
     app[BACKEND] = backend
     app[DRAINING] = [False]
     app[ENDPOINT] = endpoint
-    app[HEALTH] = BackendHealth(getattr(backend, "probe", None))
+    app[HEALTH] = health
+    app[HUB] = hub
+    app[STORE] = store
     app[DRAIN_HOOKS] = []
     app[BODY_TIMEOUT_S] = settings.http_request_timeout_s
     app[key_routes.SERVER_KEYS] = server_keys
@@ -109,8 +126,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     else:
         add_console_routes(app)
 
+    metrics.gc.install()
+
     async def _close_backend(app: web.Application) -> None:
+        app[METRICS].gc.uninstall()
         await app[BACKEND].aclose()
+        await app[STORE].aclose()
 
     async def _end_sessions(app: web.Application) -> None:
         app[ENDPOINT].stop_all()

@@ -91,8 +91,13 @@ class Settings(BaseSettings):
     resume_grace_s: float = Field(default=30.0, ge=0)
     #: Server events kept per resumable session for replay, in bytes of frame text.
     replay_bytes: int = Field(default=2 * MIB, ge=64 * 1024)
-    #: How long a resuming connection may take to send its resume request.
-    resume_wait_s: float = Field(default=5.0, gt=0)
+    #: How long a resuming connection may take to send its resume request (it is
+    #: unauthenticated until then, so the wait is short).
+    resume_wait_s: float = Field(default=2.0, gt=0)
+    #: Unauthenticated resume handshakes waiting at once (the oldest is dropped for a new one)
+    #: and per client address (more are refused).
+    resume_max_pending: int = Field(default=256, ge=1)
+    resume_max_pending_per_address: int = Field(default=8, ge=1)
 
     # local engine (issue 4)
     local_llm_url: str | None = None
@@ -102,6 +107,13 @@ class Settings(BaseSettings):
     #: ``stream`` (the live decoder's result, fast) or ``batch`` (re-decode, ~300 ms slower).
     local_asr_decoders: int = Field(default=4, ge=1, le=64)
     local_asr_final: Literal["stream", "batch"] = "stream"
+    #: Speech recogniser (issue 13): ``whisper`` (CTranslate2, the bundled tiny.en) or
+    #: ``pocketsphinx`` (smallest install, much less accurate).
+    asr: Literal["whisper", "pocketsphinx"] = "whisper"
+    #: A CTranslate2 Whisper model folder to use instead of the bundled tiny.en.
+    local_asr_model_path: str | None = None
+    #: Whisper partial transcripts every this much speech (0: the final transcript only).
+    local_asr_partial_ms: int = Field(default=0, ge=0, le=10_000)
     knowledge_path: str | None = None
 
     @field_validator("openai_url")
