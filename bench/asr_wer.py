@@ -1,140 +1,131 @@
-"""ASR word error rate and cost of the local engine's speech parts, on synthesised speech.
+"""Word error rate and cost of every local recogniser, side by side, on the same clips.
 
-Synthesises ~20 utterances with voxgate's espeak-ng TTS at 24 kHz (with silence around them),
-finds each turn with the VAD, recognises it with pocketsphinx at 16 kHz (20 ms chunks), and
-prints WER per utterance and overall, ASR CPU seconds per audio second, decoder creation time,
-and TTS time to first chunk (p50/p95) for one-sentence answers. Run:
-``.venv/bin/python bench/asr_wer.py [--voice alloy] [--speed 0.8] [--final-decode batch]``.
+Sets (tests/speech_sets.py): ``real`` (human recordings from Debian packages: 60 Asterisk
+prompts at 8 kHz + 11 pocketsphinx-testdata clips at 16 kHz), ``espeak`` (the knowledge
+base's 20 questions in 8 espeak-ng voices/speeds/pitches, 24 kHz) and ``ulaw`` (the espeak
+set as 8 kHz μ-law). Recognisers: ``whisper`` (tiny.en, knowledge-base headings as the
+prompt: the default), ``whisper-noprompt`` and ``pocketsphinx`` (stream final, as the engine
+ran it before issue 13). Each clip gets 300 ms of silence before and 300 ms after, is fed in
+20 ms chunks as a session would, and ``finish()`` is timed: that is the work left after
+the end of speech (the engine does it during the silence window). Run:
+
+``.venv/bin/python bench/asr_wer.py [--sets real,espeak,ulaw] [--recognisers …] [--out F]``
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from voxgate.backends.local.asr import AsrStream, DecoderPool
-from voxgate.backends.local.tts import get_tts
-from voxgate.backends.local.vad import SpeechStarted, SpeechStopped, VadStream
-from voxgate.protocol.audio import Resampler
-from voxgate.tools.knowledge import KnowledgeBase
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
 
-UTTERANCES = [
-    "What is a stop loss order?",
-    "What is a limit order?",
-    "How does a market order work?",
-    "What is a trailing stop?",
-    "Explain take profit orders.",
-    "What is a margin call?",
-    "How should I size my position?",
-    "What is the spread?",
-    "What is slippage?",
-    "What is a stop limit order?",
-    "What does leverage mean?",
-    "What is liquidity?",
-    "Tell me about short selling.",
-    "What is a pip?",
-    "What is a risk reward ratio?",
-    "The weather is nice today.",
-    "Please call me back tomorrow morning.",
-    "I would like to open a new account.",
-    "Thank you very much for your help.",
-    "Can you repeat that please?",
-]
-ANSWERS = [e.body.split(". ")[0] + "." for e in KnowledgeBase.example().entries[:20]]
+from speech_sets import (  # noqa: E402
+    Clip,
+    espeak_trading_set,
+    missing_packages,
+    real_speech_set,
+    ulaw_copy,
+    wer,
+)
+from voxgate.backends.local.asr import Recognizer, make_recognizer  # noqa: E402
+from voxgate.backends.local.tts import get_tts  # noqa: E402
+from voxgate.tools.knowledge import KnowledgeBase  # noqa: E402
+
+RECOGNISERS = ("whisper", "whisper-noprompt", "pocketsphinx")
 
 
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+def build(name: str) -> Recognizer:
+    headings = [e.heading for e in KnowledgeBase.example().entries]
+    if name == "pocketsphinx":
+        return make_recognizer("pocketsphinx", workers=1, decoders=1)
+    prompt = headings if name == "whisper" else []
+    return make_recognizer("whisper", workers=1, prompt_words=prompt)
 
 
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
+def run_clip(asr: Recognizer, clip: Clip) -> tuple[str, float, float]:
+    """(hypothesis, finish ms, CPU s) for one clip fed in 20 ms chunks."""
+    step = clip.rate_hz * 2 // 50
+    pad = b"\0\0" * (clip.rate_hz * 3 // 10)
+    pcm = pad + clip.pcm16 + pad
+    stream = asr.stream(input_rate_hz=clip.rate_hz, final_decode="stream")
+    cpu = time.process_time()
+    for i in range(0, len(pcm), step):
+        stream.feed(pcm[i : i + step])
+    t = time.perf_counter()
+    text = stream.finish().text
+    finish_ms = (time.perf_counter() - t) * 1000
+    return text, finish_ms, time.process_time() - cpu
 
 
-def recognise(pcm24: bytes, asr: AsrStream, vad: VadStream) -> tuple[str, float, float]:
-    """VAD-gated recognition; returns (text, asr_cpu_s, audio_s fed to ASR)."""
-    to16 = Resampler(24_000, 16_000)
-    vad.reset()
-    cpu = 0.0
-    audio_s = 0.0
-    text = ""
-    step = 960  # 20 ms at 24 kHz
-    pre: list[bytes] = []  # 300 ms of prefix padding (15 chunks), bounded
-    for i in range(0, len(pcm24), step):
-        chunk16 = to16.process(pcm24[i : i + step])
-        events = vad.feed(chunk16)
-        if any(isinstance(e, SpeechStarted) for e in events) and not asr.active:
-            for old in pre:
-                t = time.process_time()
-                asr.feed(old)
-                cpu += time.process_time() - t
-                audio_s += len(old) / 32000
-        if asr.active or vad.in_speech:
-            t = time.process_time()
-            asr.feed(chunk16)
-            cpu += time.process_time() - t
-            audio_s += len(chunk16) / 32000
-        else:
-            pre = [*pre[-14:], chunk16]
-        if any(isinstance(e, SpeechStopped) for e in events) and asr.active:
-            t = time.process_time()
-            text = (text + " " + asr.finish().text).strip()
-            cpu += time.process_time() - t
-    if asr.active:
-        t = time.process_time()
-        text = (text + " " + asr.finish().text).strip()
-        cpu += time.process_time() - t
-    return text, cpu, audio_s
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--voice", default="alloy")
-    parser.add_argument("--speed", type=float, default=0.8)
-    parser.add_argument("--final-decode", choices=["batch", "stream"], default="batch")
+    parser.add_argument("--sets", default="real,espeak,ulaw")
+    parser.add_argument("--recognisers", default=",".join(RECOGNISERS))
+    parser.add_argument("--asterisk", type=int, default=60, help="Asterisk prompts in 'real'")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--show-errors", action="store_true")
     args = parser.parse_args()
 
-    tts = get_tts()
-    pool = DecoderPool(max_size=1)
-    t = time.perf_counter()
-    pool.release(pool.acquire())
-    creation_s = time.perf_counter() - t
+    sets: dict[str, list[Clip]] = {}
+    wanted = args.sets.split(",")
+    if "real" in wanted:
+        if missing_packages():
+            sys.exit(f"install {', '.join(missing_packages())} (scripts/system-deps)")
+        sets["real"] = real_speech_set(args.asterisk)
+    if "espeak" in wanted or "ulaw" in wanted:
+        espeak = espeak_trading_set()
+        if "espeak" in wanted:
+            sets["espeak"] = espeak
+        if "ulaw" in wanted:
+            sets["ulaw"] = [ulaw_copy(c) for c in espeak]
 
-    asr = AsrStream(pool, final_decode=args.final_decode)
-    vad = VadStream()
-    errors = ref_words = 0
-    cpu_total = audio_total = 0.0
-    print(f"{'WER':>6}  reference -> hypothesis")
-    for sentence in UTTERANCES:
-        speech = tts.synthesize_pcm16(sentence, rate=24_000, voice=args.voice, speed=args.speed)
-        pcm = b"\0" * 48 * 600 + speech + b"\0" * 48 * 900
-        hyp, cpu, audio_s = recognise(pcm, asr, vad)
-        ref = words(sentence)
-        err = edit_distance(ref, words(hyp))
-        errors += err
-        ref_words += len(ref)
-        cpu_total += cpu
-        audio_total += audio_s
-        print(f"{err / len(ref):6.0%}  {sentence} -> {hyp}")
-    print(f"overall WER: {errors / ref_words:.1%} ({errors}/{ref_words} words)")
-    print(f"ASR CPU per audio second: {cpu_total / audio_total:.3f} ({args.final_decode} final)")
-    print(f"decoder creation: {creation_s:.2f} s")
-
-    firsts = []
-    for answer in ANSWERS * 3:
+    results = []
+    warm = get_tts().synthesize_pcm16("How do I place a limit order?", rate=16_000)
+    for name in args.recognisers.split(","):
+        asr = build(name)
         t = time.perf_counter()
-        next(tts.stream(answer + " Second sentence follows here.", voice=args.voice))
-        firsts.append((time.perf_counter() - t) * 1000)
-    firsts.sort()
-    p95 = firsts[int(0.95 * (len(firsts) - 1))]
-    print(f"TTS time to first chunk: p50 {statistics.median(firsts):.1f} ms, p95 {p95:.1f} ms")
+        asr.warm(warm)
+        load_s = time.perf_counter() - t
+        for set_name, clips in sets.items():
+            pairs, finish, cpu, audio_s = [], [], 0.0, 0.0
+            for clip in clips:
+                hyp, ms, cpu_s = run_clip(asr, clip)
+                pairs.append((clip.reference, hyp))
+                finish.append(ms)
+                cpu += cpu_s
+                audio_s += len(clip.pcm16) / (2 * clip.rate_hz)
+                if args.show_errors and wer([(clip.reference, hyp)]) > 0:
+                    print(f"  {name} {clip.name}: {clip.reference!r} -> {hyp!r}")
+            row = {
+                "recogniser": name,
+                "set": set_name,
+                "clips": len(clips),
+                "wer": round(wer(pairs), 4),
+                "finish_p50_ms": round(statistics.median(finish), 1),
+                "finish_p95_ms": round(percentile(finish, 0.95), 1),
+                "cpu_per_audio_s": round(cpu / audio_s, 3),
+                "load_s": round(load_s, 2),
+            }
+            results.append(row)
+            print(
+                f"{name:17} {set_name:7} {len(clips):4} clips  WER {row['wer']:.3f}  "
+                f"finish p50 {row['finish_p50_ms']:6.1f} ms p95 {row['finish_p95_ms']:6.1f} ms  "
+                f"CPU/audio-s {row['cpu_per_audio_s']:.3f}",
+                flush=True,
+            )
+        asr.close()
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

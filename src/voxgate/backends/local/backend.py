@@ -2,10 +2,12 @@
 
 Owns: :class:`LocalBackend`, built from :class:`~voxgate.config.Settings`
 (:meth:`LocalBackend.from_settings`), which picks the responder (knowledge base by default,
-an OpenAI-compatible chat-completions server when ``local_llm_url`` is set), shares one set of
-worker threads, one ASR decoder pool and one TTS engine between its sessions, warms them in
-the background at startup so the first turn is fast, and opens one in-process
-:class:`~.connection.LocalConnection` per client session.
+an OpenAI-compatible chat-completions server when ``local_llm_url`` is set) and the speech
+recogniser (``VOXGATE_ASR``: Whisper by default, prompted with the knowledge base's headings;
+pocketsphinx), shares its worker threads, recogniser and TTS between its sessions, warms them
+in the background at startup so the first turn is fast, and opens one in-process
+:class:`~.connection.LocalConnection` per client session. It owns the worker threads and the
+recogniser's model and releases them in :meth:`LocalBackend.aclose`.
 
 Must not: download anything, or keep per-session state here.
 """
@@ -14,21 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
 import structlog
 
 from voxgate.backends.base import UpstreamConnection, UpstreamTarget
-from voxgate.backends.local.asr import ASR_RATE_HZ, FinalDecode
+from voxgate.backends.local.asr import (
+    ASR_RATE_HZ,
+    AsrKind,
+    FinalDecode,
+    Recognizer,
+    make_recognizer,
+)
 from voxgate.backends.local.connection import LocalConnection
 from voxgate.backends.local.engine import (
     EngineLimits,
     EngineResources,
     EngineSession,
-    decoder_pool,
-    engine_executor,
+    engine_workers,
 )
 from voxgate.backends.local.responder import (
     ChatCompletionsResponder,
@@ -59,36 +66,65 @@ class LocalBackend:
     Args:
         responder: what the assistant says (:mod:`.responder`).
         responder_name: shown by ``/readyz``.
-        asr_decoders: ASR decoder pool size (users mid-utterance at once).
-        final_decode: ``stream`` or ``batch`` final transcripts (:mod:`.asr`).
+        asr: the speech recogniser (the backend owns and closes it); default made from
+            ``asr_kind``, ``asr_model_path``, ``asr_decoders`` and ``asr_partial_ms``.
+        asr_kind: ``whisper`` (default) or ``pocketsphinx``.
+        asr_model_path: a CTranslate2 Whisper folder instead of the bundled tiny.en.
+        asr_prompt: phrases Whisper is prompted with; default: the knowledge base's
+            headings when the responder answers from one.
+        asr_decoders: pocketsphinx decoder pool size (users mid-utterance at once).
+        asr_partial_ms: Whisper partial transcripts every this much speech (0 = none).
+        final_decode: ``stream`` or ``batch`` final transcripts (pocketsphinx).
         limits: per-session limits and timeouts.
         warm: load the models in the background now, not on the first turn.
+        workers: engine worker threads (default one per usable core).
         tts: returns the synthesiser (``synthesize(text, fmt=, voice=, speed=)`` → wire
             bytes); default espeak-ng. Everything the engine says goes through it.
     """
 
     name = "local"
+    #: sessions live in this process: there is no upstream to reconnect to
+    reconnectable = False
 
     def __init__(
         self,
         *,
         responder: Responder,
         responder_name: str = "custom",
+        asr: Recognizer | None = None,
+        asr_kind: AsrKind = "whisper",
+        asr_model_path: str | None = None,
+        asr_prompt: Sequence[str] | None = None,
         asr_decoders: int = DEFAULT_ASR_DECODERS,
+        asr_partial_ms: int = 0,
         final_decode: FinalDecode = "stream",
         limits: EngineLimits | None = None,
         warm: bool = True,
+        workers: int | None = None,
         tts: Callable[[], Synthesizer] = get_tts,
     ) -> None:
         self._responder_name = responder_name
+        threads = workers or engine_workers()
+        if asr is None:
+            if asr_prompt is None and isinstance(responder, KnowledgeResponder):
+                asr_prompt = [e.heading for e in responder.knowledge.entries]
+            asr = make_recognizer(
+                asr_kind,
+                workers=threads,
+                model_path=asr_model_path,
+                prompt_words=asr_prompt or (),
+                decoders=asr_decoders,
+                partial_interval_ms=asr_partial_ms,
+            )
         self.resources = EngineResources(
-            executor=engine_executor(),
-            pool=decoder_pool(asr_decoders),
+            executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="voxgate-engine"),
+            asr=asr,
             responder=responder,
             final_decode=final_decode,
             limits=limits or EngineLimits(),
             speech_cache=SpeechCache(tts),
         )
+        self._closed = False
         self._warm: Future[None] | None = None
         if warm:
             self._warm = self.resources.executor.submit(_warm_up, self.resources)
@@ -113,7 +149,10 @@ class LocalBackend:
         return cls(
             responder=responder,
             responder_name=name,
+            asr_kind=settings.asr,
+            asr_model_path=settings.local_asr_model_path,
             asr_decoders=settings.local_asr_decoders,
+            asr_partial_ms=settings.local_asr_partial_ms,
             final_decode=final,
         )
 
@@ -139,9 +178,15 @@ class LocalBackend:
             await asyncio.wrap_future(self._warm)
 
     async def aclose(self) -> None:
-        # Worker threads, decoders and the TTS engine are per process and outlive a backend.
+        """Stop the worker threads and free the recogniser's model (sessions are gone by
+        now: the app drains them first). The espeak-ng library stays loaded: it is global
+        state of the process (:func:`~.tts.get_tts`)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._warm is not None:
             self._warm.cancel()
+        await asyncio.to_thread(self.resources.close)
 
     async def probe(self) -> str | None:
         """``llm_unreachable`` when the configured chat-completions server does not answer
@@ -157,7 +202,7 @@ class LocalBackend:
         return {
             "backend": self.name,
             "responder": self._responder_name,
-            "asr_decoders": self.resources.pool.max_size,
+            "asr": self.resources.asr.name,
             "warm": bool(self._warm is not None and self._warm.done()),
         }
 
@@ -166,13 +211,12 @@ def _warm_up(resources: EngineResources) -> None:
     """Load the models once, in a worker thread, so the first turn does not pay for it."""
     started = time.perf_counter()
     try:
-        # espeak-ng's own voice adapts the ASR's cepstral mean, whatever TTS answers users
+        # espeak-ng's own voice warms the recogniser (and adapts pocketsphinx's cepstral
+        # mean), whatever TTS answers users
         speech = get_tts().synthesize_pcm16(_WARM_UP_TEXT, rate=ASR_RATE_HZ, speed=0.8)
         resources.speech_cache.synthesize("Hello.", fmt="audio/pcm", voice="alloy", speed=1.0)
         VadStream()
-        # Decoding some speech gives the pool the cepstral mean every utterance starts from.
-        resources.pool.adapt(speech)
-        resources.pool.prefill(resources.pool.max_size)
+        resources.asr.warm(speech)
     except Exception as exc:  # warming is an optimisation; sessions report real failures
         log.warning("local_engine.warm_failed", error=type(exc).__name__)
         return

@@ -228,7 +228,7 @@ class LocalConnection:
                 td,
                 fmt,
                 start_ms=start_ms,
-                pool=self._res.pool,
+                recognizer=self._res.asr,
                 final_decode=self._res.final_decode,
                 max_turn_ms=int(self._limits.max_turn_s * 1000),
                 prepare_lead_ms=self._limits.prepare_lead_ms,
@@ -260,6 +260,10 @@ class LocalConnection:
                 self._drop_prepared()
                 await self._perform(core.on_speech_stopped(event.audio_end_ms))
                 item_id = core.current_turn_item_id
+                if event.error is None and not event.transcript:
+                    # no words (noise, silence, too short): no item, no answer
+                    await self._perform(core.drop_turn(self._offset_of(event.decided_at_ms)))
+                    continue
                 if event.error is not None and item_id is not None:
                     self._turn_error = event.error
                     await self._perform(
@@ -288,6 +292,8 @@ class LocalConnection:
         """
         core = self._core
         prepare = getattr(self._res.responder, "prepare", None)
+        if not transcript:
+            return  # no words: the turn will be dropped, not answered
         td = core.turn_detection or {}
         if prepare is None or not core.is_realtime or not td.get("create_response", True):
             return
@@ -347,7 +353,7 @@ class LocalConnection:
         try:
             text, audio_ms = await self._in_worker(
                 # a whole committed buffer: the batch pass's utterance-wide mean is worth it
-                lambda: transcribe_turn(audio, fmt, pool=self._res.pool, final_decode="batch")
+                lambda: transcribe_turn(audio, fmt, recognizer=self._res.asr, final_decode="batch")
             )
         except (AsrError, TimeoutError) as exc:
             message = str(exc) or "speech recognition timed out"
@@ -364,7 +370,9 @@ class LocalConnection:
         fmt = format_type(input_format(core.session))
         try:
             text, audio_ms = await self._in_worker(
-                lambda: transcribe_turn(clip.audio, fmt, pool=self._res.pool, final_decode="batch")
+                lambda: transcribe_turn(
+                    clip.audio, fmt, recognizer=self._res.asr, final_decode="batch"
+                )
             )
         except (AsrError, TimeoutError) as exc:
             message = str(exc) or "speech recognition timed out"

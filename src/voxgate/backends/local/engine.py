@@ -2,12 +2,13 @@
 
 Owns: :class:`EngineSession`, the shared sans-I/O realtime core
 (:class:`~voxgate.protocol.realtime_server.RealtimeCore`) with the engine's hooks: appended
-audio is handed to the caller for Silero/pocketsphinx turn detection in a worker thread
+audio is handed to the caller for Silero VAD + ASR turn detection in a worker thread
 (:meth:`EngineSession.take_audio`), committed turns are transcribed by the caller
 (:meth:`EngineSession.take_transcriptions`), responses are streamed by the caller through
 :meth:`~voxgate.protocol.realtime_server.RealtimeCore.response_events`; and
-:class:`EngineResources`, what every session of one process shares (worker threads, ASR decoder
-pool, responder, limits). Conversation items become :mod:`.responder` history here.
+:class:`EngineResources`, what the sessions of one backend share (worker threads, the
+speech recogniser, responder, limits), owned and closed by that backend. Conversation items
+become :mod:`.responder` history here.
 
 Sans-I/O like the core: the asyncio side lives in :mod:`voxgate.backends.local.connection`.
 """
@@ -15,18 +16,14 @@ Sans-I/O like the core: the asyncio side lives in :mod:`voxgate.backends.local.c
 from __future__ import annotations
 
 import base64
-import functools
 import os
-import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pocketsphinx import Decoder
-
-from voxgate.backends.local.asr import DecoderPool, FinalDecode
+from voxgate.backends.local.asr import FinalDecode, Recognizer
 from voxgate.backends.local.responder import (
     FunctionCall,
     FunctionCallOutput,
@@ -42,75 +39,16 @@ from voxgate.protocol.realtime_server import Action, RealtimeCore, Send
 
 DEFAULT_MAX_TURN_S: Final = 30.0
 MAX_PENDING_CHUNKS: Final = 4096
-_ADAPT_CHUNK_BYTES: Final = 640  # 20 ms at 16 kHz, as sessions feed it
 
 
-@functools.cache
-def engine_executor(workers: int | None = None) -> ThreadPoolExecutor:
-    """The process's bounded worker threads for VAD, ASR and TTS.
+def engine_workers() -> int:
+    """Worker threads for an engine: one per core the process may run on.
 
-    One per core the process may run on (``taskset``/cgroup affinity, not the machine's
-    count): pocketsphinx holds the GIL while it decodes, so more threads than cores only
-    add switching between them.
+    That is ``taskset``/cgroup affinity, not the machine's count: a decode holds a core
+    (pocketsphinx even holds the GIL), so more threads than cores only add switching.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return ThreadPoolExecutor(
-        max_workers=workers or cores or 2, thread_name_prefix="voxgate-engine"
-    )
-
-
-class EngineDecoderPool(DecoderPool):
-    """A decoder pool whose utterances start from a cepstral mean adapted on real speech.
-
-    pocketsphinx adapts its live cepstral mean (CMN) as it decodes, so a pooled decoder's
-    accuracy would depend on whatever the previous session said, and a fresh decoder's model
-    default is poor on the first turn. :meth:`adapt` decodes some speech once and every
-    utterance (``AsrStream(reset_cmn=True)``) then starts from that mean: transcripts are
-    reproducible and good from the first turn.
-    """
-
-    def __init__(self, *, max_size: int) -> None:
-        super().__init__(max_size=max_size)
-        self._adapted_cmn: str | None = None
-        # pocketsphinx model loading is not safe to run twice at once (it crashed when two
-        # backends warmed up together), so decoder creation and adaptation are serialised.
-        self._create_lock = threading.Lock()
-
-    @property
-    def initial_cmn(self) -> str | None:
-        return self._adapted_cmn or super().initial_cmn
-
-    def _new_decoder(self) -> Decoder:
-        with self._create_lock:
-            return super()._new_decoder()
-
-    def adapt(self, pcm16_16k: bytes) -> None:
-        """Decode ``pcm16_16k`` (16 kHz speech) once and keep the resulting mean. Blocking."""
-        with self._create_lock:
-            if self._adapted_cmn is not None:
-                return
-        decoder = self.acquire()
-        try:
-            with self._create_lock:
-                if self._adapted_cmn is not None:
-                    return
-                # after a full-utterance ("batch") decode a decoder must get a live mean
-                # before streaming again, or pocketsphinx 5.1.1 crashes in process_raw
-                if super().initial_cmn:
-                    decoder.set_cmn(super().initial_cmn)
-                decoder.start_utt()
-                for i in range(0, len(pcm16_16k), _ADAPT_CHUNK_BYTES):
-                    decoder.process_raw(pcm16_16k[i : i + _ADAPT_CHUNK_BYTES], False, False)
-                self._adapted_cmn = decoder.get_cmn(True)
-                decoder.end_utt()
-        finally:
-            self.release(decoder)
-
-
-@functools.cache
-def decoder_pool(max_size: int) -> EngineDecoderPool:
-    """The process's ASR decoder pool of ``max_size`` decoders (~95 MB each, made lazily)."""
-    return EngineDecoderPool(max_size=max_size)
+    return cores or 2
 
 
 @dataclass(frozen=True)
@@ -141,15 +79,25 @@ class EngineLimits:
 
 @dataclass(frozen=True)
 class EngineResources:
-    """What all sessions of one local backend share (thread-safe or immutable)."""
+    """What all sessions of one local backend share (thread-safe or immutable).
+
+    The backend owns these: :meth:`close` (from ``LocalBackend.aclose``) stops the worker
+    threads and frees the recogniser's model; nothing here is process-wide.
+    """
 
     executor: ThreadPoolExecutor
-    pool: EngineDecoderPool
+    asr: Recognizer
     responder: Responder
     final_decode: FinalDecode = "batch"
     limits: EngineLimits = EngineLimits()
     #: The TTS, with synthesised static sentences (knowledge-base answers) cached for all.
     speech_cache: SpeechCache = field(default_factory=SpeechCache)
+
+    def close(self) -> None:
+        """Stop the worker threads (queued work is cancelled, running work finishes), then
+        free the recogniser's model. Blocking; idempotent."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.asr.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +193,17 @@ class EngineSession(RealtimeCore):
     def current_turn_item_id(self) -> str | None:
         """The item id the turn in progress will get (after ``speech_started``)."""
         return self._vad_item_id
+
+    def drop_turn(self, end_offset: int) -> list[Action]:
+        """The detected turn had no words (noise, silence): forget it, commit nothing.
+
+        Its ``speech_started``/``speech_stopped`` were sent; no item, transcript or response
+        follows, so a client shows no phantom turn. The audio up to stream byte
+        ``end_offset`` leaves the input buffer.
+        """
+        self._vad_item_id = None
+        self.discard_buffered(max(0, self.stream_offset - end_offset))
+        return []
 
     def take_audio(self) -> list[bytes]:
         """Audio appended since the last call, in order (for the turn detector)."""

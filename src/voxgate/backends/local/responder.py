@@ -196,6 +196,11 @@ class KnowledgeResponder:
         self._memo_size = memo_size
         self._lock = threading.Lock()
 
+    @property
+    def knowledge(self) -> KnowledgeBase:
+        """The notes answered from (their headings also prompt the speech recogniser)."""
+        return self._kb
+
     def answer(self, user_text: str | None) -> list[str]:
         """The reply sentences for ``user_text`` (synchronous; a search costs ~5-20 ms)."""
         return self._answer(user_text)[1]

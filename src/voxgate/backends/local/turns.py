@@ -1,9 +1,12 @@
-"""Turn detection for the local engine: Silero VAD plus streaming pocketsphinx ASR.
+"""Turn detection for the local engine: Silero VAD plus the ASR utterance stream.
 
 Owns: :class:`TurnDetector`, one session's listener. It takes the session's appended input
 audio (wire format), decides ``server_vad`` turns with :class:`~.vad.VadStream` and streams
-each turn's audio, prefix padding included, into an :class:`~.asr.AsrStream` so partial
-transcripts are ready while the user speaks and the final one right after the turn ends.
+each turn's audio, prefix padding included, into an :class:`~.asr.UtteranceStream` of the
+backend's recogniser (Whisper or pocketsphinx), so partial transcripts can be ready while the
+user speaks and the final one right after the turn ends. A turn whose final transcript is
+empty (noise, silence, too short: the recogniser heard no words) ends with
+``TurnEnded.transcript == ""`` and the engine drops it.
 It returns plain event objects; the engine maps them onto the protocol core.
 
 Hiding the end-of-turn cost: a turn ends only after ``silence_duration_ms`` of silence, but
@@ -26,7 +29,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from voxgate.backends.local.asr import AsrError, AsrStream, DecoderPool, FinalDecode, Transcript
+from voxgate.backends.local.asr import (
+    AsrError,
+    FinalDecode,
+    Recognizer,
+    Transcript,
+    UtteranceStream,
+)
 from voxgate.backends.local.vad import (
     SpeechPaused,
     SpeechResumed,
@@ -40,10 +49,10 @@ DEFAULT_MAX_TURN_MS: Final = 30_000
 _EAGERNESS_SILENCE_MS: Final = {"high": 200, "medium": 500, "auto": 500, "low": 800}
 _HISTORY_SLACK_MS: Final = 200
 _FEED_MS: Final = 20
-#: The answer is prepared this long before the silence window ends (at least a third of it
-#: has to be silence first): finishing the utterance, the knowledge search and the first
-#: sentence's TTS take ~60-100 ms of CPU on an idle core.
-PREPARE_LEAD_MS: Final = 120
+#: The answer is prepared this long before the silence window ends (at least a quarter of it
+#: has to be silence first): the Whisper decode of the utterance, the knowledge search and
+#: the first sentence's TTS take ~100-150 ms of CPU on an idle core.
+PREPARE_LEAD_MS: Final = 150
 #: When speech resumes after a pause, the new utterance starts this far back at least (Silero
 #: needs ~100-150 ms to score a new onset; never before the pause), or ``prefix_padding_ms``.
 _RESUME_LOOKBACK_MS: Final = 200
@@ -94,10 +103,10 @@ TurnEvent = TurnStarted | TurnPartial | TurnPaused | TurnResumed | TurnEnded
 
 def pause_ms_for(silence_duration_ms: int, lead_ms: int = PREPARE_LEAD_MS) -> int:
     """Silence after which a turn's answer is prepared: ``lead_ms`` before the turn would end,
-    but not before a third of the window (0 when ``lead_ms`` is 0: no preparation)."""
+    but not before a quarter of the window (0 when ``lead_ms`` is 0: no preparation)."""
     if lead_ms <= 0:
         return 0
-    return max(silence_duration_ms - lead_ms, silence_duration_ms // 3)
+    return max(silence_duration_ms - lead_ms, silence_duration_ms // 4)
 
 
 def vad_config(
@@ -130,8 +139,8 @@ class TurnDetector:
         turn_detection: the session's ``audio.input.turn_detection`` object.
         fmt: the session's input format type (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``).
         start_ms: session audio time of the first byte this detector will see.
-        pool: the process's ASR decoder pool.
-        final_decode: how :class:`AsrStream` computes the final transcript. With ``batch``
+        recognizer: the backend's speech recogniser.
+        final_decode: how the utterance stream computes the final transcript. With ``batch``
             the utterance is not finished at a pause (the batch pass wants all of it), so
             :class:`TurnPaused` carries the live hypothesis instead.
         max_turn_ms: a turn is ended after this much speech.
@@ -146,7 +155,7 @@ class TurnDetector:
         fmt: str,
         *,
         start_ms: int,
-        pool: DecoderPool,
+        recognizer: Recognizer,
         final_decode: FinalDecode = "batch",
         max_turn_ms: int = DEFAULT_MAX_TURN_MS,
         acquire_timeout_s: float = 2.0,
@@ -157,13 +166,11 @@ class TurnDetector:
         rate = rate_hz(self.fmt)
         self._bytes_per_ms = rate * 2 / 1000
         self._vad = VadStream(self.config, input_rate_hz=rate, start_ms=start_ms)
-        self._asr = AsrStream(
-            pool,
+        self._asr = recognizer.stream(
             input_rate_hz=rate,
             final_decode=final_decode,
             max_utterance_s=max_turn_ms / 1000,
             acquire_timeout_s=acquire_timeout_s,
-            reset_cmn=True,
         )
         self._final_decode = final_decode
         self._max_turn_ms = max_turn_ms
@@ -218,7 +225,7 @@ class TurnDetector:
         return events
 
     def close(self) -> None:
-        """Drop a turn in progress and return its decoder to the pool."""
+        """Drop a turn in progress (a pocketsphinx decoder goes back to its pool)."""
         self._asr.cancel()
         self._turn_start_ms = None
 
@@ -232,17 +239,33 @@ class TurnDetector:
         self._asr_paused = False
 
     def _pause(self, at_ms: int) -> TurnPaused:
-        """Silence may end the turn: finish the utterance now (``stream``) and say what it is."""
+        """Silence may end the turn: finish the utterance now (``stream``) and say what it is.
+
+        A stream that can decode without ending the utterance (Whisper's ``snapshot``) does
+        that instead: if speech resumes, the utterance goes on (gap included), so the final
+        decode hears the whole turn at once rather than pieces of it.
+        """
         partial = self._asr_feed_until(at_ms)
         if self._final_decode == "batch" or self._asr_error is not None:
             text = partial if partial is not None else self._live_text()
             return TurnPaused(" ".join((*self._segments, text)).strip())
+        snapshot = getattr(self._asr, "snapshot", None)
+        if snapshot is not None and self._asr.active:
+            try:
+                text = snapshot().text
+            except AsrError as exc:
+                self._asr_error = str(exc)
+                text = ""
+            self._asr_paused = True
+            return TurnPaused(" ".join(t for t in (*self._segments, text) if t))
         self._segments.append(self._finish_utterance())
         self._asr_paused = True
         return TurnPaused(self._joined())
 
     def _resume(self, at_ms: int) -> None:
-        if self._asr_paused:
+        if self._asr_paused and getattr(self._asr, "snapshot", None) is not None:
+            self._asr_paused = False  # the same utterance goes on from the pause
+        elif self._asr_paused:
             # A new utterance from just before the resumption (never before the pause).
             lookback = max(_RESUME_LOOKBACK_MS, self.config.prefix_padding_ms)
             self._asr_fed_ms = max(self._asr_fed_ms, at_ms - lookback)
@@ -289,6 +312,8 @@ class TurnDetector:
         if not self._asr_paused:
             self._asr_feed_until(decided_at_ms)
             self._segments.append(self._finish_utterance())
+        elif self._asr.active:  # paused on a snapshot: the final is that decode
+            self._segments.append(self._finish_utterance())
         self._asr_paused = False
         error, self._asr_error = self._asr_error, None
         transcript = self._joined()
@@ -309,7 +334,7 @@ class TurnDetector:
 
 
 def transcribe_turn(
-    wire: bytes, fmt: str, *, pool: DecoderPool, final_decode: FinalDecode = "batch"
+    wire: bytes, fmt: str, *, recognizer: Recognizer, final_decode: FinalDecode = "batch"
 ) -> tuple[str, float]:
     """Transcribe a whole committed turn (manual commits); returns ``(text, audio_ms)``.
 
@@ -317,9 +342,7 @@ def transcribe_turn(
         AsrError: no decoder became free.
     """
     audio_fmt = cast(AudioFormat, fmt)
-    stream = AsrStream(
-        pool, input_rate_hz=rate_hz(audio_fmt), final_decode=final_decode, reset_cmn=True
-    )
+    stream = recognizer.stream(input_rate_hz=rate_hz(audio_fmt), final_decode=final_decode)
     try:
         _feed_chunked(stream, decode_input(wire, audio_fmt), rate_hz(audio_fmt) * 2 / 1000)
         final = stream.finish()
@@ -328,7 +351,7 @@ def transcribe_turn(
     return final.text, final.audio_ms
 
 
-def _feed_chunked(stream: AsrStream, pcm: bytes, bytes_per_ms: float) -> Transcript | None:
+def _feed_chunked(stream: UtteranceStream, pcm: bytes, bytes_per_ms: float) -> Transcript | None:
     """Feed ``pcm`` in 20 ms pieces: pocketsphinx 5.1.1 can crash on one large live-mode
     buffer after a full-utterance decode on the same decoder (seen with pooled decoders)."""
     step = int(_FEED_MS * bytes_per_ms) & ~1

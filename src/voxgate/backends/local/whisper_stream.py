@@ -1,0 +1,221 @@
+"""Whisper as the engine's recogniser: utterance streams over one shared :class:`WhisperModel`.
+
+Owns: :class:`WhisperRecognizer` (``VOXGATE_ASR=whisper``, the default), which owns the
+model and closes it, and :class:`WhisperStream`, one session's utterance: audio is resampled
+to 16 kHz and buffered (bounded by ``max_utterance_s``) while the user speaks; the final
+transcript is one decode of the whole utterance when it ends (during the silence window, see
+:mod:`.turns`).
+
+Partial transcripts (``partial_interval_ms`` > 0): every that much audio the utterance so far
+is decoded, and the words two consecutive decodes agree on (the newer one's last word
+excluded: it may be cut off) become the partial. Each later decode, the final included, is
+forced to start with the agreed words, so partials are always a prefix of the final. Each
+partial decode costs about as much as a final, so they are off by default (docs).
+
+A stream with less than :data:`~.asr.MIN_VOICED_MS` of voiced audio is not decoded at all,
+and a decode Whisper judges to be silence or noise gives an empty final (no words).
+
+Threading: blocking CPU work for a worker thread; a stream belongs to one session. Must
+not: keep audio beyond its bound, or share a stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from voxgate.backends.local.asr import (
+    ASR_RATE_HZ,
+    MIN_VOICED_MS,
+    FinalDecode,
+    Transcript,
+    voiced_ms,
+)
+from voxgate.backends.local.mel import Float32Array
+from voxgate.backends.local.whisper import Recognition, WhisperModel, WhisperOptions
+from voxgate.protocol.audio import Resampler
+
+
+def pcm16_to_float(pcm16: bytes | bytearray) -> Float32Array:
+    """PCM16 little-endian → float32 samples in [-1, 1)."""
+    samples = np.frombuffer(bytes(pcm16), dtype="<i2").astype(np.float32)
+    out: Float32Array = samples / 32768.0
+    return out
+
+
+class WhisperStream:
+    """One session's Whisper utterance (see the module docstring for partials)."""
+
+    def __init__(
+        self,
+        model: WhisperModel,
+        *,
+        input_rate_hz: int = ASR_RATE_HZ,
+        max_utterance_s: float = 30.0,
+        partial_interval_ms: int = 0,
+    ) -> None:
+        self._model = model
+        self._input_rate_hz = input_rate_hz
+        self._resampler = Resampler(input_rate_hz, ASR_RATE_HZ)
+        self._max_bytes = int(max_utterance_s * ASR_RATE_HZ) * 2
+        self._partial_interval_ms = partial_interval_ms
+        self._audio = bytearray()
+        self._fed_bytes = 0
+        self._active = False
+        self._next_partial_ms = float(partial_interval_ms)
+        self._agreed = ""
+        self._last_words: list[str] = []
+        self._snapshot: tuple[int, str] | None = None  # (fed bytes, text) at the last pause
+        self.last: Recognition | None = None  # the newest decode (benchmarks read its scores)
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @property
+    def audio_ms(self) -> float:
+        return self._fed_bytes / (2 * ASR_RATE_HZ) * 1000
+
+    def feed(self, pcm16: bytes) -> Transcript | None:
+        """Buffer audio; with partials on, decode when one is due (returns a new partial)."""
+        self._active = True
+        data = self._resampler.process(pcm16)
+        self._keep(data)
+        if self._partial_interval_ms <= 0 or self.audio_ms < self._next_partial_ms:
+            return None
+        self._next_partial_ms = self.audio_ms + self._partial_interval_ms
+        return self._partial_decode()
+
+    def partial(self) -> Transcript | None:
+        return Transcript(self._agreed, False, self.audio_ms) if self._agreed else None
+
+    def snapshot(self) -> Transcript:
+        """What the utterance says so far, without ending it (the turn may be ending).
+
+        If no audio is fed before :meth:`finish`, that returns this result without a
+        second decode; if audio is fed (speech resumed), the final decodes it all.
+        """
+        text = self._final_text()
+        self._snapshot = (self._fed_bytes, text)
+        return Transcript(text, False, self.audio_ms)
+
+    def finish(self) -> Transcript:
+        if not self._active:
+            return Transcript("", True, 0.0)
+        audio_ms = self.audio_ms
+        try:
+            if self._snapshot is not None and self._snapshot[0] == self._fed_bytes:
+                text = self._snapshot[1]
+            else:
+                self._keep(self._resampler.flush())
+                text = self._final_text()
+        finally:
+            self._reset()
+        return Transcript(text, True, audio_ms)
+
+    def cancel(self) -> None:
+        if self._active:
+            self._resampler.flush()
+        self._reset()
+
+    # ------------------------------------------------------------------ internals
+
+    def _keep(self, data: bytes) -> None:
+        self._fed_bytes += len(data)
+        room = self._max_bytes - len(self._audio)
+        if room > 0:
+            self._audio += data[:room]
+
+    def _final_text(self) -> str:
+        if not self._agreed and voiced_ms(self._audio) < MIN_VOICED_MS:
+            return ""
+        rec = self._decode()
+        return rec.text if rec.text.startswith(self._agreed) else self._agreed
+
+    def _decode(self) -> Recognition:
+        prefix = " " + self._agreed if self._agreed else ""
+        self.last = self._model.recognize(pcm16_to_float(self._audio), prefix=prefix)
+        return self.last
+
+    def _partial_decode(self) -> Transcript | None:
+        if not self._agreed and voiced_ms(self._audio) < MIN_VOICED_MS:
+            return None
+        rec = self._decode()
+        if not rec.speech:
+            return None
+        words = rec.text.split()
+        agreed: list[str] = []
+        for old, new in zip(self._last_words, words[:-1], strict=False):
+            if old != new:
+                break
+            agreed.append(new)
+        self._last_words = words
+        text = " ".join(agreed)
+        if len(text) <= len(self._agreed) or not text.startswith(self._agreed):
+            return None
+        self._agreed = text
+        return Transcript(text, False, self.audio_ms)
+
+    def _reset(self) -> None:
+        self._active = False
+        self._audio = bytearray()
+        self._fed_bytes = 0
+        self._next_partial_ms = float(self._partial_interval_ms)
+        self._agreed = ""
+        self._last_words = []
+        self._snapshot = None
+        self._resampler = Resampler(self._input_rate_hz, ASR_RATE_HZ)
+
+
+class WhisperRecognizer:
+    """``VOXGATE_ASR=whisper``: the :class:`~.asr.Recognizer` over one :class:`WhisperModel`.
+
+    Args:
+        model_path: a CTranslate2 Whisper folder (None: the bundled, hash-pinned tiny.en).
+        workers: decodes that may run at once (one CPU thread each).
+        prompt_words: knowledge-base headings for the decoder prompt.
+        partial_interval_ms: partial decodes every this much audio (0 = final only).
+        options: decoding settings.
+    """
+
+    name = "whisper"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        workers: int = 1,
+        prompt_words: Sequence[str] = (),
+        partial_interval_ms: int = 0,
+        options: WhisperOptions | None = None,
+    ) -> None:
+        self.model = WhisperModel(
+            model_path, workers=workers, prompt_words=prompt_words, options=options
+        )
+        self.partial_interval_ms = partial_interval_ms
+
+    def stream(
+        self,
+        *,
+        input_rate_hz: int = ASR_RATE_HZ,
+        final_decode: FinalDecode = "stream",
+        max_utterance_s: float = 30.0,
+        acquire_timeout_s: float = 10.0,
+    ) -> WhisperStream:
+        """A new utterance stream (``final_decode``/``acquire_timeout_s`` do not apply)."""
+        return WhisperStream(
+            self.model,
+            input_rate_hz=input_rate_hz,
+            max_utterance_s=max_utterance_s,
+            partial_interval_ms=self.partial_interval_ms,
+        )
+
+    def warm(self, speech_16k: bytes) -> None:
+        """Load (and verify) the model and decode ``speech_16k`` once."""
+        self.model.load()
+        self.model.recognize(pcm16_to_float(speech_16k))
+
+    def close(self) -> None:
+        self.model.close()
