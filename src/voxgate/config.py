@@ -114,13 +114,6 @@ class Settings(BaseSettings):
     local_asr_model_path: str | None = None
     #: Whisper partial transcripts every this much speech (0: the final transcript only).
     local_asr_partial_ms: int = Field(default=0, ge=0, le=10_000)
-    #: Speech recogniser (issue 13): ``whisper`` (CTranslate2, the bundled tiny.en) or
-    #: ``pocketsphinx`` (smallest install, much less accurate).
-    asr: Literal["whisper", "pocketsphinx"] = "whisper"
-    #: A CTranslate2 Whisper model folder to use instead of the bundled tiny.en.
-    local_asr_model_path: str | None = None
-    #: Whisper partial transcripts every this much speech (0: the final transcript only).
-    local_asr_partial_ms: int = Field(default=0, ge=0, le=10_000)
     knowledge_path: str | None = None
 
     @field_validator("openai_url")
