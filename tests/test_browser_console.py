@@ -12,6 +12,7 @@ latency, barge-in with truncate, and auth.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,14 @@ from browser_helpers import (
     open_console,
     speech_wav,
     start_hands_free,
+    wait_for_state,
 )
-from gateway_helpers import fake_and_gateway
+from gateway_helpers import SIGNING_SECRET, UPSTREAM_KEY, fake_and_gateway, gateway_settings
+from voxgate.app import create_app
 from voxgate.auth.console import new_login_url
 from voxgate.config import Settings
+from voxgate.server import Serving, serve
+from voxgate.startup import bind
 from voxgate.testing import FakeRealtimeServer
 from voxgate.testing.gateway import RunningGateway, run_gateway
 from voxgate.testing.responder import ResponseContext, Say
@@ -222,3 +227,99 @@ async def test_session_ended_by_the_server_is_explained(tmp_path: Path) -> None:
         problem = await page.text_content("#problem") or ""
         assert "maximum length" in problem
         assert await page.is_enabled("#start")  # the user can start again
+
+
+# ------------------------------------------------------- after a server restart (issue 12.13)
+
+
+@asynccontextmanager
+async def _gateway_on(port: int, upstream_url: str, secret: str) -> AsyncIterator[Serving]:
+    """voxgate as ``serve`` runs it, on a given port (0: a free one), until the block ends."""
+    settings = gateway_settings(upstream_url, secret=secret, port=port)
+    socks = bind("127.0.0.1", port)
+    serving = await serve(create_app(settings), settings, socks)
+    try:
+        yield serving
+    finally:
+        await serving.runner.cleanup()  # open sessions are closed with 1001 (going away)
+        for sock in socks:
+            sock.close()
+
+
+async def _visible_messages(page: Page) -> list[str]:
+    """The page's messages a person reads: problem box and connection note, when shown."""
+    shown = []
+    for sel in ("#problem", "#conn-note"):
+        if await page.is_visible(sel):
+            shown.append((await page.text_content(sel) or "").strip())
+    return shown
+
+
+async def test_after_a_restart_without_a_shared_secret_one_message_and_a_way_back_in(
+    tmp_path: Path,
+) -> None:
+    wav = speech_wav(tmp_path / "quiet.wav", [500])
+    async with FakeRealtimeServer(api_keys={UPSTREAM_KEY}) as fake, chromium(wav) as browser:
+        async with _gateway_on(0, fake.url, "secret-before-restart-0001") as first:
+            port = first.port
+            page = await open_console(
+                browser, new_login_url(first.runner.app, f"http://127.0.0.1:{port}")
+            )
+            await start_hands_free(page)
+        async with _gateway_on(port, fake.url, "secret-after-restart-00002") as second:
+            await page.wait_for_function(
+                "() => document.getElementById('status-text').textContent === 'Signed out'"
+            )
+            messages = await _visible_messages(page)
+            assert len(messages) == 1, messages
+            assert "no longer signed in" in messages[0]
+            assert "restarted" in messages[0]
+            assert await page.is_visible("#signin")
+            assert await page.is_disabled("#start")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "console-signed-out.png"), full_page=True)
+            # the way back in: the new link the restarted server printed
+            link = new_login_url(second.runner.app, f"http://127.0.0.1:{port}")
+            await page.fill("#signin-link", link)
+            await page.click("#signin-go")
+            await page.wait_for_function("() => window.voxgateConsole.signedIn()")
+            assert await _visible_messages(page) == []
+            assert not await page.is_visible("#signin")
+            await start_hands_free(page)
+
+
+async def test_after_a_restart_with_a_shared_secret_the_console_carries_on(
+    tmp_path: Path,
+) -> None:
+    wav = speech_wav(tmp_path / "quiet.wav", [500])
+    async with FakeRealtimeServer(api_keys={UPSTREAM_KEY}) as fake, chromium(wav) as browser:
+        async with _gateway_on(0, fake.url, SIGNING_SECRET) as first:
+            port = first.port
+            page = await open_console(
+                browser, new_login_url(first.runner.app, f"http://127.0.0.1:{port}")
+            )
+            await start_hands_free(page)
+            await page.wait_for_function("() => window.voxgateConsole.client.sessionId !== null")
+        async with _gateway_on(port, fake.url, SIGNING_SECRET):
+            await page.wait_for_selector("#conn-note:not([hidden])")
+            await wait_for_state(page, "ready")
+            messages = await _visible_messages(page)
+            assert len(messages) == 1, messages
+            assert "this is a new session" in messages[0]
+            assert "does not remember" in messages[0]
+            assert await page.text_content("#status-text") == "Connected — listening"
+
+
+async def test_silence_field_shows_what_is_sent(tmp_path: Path) -> None:
+    """The field showed 50 while 100 (the minimum) was sent."""
+    wav = speech_wav(tmp_path / "quiet.wav", [500])
+    async with fake_and_gateway() as (fake, gw), chromium(wav) as browser:
+        page = await open_console(browser, new_login_url(gw.app, gw.http_url))
+        await page.fill("#silence", "50")
+        await page.dispatch_event("#silence", "change")
+        assert await page.input_value("#silence") == "100"
+        await start_hands_free(page)
+        record = await fake.wait_for_connection()
+        assert record.session is not None
+        vad = record.session["audio"]["input"]["turn_detection"]
+        assert vad["silence_duration_ms"] == int(await page.input_value("#silence")) == 100

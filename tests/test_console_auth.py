@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from gateway_helpers import fake_and_gateway, recv_json
 from voxgate.auth.console import (
@@ -173,19 +174,62 @@ async def test_server_key_holder_can_mint_a_new_login_link(stack: Gateway) -> No
             assert r.status == 200
 
 
-def test_tables_are_capped_and_expire() -> None:
+def test_login_tokens_are_capped_and_expire_and_cookies_expire() -> None:
     now = [1000.0]
-    auth = ConsoleAuth(max_login_tokens=3, max_sessions=2, login_ttl_s=10, clock=lambda: now[0])
+    auth = ConsoleAuth(max_login_tokens=3, login_ttl_s=10, session_ttl_s=100, clock=lambda: now[0])
     tokens = [auth.new_login_token() for _ in range(5)]
     assert auth.counts() == (3, 0)
     assert auth.redeem(tokens[0]) is None  # evicted as oldest
     cookies = [auth.redeem(t) for t in tokens[2:]]
     assert all(c is not None for c in cookies)
-    assert auth.counts() == (0, 2)
+    assert auth.counts() == (0, 0)
     late = auth.new_login_token()
     now[0] += 11
     assert auth.redeem(late) is None
-    assert auth.counts() == (0, 2)
+    cookie, session = cookies[0]  # type: ignore[misc]
+    assert auth.session(cookie) == session
+    now[0] += 90
+    assert auth.session(cookie) is None  # the cookie's own expiry
+
+
+def test_a_cookie_is_refused_after_logout_or_any_change() -> None:
+    auth = ConsoleAuth(secret=b"s" * 32)
+    redeemed = auth.redeem(auth.new_login_token())
+    assert redeemed is not None
+    cookie = redeemed[0]
+    for i in range(len(cookie)):
+        changed = cookie[:i] + ("A" if cookie[i] != "A" else "B") + cookie[i + 1 :]
+        assert auth.session(changed) is None, i
+    auth.logout(cookie)
+    assert auth.session(cookie) is None
+    assert auth.counts() == (0, 1)
+
+
+async def test_with_a_shared_secret_the_console_stays_signed_in_across_a_restart() -> None:
+    """Issue 12 item 13: a new process with the same VOXGATE_SECRET accepts the cookie."""
+    async with fake_and_gateway() as (_, before), _http() as http:
+        csrf = await _login(http, before)
+    async with fake_and_gateway() as (_, after), _http() as browser:
+        browser.cookie_jar.update_cookies(http.cookie_jar.filter_cookies(URL(before.http_url)))
+        async with browser.get(after.http_url + "/console/api/session") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["csrf_token"] == csrf
+        async with browser.post(
+            after.http_url + "/console/api/key", headers={CSRF_HEADER: csrf}, json={}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["value"].startswith("ek_")
+
+
+async def test_without_a_shared_secret_a_restart_signs_the_console_out() -> None:
+    async with fake_and_gateway() as (_, before), _http() as http:
+        await _login(http, before)
+    async with fake_and_gateway(secret="another-signing-secret-0002") as (_, after):
+        async with _http() as browser:
+            browser.cookie_jar.update_cookies(http.cookie_jar.filter_cookies(URL(before.http_url)))
+            async with browser.get(after.http_url + "/console/api/session") as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"]["code"] == "console_login_required"
 
 
 async def test_console_state_lives_on_the_app(stack: Gateway) -> None:

@@ -25,9 +25,43 @@ const UPSTREAM_WORDS = {
 };
 
 let csrfToken = null;
+let wasSignedIn = false; // a later 401 means the server restarted or the sign-in expired
+let newSessionWhy = null; // why the call was lost, until a new session is ready (or none comes)
 const transcriptItems = new Map(); // item id → <li>
+const SIGNED_OUT_AGAIN = "You are no longer signed in: the voxgate server restarted or your sign-in "
+  + "expired. Open the new console link printed by `voxgate serve`, or paste it below.";
 
 // ---------------------------------------------------------------- sign-in
+
+/** Trade a one-time login token for the session cookie; true when signed in. */
+async function loginWith(token) {
+  const r = await fetch("/console/api/login", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token }),
+  }).catch(() => null);
+  if (!r || !r.ok) return false;
+  signedIn((await r.json()).csrf_token);
+  return true;
+}
+
+function signedIn(token) {
+  csrfToken = token;
+  wasSignedIn = true;
+  $("signin").hidden = true;
+  $("signin-link").value = "";
+}
+
+/** The one state after a 401: signed out, one message, the sign-in box as the way back in. */
+function signedOut(message) {
+  csrfToken = null;
+  newSessionWhy = null;
+  showNote("");
+  showProblem(message);
+  $("signin").hidden = false;
+  setStatus(client ? client.state : "closed");
+}
 
 async function signIn() {
   const params = new URLSearchParams(location.search);
@@ -37,16 +71,7 @@ async function signIn() {
     params.delete("login");
     const rest = params.toString();
     history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
-    const r = await fetch("/console/api/login", {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ token }),
-    }).catch(() => null);
-    if (r && r.ok) {
-      csrfToken = (await r.json()).csrf_token;
-      return true;
-    }
+    if (await loginWith(token)) return true;
   }
   const r = await fetch("/console/api/session", { credentials: "same-origin" }).catch(() => null);
   if (!r) {
@@ -54,12 +79,29 @@ async function signIn() {
     return false;
   }
   if (r.ok) {
-    csrfToken = (await r.json()).csrf_token;
+    signedIn((await r.json()).csrf_token);
     return true;
   }
-  showProblem(token ? "This console link was already used or has expired. " + PROBLEMS.login_required
-                    : PROBLEMS.login_required);
+  signedOut(token ? "This console link was already used or has expired. " + PROBLEMS.login_required
+                  : PROBLEMS.login_required);
   return false;
+}
+
+/** The sign-in box: a pasted console link (or its token) signs this page in again. */
+async function signInFromBox(e) {
+  e.preventDefault();
+  const text = $("signin-link").value.trim();
+  let token = text;
+  try {
+    token = new URL(text, location.href).searchParams.get("login") || text;
+  } catch { /* a bare token */ }
+  if (token && await loginWith(token)) {
+    showProblem("");
+    setStatus(client ? client.state : "closed");
+    return;
+  }
+  showProblem("That console link was already used, has expired, or is not a console link. "
+              + "Restart `voxgate serve` or ask its operator for a new one.");
 }
 
 async function getKey() {
@@ -91,8 +133,18 @@ function handsFree() {
   return document.querySelector('input[name="mode"]:checked').value === "handsfree";
 }
 
+/** The VAD silence in ms as sent (100–3000, 500 when empty); the field shows the same. */
+function silenceMs() {
+  const field = $("silence");
+  const raw = Number(field.value);
+  const ms = field.value.trim() === "" || !Number.isFinite(raw)
+    ? 500 : Math.min(3000, Math.max(100, Math.round(raw)));
+  if (field.value !== String(ms)) field.value = String(ms);
+  return ms;
+}
+
 function sessionConfig() {
-  const silence = Math.min(3000, Math.max(100, Number($("silence").value) || 500));
+  const silence = silenceMs();
   const config = {
     type: "realtime",
     audio: {
@@ -144,6 +196,8 @@ function setStatus(state, reason = lastReason) {
   el.dataset.state = state;
   el.dataset.upstream = upstream;
   let text = STATE_WORDS[state] || state;
+  el.dataset.signedOut = String(!csrfToken && state === "closed");
+  if (!csrfToken && state === "closed") text = "Signed out";
   if (state === "ready" && !handsFree()) text = "Connected — hold to talk";
   if (UPSTREAM_WORDS[upstream]) text = UPSTREAM_WORDS[upstream];
   if (reason && state !== "ready" && state !== "closed") text += ` (${reason})`;
@@ -233,6 +287,14 @@ function log(direction, ev) {
 
 let client = null;
 
+/** Why a resume failed, in words (a restarted server no longer knows the call). */
+function resumeWords(why) {
+  if (/voxgate_resume_refused/.test(why || "")) {
+    return "voxgate_resume_refused: the server no longer has this call, it may have restarted";
+  }
+  return why || "no answer";
+}
+
 function makeClient() {
   const processing = $("processing").checked;
   const c = new VoxgateClient({
@@ -244,6 +306,18 @@ function makeClient() {
     setStatus(state, reason);
     if (state === "ready" && reason !== "resumed") showProblem("");
     if (state === "resuming") showNote("The connection dropped. Resuming the call — keep talking, what you say is kept.", "warn");
+    if (state === "reconnecting" && newSessionWhy === null && c.stats.states.some((s) => s.state === "ready")) {
+      newSessionWhy = "The connection to voxgate was lost";
+    }
+    if (state === "ready" && newSessionWhy !== null) {
+      showNote(`${newSessionWhy}, so this is a new session: the assistant does not remember `
+               + "the earlier conversation.", "warn");
+      newSessionWhy = null;
+    }
+    if (state === "closed" && newSessionWhy !== null) {
+      newSessionWhy = null;
+      showNote(""); // no new session came: the problem box says why
+    }
     const words = `connection: ${state}${reason ? ` (${reason})` : ""}`;
     log("note", { type: `(state ${state})`, text: words });
   });
@@ -261,13 +335,18 @@ function makeClient() {
       showNote(`Call resumed after ${r.ms} ms (${r.replayed} missed events caught up${gap}${lost}).`);
       log("note", { type: "(resumed)", text: `resumed the same session in ${r.ms} ms` });
     } else {
-      showNote(`Could not resume the call (${r.why}). A new session was started; the assistant `
-               + "does not remember the earlier conversation.", "warn");
+      const why = resumeWords(r.why);
+      newSessionWhy = `Could not resume the call (${why})`;
+      showNote(`Could not resume the call (${why}). Starting a new session…`, "warn");
       log("note", { type: "(resume failed)", text: `resume failed: ${r.why}; starting a new session` });
     }
   });
   c.on("problem", ({ code, message }) => {
-    if (code !== "resume_failed") showProblem(message); // the connection note says it, politely
+    if (code === "login_required") {
+      signedOut(wasSignedIn ? SIGNED_OUT_AGAIN : PROBLEMS.login_required);
+    } else if (code !== "resume_failed") {
+      showProblem(message); // resume_failed: the connection note says it, politely
+    }
   });
   c.on("notice", ({ message }) => showProblem(message));
   c.on("transcript", onTranscript);
@@ -322,6 +401,8 @@ async function main() {
   for (const radio of document.querySelectorAll('input[name="mode"]')) {
     radio.addEventListener("change", () => { syncMode(); liveUpdate(); });
   }
+  $("silence").addEventListener("change", silenceMs);
+  $("signin").addEventListener("submit", signInFromBox);
   for (const id of ["instructions", "voice", "silence", "transcribe"]) {
     $(id).addEventListener("change", liveUpdate);
   }
