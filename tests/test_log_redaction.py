@@ -12,6 +12,8 @@ import pytest
 import structlog
 
 from gateway_helpers import recv_json, recv_until
+from voxgate.auth.console_session import ConsoleAuth
+from voxgate.auth.resume import mint as mint_resume_token
 from voxgate.config import Settings
 from voxgate.observability.logging import configure_logging
 from voxgate.testing import FakeRealtimeServer, b64, tone
@@ -129,3 +131,25 @@ async def test_no_secret_reaches_any_log_line(log_buffer: io.StringIO) -> None:
         assert lifecycle in events, lifecycle
     closed = [orjson.loads(line) for line in lines if '"session.closed"' in line]
     assert all("duration_s" in c and "client_bytes" in c and "cause" in c for c in closed)
+
+
+def test_resume_tokens_console_cookies_and_login_links_never_reach_a_log(
+    log_buffer: io.StringIO,
+) -> None:
+    """Every credential of the README's security model, logged by mistake, is masked."""
+    resume_token, _ = mint_resume_token(
+        SIGNING.encode(), session_id="sess_1", subject="user-1", generation=1
+    )
+    auth = ConsoleAuth(secret=SIGNING.encode())
+    login = auth.new_login_token()
+    redeemed = auth.redeem(auth.new_login_token())
+    assert redeemed is not None
+    cookie = redeemed[0]
+    log = structlog.get_logger("voxgate.test")
+    log.info("oops", token=resume_token, header=f"Cookie: voxgate_console={cookie}")
+    log.info(f"GET /?login={login} HTTP/1.1")
+    logging.getLogger("aiohttp.access").warning("GET /?login=%s -> 200", login)
+    output = log_buffer.getvalue()
+    for secret in (resume_token, resume_token[4:30], cookie, cookie[3:30], login):
+        assert secret not in output, secret[:8]
+    assert output.count("[redacted]") >= 4

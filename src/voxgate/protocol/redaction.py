@@ -14,15 +14,16 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # OpenAI keys, including the real server's partly starred quotes ("sk-abc*****wxyz").
     (re.compile(r"\bsk-[A-Za-z0-9_\-*.]+"), MASK),
     (re.compile(r"\bek_[A-Za-z0-9_\-*.]+"), MASK),
-    # voxgate server keys (vk-…) and resume tokens (rt_…).
+    # voxgate server keys (vk-…), resume tokens (vgr_…; rt_… before), console session cookies.
     (re.compile(r"\bvk[-_][A-Za-z0-9_\-*.]+"), MASK),
-    (re.compile(r"\brt_[A-Za-z0-9_\-*.]+"), MASK),
+    (re.compile(r"\b(?:vgr|rt)_[A-Za-z0-9_\-*.]+"), MASK),
+    (re.compile(r"\bv1\.[A-Za-z0-9_-]{16,64}\.console-[0-9a-f]+\.\d+\.[A-Za-z0-9_-]+"), MASK),
     (re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"']+"), r"\1 " + MASK),
     (re.compile(r"openai-insecure-api-key\.[^\s,;\"']+"), "openai-insecure-api-key." + MASK),
     # user:password@ in URLs, and token-ish query parameters.
     (re.compile(r"(?<=://)[^/@\s]+@"), MASK + "@"),
     (
-        re.compile(r"(?i)([?&](?:api[_-]?key|key|token|secret|auth|password)=)[^&\s]+"),
+        re.compile(r"(?i)([?&](?:api[_-]?key|key|token|secret|auth|password|login)=)[^&\s]+"),
         r"\1" + MASK,
     ),
 )
