@@ -7,10 +7,12 @@ key of another subject is refused. Refusals are ``voxgate_resume_refused`` + clo
 client then starts a fresh session.
 
 Until that first frame arrives a handshake is unauthenticated, so it is held on a short leash:
-a first-frame deadline (``resume_first_frame_s``), at most ``max_per_address`` pending from one
-address, and a global bound where a new handshake evicts the *oldest* pending one instead of
-being refused. A crowd of silent sockets therefore never holds the slot a client with a valid
-token needs: it gets one, at the price of the longest-silent stranger.
+a first-frame deadline (``resume_wait_s``), at most ``max_per_address`` pending from one
+address and ``max_pending`` in all. At either bound a new handshake evicts the *oldest* pending
+one (of that address, or of all) instead of being refused: a genuine client sends its resume
+request within milliseconds of the upgrade, so a crowd of silent sockets, even from the
+client's own address (a NAT, a shared office), never holds the slot a valid token needs; it
+gets one, at the price of the longest-silent stranger.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from voxgate.auth import resume as resume_tokens
 from voxgate.protocol.errors import AuthError
@@ -42,19 +43,20 @@ class ResumeGate:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def enter(self, address: str, evict: Callable[[], None]) -> int | None:
-        """Admit a handshake from ``address``; None if that address has too many pending.
+    def pending_from(self, address: str) -> int:
+        return self._per_address.get(address, 0)
 
-        ``evict`` ends the handshake at once (it is called on the oldest one when the global
-        bound is reached). Returns a ticket for :meth:`leave`.
+    def enter(self, address: str, evict: Callable[[], None]) -> int:
+        """Admit a handshake from ``address``, evicting the oldest one at a bound.
+
+        ``evict`` ends the handshake at once (called when a newer one needs its place).
+        Returns a ticket for :meth:`leave`.
         """
         if self._per_address.get(address, 0) >= self.max_per_address:
-            return None
+            oldest = next(t for t, (a, _) in self._pending.items() if a == address)
+            self._evict(oldest)
         while len(self._pending) >= self.max_pending:
-            _, (_, oldest_evict) = self._pending.popitem(last=False)
-            self.evicted += 1
-            oldest_evict()  # its leave() finds nothing: the counts were settled here
-            self._drop_address(_)
+            self._evict(next(iter(self._pending)))
         self._next += 1
         ticket = self._next
         self._pending[ticket] = (address, evict)
@@ -62,9 +64,16 @@ class ResumeGate:
         return ticket
 
     def leave(self, ticket: int) -> None:
+        """The handshake is over (it sent its request, failed, or was evicted)."""
         entry = self._pending.pop(ticket, None)
         if entry is not None:
             self._drop_address(entry[0])
+
+    def _evict(self, ticket: int) -> None:
+        address, evict = self._pending.pop(ticket)
+        self._drop_address(address)
+        self.evicted += 1
+        evict()
 
     def _drop_address(self, address: str) -> None:
         count = self._per_address.get(address, 0) - 1
@@ -79,8 +88,6 @@ async def read_resume_request(
 ) -> tuple[str, int] | str:
     """Wait (briefly) for the first frame; ``(token, received)`` or a refusal reason."""
     ticket = gate.enter(address, conn.abort)
-    if ticket is None:
-        return "too_many_pending"
     try:
         async with asyncio.timeout(first_frame_s):
             frame = await conn.receive()
@@ -129,7 +136,3 @@ async def resume_session(
         return why
     await link.done.wait()
     return None
-
-
-def log_fields(why: str) -> dict[str, Any]:
-    return {"refused_because": why}
