@@ -19,6 +19,7 @@ import orjson
 import pytest
 import structlog
 
+from voxgate.cli import Say
 from voxgate.observability.logging import configure_logging
 from voxgate.protocol.close import CloseCode
 
@@ -97,3 +98,20 @@ def test_console_lines_render_close_codes_as_numbers() -> None:
     assert "CloseCode" not in text
     assert "stdlib line" in text
     assert "ERROR:aiohttp.server" not in text  # the same renderer, not logging's default format
+
+
+def test_a_crash_in_json_mode_is_one_redacted_json_line() -> None:
+    err = io.StringIO()
+    say = Say(json=True, out=io.StringIO(), err=err)
+    say.secrets = (SECRET,)
+    try:
+        raise RuntimeError(f"bug while holding {SECRET} and sk-proj-{'y' * 24}")
+    except RuntimeError as exc:
+        say.crash(exc)
+    (line,) = err.getvalue().splitlines()
+    record = orjson.loads(line)
+    assert record["event"] == "voxgate.crashed"
+    assert "RuntimeError" in record["message"]
+    assert "Traceback (most recent call last)" in record["traceback"]
+    assert SECRET not in line
+    assert "sk-proj-" not in line

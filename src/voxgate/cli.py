@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -34,6 +35,7 @@ from voxgate.auth.server_keys import generate_server_key
 from voxgate.config import Settings
 from voxgate.observability.health import DETAILS
 from voxgate.observability.logging import configure_logging
+from voxgate.protocol.redaction import redact
 from voxgate.server import Serving, drain, serve
 from voxgate.startup import (
     StartupError,
@@ -79,6 +81,8 @@ class Say:
 
     def __init__(self, *, json: bool, out: TextIO | None = None, err: TextIO | None = None):
         self.json = json
+        #: exact secrets masked in a crash report (the configured keys, once known)
+        self.secrets: tuple[str, ...] = ()
         self._out = out or sys.stdout
         self._err = err or sys.stderr
 
@@ -89,6 +93,11 @@ class Say:
         self._write(
             self._err, "warning", "voxgate.warning", f"voxgate: warning: {message}", message
         )
+
+    def crash(self, exc: BaseException) -> None:
+        message = redact(f"voxgate stopped: {type(exc).__name__}: {exc}", self.secrets)
+        trace = redact("".join(traceback.format_exception(exc)), self.secrets)
+        self._write(self._err, "error", "voxgate.crashed", message, message, traceback=trace)
 
     def note(self, message: str, **fields: Any) -> None:
         self._write(self._out, "info", "voxgate.note", message, message, **fields)
@@ -240,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl+C before the server was up (models still loading)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: with JSON logs the traceback is a field of one line
+        if not say.json:
+            raise
+        say.crash(exc)
+        return 1
 
 
 def _run(args: argparse.Namespace, say: Say) -> int:
@@ -256,7 +270,8 @@ def _run(args: argparse.Namespace, say: Say) -> int:
     for secret in (settings.openai_api_key, settings.secret, settings.local_llm_api_key):
         if secret is not None:
             secrets_to_mask.append(secret.get_secret_value())
-    configure_logging(settings.log_level, settings.log_format, known_secrets=tuple(secrets_to_mask))
+    say.secrets = tuple(secrets_to_mask)
+    configure_logging(settings.log_level, settings.log_format, known_secrets=say.secrets)
     socks = bind(settings.host, settings.port)
     try:
         return asyncio.run(_serve(settings, socks, args.drain_timeout, generated, say))
