@@ -10,6 +10,8 @@ from agents.realtime.openai_realtime import get_server_event_type_adapter
 
 from voxgate.protocol import conversation as cv
 from voxgate.protocol import ids
+from voxgate.protocol import response_builder as rb
+from voxgate.protocol import server_events as ev
 from voxgate.protocol.errors import ClientEventError, InvalidState
 
 PCM = {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy"}
@@ -34,8 +36,8 @@ def _user_text(conv: cv.Conversation, text: str, **kw: Any) -> dict[str, Any]:
     return item
 
 
-def _builder(conv: cv.Conversation | None, modalities: list[str]) -> cv.ResponseBuilder:
-    return cv.ResponseBuilder(
+def _builder(conv: cv.Conversation | None, modalities: list[str]) -> rb.ResponseBuilder:
+    return rb.ResponseBuilder(
         response_id=ids.response_id(),
         conversation=conv,
         conversation_id="conv_1",
@@ -126,7 +128,7 @@ def test_retrieve_returns_input_audio_and_unknown_id_errors() -> None:
     )
     full = conv.retrieve("item_au", event_id=None)
     assert full["content"][0]["audio"] == audio
-    assert cv.public_item(full)["content"][0].get("audio") is None
+    assert ev.public_item(full)["content"][0].get("audio") is None
     with pytest.raises(ClientEventError) as info:
         conv.retrieve("item_missing", event_id="e1")
     assert info.value.code == "item_retrieve_invalid_item_id"
@@ -310,25 +312,25 @@ def test_misuse_raises_invalid_state() -> None:
 
 
 def test_misc_builders_pass_sdk_validation() -> None:
-    item = cv.user_audio_item("item_u")
-    usage = cv.transcription_usage(1600, "hello there")
+    item = ev.user_audio_item("item_u")
+    usage = ev.transcription_usage(1600, "hello there")
     events = [
-        cv.speech_started(0, "item_u"),
-        cv.speech_stopped(900, "item_u"),
-        cv.buffer_committed("item_u", None),
-        cv.buffer_cleared(),
-        cv.timeout_triggered("item_u", 0, 5000),
-        cv.item_added(item, None),
-        cv.item_done(item, "item_prev"),
-        cv.item_retrieved(item),
-        cv.item_truncated("item_a", 0, 300),
-        cv.item_deleted("item_a"),
-        cv.transcription_delta("item_u", "hel"),
-        cv.transcription_completed("item_u", "hello there", usage),
-        cv.transcription_failed("item_u", code="audio_unintelligible", message="no speech"),
-        cv.rate_limits_updated(),
-        cv.session_created({"type": "realtime"}),
-        cv.session_updated({"type": "realtime"}),
+        ev.speech_started(0, "item_u"),
+        ev.speech_stopped(900, "item_u"),
+        ev.buffer_committed("item_u", None),
+        ev.buffer_cleared(),
+        ev.timeout_triggered("item_u", 0, 5000),
+        ev.item_added(item, None),
+        ev.item_done(item, "item_prev"),
+        ev.item_retrieved(item),
+        ev.item_truncated("item_a", 0, 300),
+        ev.item_deleted("item_a"),
+        ev.transcription_delta("item_u", "hel"),
+        ev.transcription_completed("item_u", "hello there", usage),
+        ev.transcription_failed("item_u", code="audio_unintelligible", message="no speech"),
+        ev.rate_limits_updated(),
+        ev.session_created({"type": "realtime"}),
+        ev.session_updated({"type": "realtime"}),
     ]
     _sdk_valid(events)
     assert usage["type"] == "tokens"

@@ -10,8 +10,8 @@ from agents.realtime.openai_realtime import get_server_event_type_adapter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voxgate.protocol.conversation import session_created
 from voxgate.protocol.errors import ClientEventError
+from voxgate.protocol.server_events import session_created
 from voxgate.protocol.session_config import (
     apply_session_update,
     bytes_per_ms,

@@ -39,6 +39,8 @@ import orjson
 
 from voxgate.protocol import conversation as cv
 from voxgate.protocol import ids
+from voxgate.protocol import response_builder as rb
+from voxgate.protocol import server_events as ev
 from voxgate.protocol.close import CloseCode, close_reason
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, ClientEventError, error_event
 from voxgate.protocol.events import unsupported_type_message
@@ -112,28 +114,18 @@ class StartResponse:
 Action = Send | Close | StartResponse
 
 
-@dataclass
-class AudioLedger:
-    """Where every appended byte went, for assertions (bounded by ``cap_bytes``).
+class InputAudio:
+    """The input audio buffer: bytes appended since the last commit or clear.
 
-    Each byte lands in exactly one place: a committed turn (``committed``, in commit order), a
-    cleared chunk (``cleared``), or the pending ``buffer``. Past ``cap_bytes`` of history the
-    oldest committed/cleared entries are forgotten and counted in ``forgotten_bytes``.
+    The core moves audio out of it on commit and clear and calls :meth:`committed_turn` /
+    :meth:`cleared_chunk`, which keep nothing here; the fake upstream's ledger
+    (:class:`voxgate.testing.core.AudioLedger`) overrides them to record where every byte went.
     """
 
-    cap_bytes: int
-    committed: list[tuple[str, bytes]] = field(default_factory=list)
-    cleared: list[bytes] = field(default_factory=list)
-    buffer: bytearray = field(default_factory=bytearray)
-    total_appended: int = 0
-    forgotten_bytes: int = 0
-
-    def committed_audio(self, item_id: str) -> bytes | None:
-        return next((a for i, a in self.committed if i == item_id), None)
-
-    def all_bytes(self) -> bytes:
-        """Everything still recorded, in append order (committed + cleared + pending)."""
-        return b"".join(a for _, a in self.committed) + b"".join(self.cleared) + self.buffer
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.total_appended = 0
+        self.forgotten_bytes = 0  # silence before a turn dropped from the buffer
 
     def _append(self, data: bytes) -> None:
         self.buffer += data
@@ -145,12 +137,11 @@ class AudioLedger:
         del self.buffer[:n]
         return taken
 
-    def _trim(self) -> None:
-        history = sum(len(a) for _, a in self.committed) + sum(len(a) for a in self.cleared)
-        while history > self.cap_bytes and (self.committed or self.cleared):
-            dropped = self.committed.pop(0)[1] if self.committed else self.cleared.pop(0)
-            history -= len(dropped)
-            self.forgotten_bytes += len(dropped)
+    def committed_turn(self, item_id: str, data: bytes) -> None:
+        """Hook: ``data`` was committed as ``item_id`` (kept nowhere by the core)."""
+
+    def cleared_chunk(self, data: bytes) -> None:
+        """Hook: ``data`` was cleared (kept nowhere by the core)."""
 
 
 Step = Callable[[], list[dict[str, Any]]]
@@ -160,7 +151,7 @@ Step = Callable[[], list[dict[str, Any]]]
 class ActiveResponse:
     """A running response: its builder, the fake's scripted steps, and what it answers."""
 
-    builder: cv.ResponseBuilder
+    builder: rb.ResponseBuilder
     steps: deque[Step]
     in_conversation: bool
     context: ResponseContext
@@ -172,22 +163,23 @@ class RealtimeCore:
 
     Args:
         session: the initial session object (``default_session(...)``).
-        audio_cap_bytes: recorded committed/cleared audio history (the fake's assertions).
+        audio: the input buffer (the fake passes a ledger that records where audio went).
         max_buffer_bytes: pending input audio allowed before a commit; an append past it is
-            rejected with ``voxgate_input_audio_buffer_full`` (None = only the history cap).
+            rejected with ``voxgate_input_audio_buffer_full`` (None = no limit).
         check_audio: reject appends whose bytes cannot be the session's format (odd length
             for PCM16, a WAV header, printable text); the real server does not check.
-        max_client_events: recorded client events (the fake's assertions).
+
+    It records nothing for tests: the fake upstream overrides :meth:`_record` and passes a
+    recording ``audio``.
     """
 
     def __init__(
         self,
         session: dict[str, Any],
         *,
-        audio_cap_bytes: int = 64 * 1024 * 1024,
+        audio: InputAudio | None = None,
         max_buffer_bytes: int | None = None,
         check_audio: bool = False,
-        max_client_events: int = 100_000,
     ) -> None:
         self.session = session
         self.conversation = cv.Conversation()
@@ -195,8 +187,7 @@ class RealtimeCore:
         #: False: ignore ``item.id`` in ``conversation.item.create`` and mint one (a stricter
         #: upstream than OpenAI's, for testing how a gateway maps ids after a reconnect)
         self.honour_item_ids = True
-        self.audio = AudioLedger(cap_bytes=audio_cap_bytes)
-        self.client_events: deque[dict[str, Any]] = deque(maxlen=max_client_events)
+        self.audio = audio if audio is not None else InputAudio()
         self._max_buffer_bytes = max_buffer_bytes
         self._check_audio = check_audio
         self._active: dict[str, ActiveResponse] = {}
@@ -229,7 +220,7 @@ class RealtimeCore:
 
     def open(self) -> list[Action]:
         """The first server event: ``session.created`` (§6.1)."""
-        return [Send(cv.session_created(self.session))]
+        return [Send(ev.session_created(self.session))]
 
     def receive_text(self, text: str) -> list[Action]:
         """Handle one text frame; a bad event becomes a non-fatal ``error`` (§7)."""
@@ -303,13 +294,7 @@ class RealtimeCore:
     # ---------------------------------------------------------------- dispatch
 
     def _record(self, event: dict[str, Any]) -> None:
-        if event.get("type") == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
-            # The bytes live in the audio ledger; keep the event list small.
-            slim = {k: v for k, v in event.items() if k != "audio"}
-            slim["audio_len"] = len(event["audio"])
-            self.client_events.append(slim)
-        else:
-            self.client_events.append(event)
+        """Hook: a parsed client event (the fake upstream records them for assertions)."""
 
     def _handler_for(
         self, event_type: Any, event_id: str | None
@@ -341,7 +326,7 @@ class RealtimeCore:
         self.session = apply_session_update(self.session, event["session"], event_id=event_id)
         if self._turn_detection() != before_td or input_format(self.session) != before_fmt:
             self._reset_vad()
-        return [Send(cv.session_updated(self.session))]
+        return [Send(ev.session_updated(self.session))]
 
     def _turn_detection(self) -> dict[str, Any] | None:
         td = ((self.session.get("audio") or {}).get("input") or {}).get("turn_detection")
@@ -428,7 +413,7 @@ class RealtimeCore:
     def on_speech_started(self, audio_start_ms: int) -> list[Action]:
         """The turn detector heard speech start: ``speech_started``, and barge-in (§6.4)."""
         self._vad_item_id = ids.item_id()
-        actions: list[Action] = [Send(cv.speech_started(audio_start_ms, self._vad_item_id))]
+        actions: list[Action] = [Send(ev.speech_started(audio_start_ms, self._vad_item_id))]
         td = self._turn_detection() or {}
         default = self._default_response_id()
         if default is not None and td.get("interrupt_response", True):
@@ -439,7 +424,7 @@ class RealtimeCore:
         """The turn detector heard speech stop: ``speech_stopped``; :meth:`commit_turn` next."""
         if self._vad_item_id is None:
             self._vad_item_id = ids.item_id()
-        return [Send(cv.speech_stopped(audio_end_ms, self._vad_item_id))]
+        return [Send(ev.speech_stopped(audio_end_ms, self._vad_item_id))]
 
     def commit_turn(self, end_offset: int, *, transcript: str | None = None) -> list[Action]:
         """Commit the buffer up to stream byte ``end_offset`` as the detected turn (§6.2).
@@ -477,15 +462,14 @@ class RealtimeCore:
 
     def _commit(self, item_id: str, data: bytes, transcript: str | None) -> list[Action]:
         previous = self.conversation.last_item_id
-        item = cv.user_audio_item(item_id)
+        item = ev.user_audio_item(item_id)
         self.conversation.insert(item)
         self.conversation.attach_audio(item_id, data)
-        self.audio.committed.append((item_id, data))
-        self.audio._trim()
+        self.audio.committed_turn(item_id, data)
         actions: list[Action] = [
-            Send(cv.buffer_committed(item_id, previous)),
-            Send(cv.item_added(item, previous)),
-            Send(cv.item_done(item, previous)),
+            Send(ev.buffer_committed(item_id, previous)),
+            Send(ev.item_added(item, previous)),
+            Send(ev.item_done(item, previous)),
         ]
         audio_ms = duration_ms(len(data), input_format(self.session))
         if transcript is None:
@@ -520,27 +504,26 @@ class RealtimeCore:
         if not self.transcription_enabled:
             return []
         actions: list[Action] = [
-            Send(cv.transcription_delta(item_id, d))
+            Send(ev.transcription_delta(item_id, d))
             for d in self._transcript_deltas(item_id, transcript)
             if d
         ]
-        usage = cv.transcription_usage(audio_ms, transcript)
-        actions.append(Send(cv.transcription_completed(item_id, transcript, usage)))
+        usage = ev.transcription_usage(audio_ms, transcript)
+        actions.append(Send(ev.transcription_completed(item_id, transcript, usage)))
         return actions
 
     def fail_transcription(self, item_id: str, *, code: str, message: str) -> list[Action]:
         """A committed turn could not be transcribed (``…transcription.failed``)."""
         if not self.transcription_enabled:
             return []
-        return [Send(cv.transcription_failed(item_id, code=code, message=message))]
+        return [Send(ev.transcription_failed(item_id, code=code, message=message))]
 
     def handle_clear(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
         cleared = self.audio._take()
         if cleared:
-            self.audio.cleared.append(cleared)
-            self.audio._trim()
+            self.audio.cleared_chunk(cleared)
         self._reset_vad()
-        return [Send(cv.buffer_cleared())]
+        return [Send(ev.buffer_cleared())]
 
     # ---------------------------------------------------------------- conversation
 
@@ -557,19 +540,19 @@ class RealtimeCore:
             new_item_id=ids.item_id(),
             event_id=event_id,
         )
-        return [Send(cv.item_added(item, previous)), Send(cv.item_done(item, previous))]
+        return [Send(ev.item_added(item, previous)), Send(ev.item_done(item, previous))]
 
     def handle_item_retrieve(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
         if "item_id" not in event:
             raise _missing("item_id", event_id)
         item = self.conversation.retrieve(event["item_id"], event_id=event_id)
-        return [Send(cv.item_retrieved(item))]
+        return [Send(ev.item_retrieved(item))]
 
     def handle_item_delete(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
         if "item_id" not in event:
             raise _missing("item_id", event_id)
         self.conversation.delete(event["item_id"], event_id=event_id)
-        return [Send(cv.item_deleted(event["item_id"]))]
+        return [Send(ev.item_deleted(event["item_id"]))]
 
     def handle_item_truncate(self, event: dict[str, Any], event_id: str | None) -> list[Action]:
         for key in ("item_id", "content_index", "audio_end_ms"):
@@ -579,7 +562,7 @@ class RealtimeCore:
             event["item_id"], event["content_index"], event["audio_end_ms"], event_id=event_id
         )
         return [
-            Send(cv.item_truncated(event["item_id"], event["content_index"], event["audio_end_ms"]))
+            Send(ev.item_truncated(event["item_id"], event["content_index"], event["audio_end_ms"]))
         ]
 
     # ---------------------------------------------------------------- responses
@@ -626,7 +609,7 @@ class RealtimeCore:
         return self._active.get(response_id)
 
     def response_events(
-        self, response_id: str, make: Callable[[cv.ResponseBuilder], list[dict[str, Any]]]
+        self, response_id: str, make: Callable[[rb.ResponseBuilder], list[dict[str, Any]]]
     ) -> list[Action] | None:
         """Let ``make`` add to a running response; None if it is no longer running.
 
@@ -674,8 +657,8 @@ class RealtimeCore:
             output_modalities=modalities,
             metadata=params.get("metadata"),
         )
-        input_tokens = cv.estimate_text_tokens(ctx.instructions + json.dumps(context_items))
-        builder = cv.ResponseBuilder(
+        input_tokens = ev.estimate_text_tokens(ctx.instructions + json.dumps(context_items))
+        builder = rb.ResponseBuilder(
             response_id=ids.response_id(),
             conversation=self.conversation if in_conversation else None,
             conversation_id=self.conversation_id,
@@ -764,7 +747,7 @@ class RealtimeCore:
 
     def _plan(
         self,
-        builder: cv.ResponseBuilder,
+        builder: rb.ResponseBuilder,
         ctx: ResponseContext,
         effective: Mapping[str, Any],
         out_fmt: Mapping[str, Any],

@@ -20,14 +20,14 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from voxgate.protocol import conversation as cv
+from voxgate.protocol import response_builder as rb
 from voxgate.protocol.events import CLIENT_EVENT_TYPES
 from voxgate.protocol.realtime_server import (
     MAX_APPEND_BYTES,
     MIN_COMMIT_MS,
     Action,
-    AudioLedger,
     Close,
+    InputAudio,
     RealtimeCore,
     ResponseContext,
     Send,
@@ -62,6 +62,43 @@ __all__ = [
 REPLY_MS_PER_WORD = 100
 
 
+class AudioLedger(InputAudio):
+    """Where every appended byte went, for assertions (bounded by ``cap_bytes``).
+
+    Each byte lands in exactly one place: a committed turn (``committed``, in commit order), a
+    cleared chunk (``cleared``), or the pending ``buffer``. Past ``cap_bytes`` of history the
+    oldest committed/cleared entries are forgotten and counted in ``forgotten_bytes``.
+    """
+
+    def __init__(self, cap_bytes: int) -> None:
+        super().__init__()
+        self.cap_bytes = cap_bytes
+        self.committed: list[tuple[str, bytes]] = []
+        self.cleared: list[bytes] = []
+
+    def committed_audio(self, item_id: str) -> bytes | None:
+        return next((a for i, a in self.committed if i == item_id), None)
+
+    def all_bytes(self) -> bytes:
+        """Everything still recorded, in append order (committed + cleared + pending)."""
+        return b"".join(a for _, a in self.committed) + b"".join(self.cleared) + self.buffer
+
+    def committed_turn(self, item_id: str, data: bytes) -> None:
+        self.committed.append((item_id, data))
+        self._trim()
+
+    def cleared_chunk(self, data: bytes) -> None:
+        self.cleared.append(data)
+        self._trim()
+
+    def _trim(self) -> None:
+        history = sum(len(a) for _, a in self.committed) + sum(len(a) for a in self.cleared)
+        while history > self.cap_bytes and (self.committed or self.cleared):
+            dropped = self.committed.pop(0)[1] if self.committed else self.cleared.pop(0)
+            history -= len(dropped)
+            self.forgotten_bytes += len(dropped)
+
+
 class FakeSession(RealtimeCore):
     """One fake connection's state: the shared core plus energy VAD, scripted replies."""
 
@@ -78,9 +115,20 @@ class FakeSession(RealtimeCore):
         self._transcriber = transcriber
         self._vad: EnergyVad | None = None
         self._tone_phase = 0
-        super().__init__(
-            session, audio_cap_bytes=audio_cap_bytes, max_client_events=max_client_events
-        )
+        #: every parsed client event, in order (appends carry ``audio_len``, not the audio)
+        self.client_events: deque[dict[str, Any]] = deque(maxlen=max_client_events)
+        #: where every appended byte went (the core's input buffer, recording)
+        self.ledger = AudioLedger(cap_bytes=audio_cap_bytes)
+        super().__init__(session, audio=self.ledger)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "input_audio_buffer.append" and isinstance(event.get("audio"), str):
+            # The bytes live in the audio ledger; keep the event list small.
+            slim = {k: v for k, v in event.items() if k != "audio"}
+            slim["audio_len"] = len(event["audio"])
+            self.client_events.append(slim)
+        else:
+            self.client_events.append(event)
 
     # ---------------------------------------------------------------- hooks
 
@@ -116,7 +164,7 @@ class FakeSession(RealtimeCore):
 
     def _plan(
         self,
-        builder: cv.ResponseBuilder,
+        builder: rb.ResponseBuilder,
         ctx: ResponseContext,
         effective: Mapping[str, Any],
         out_fmt: Mapping[str, Any],
@@ -150,7 +198,7 @@ class FakeSession(RealtimeCore):
         return steps
 
     def _voice_step(
-        self, builder: cv.ResponseBuilder, fmt: Mapping[str, Any], transcript: str
+        self, builder: rb.ResponseBuilder, fmt: Mapping[str, Any], transcript: str
     ) -> list[dict[str, Any]]:
         return builder.audio(self._voice(fmt), transcript)
 

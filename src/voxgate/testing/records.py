@@ -95,7 +95,7 @@ class ConnectionRecord(Waitable):
         """Input audio per committed item, cleared chunks and the pending buffer."""
         if self.session_core is None:
             return AudioLedger(cap_bytes=0)
-        return self.session_core.audio
+        return self.session_core.ledger
 
     @property
     def session(self) -> dict[str, Any] | None:
