@@ -20,9 +20,9 @@ import os
 import signal
 import socket
 import sys
-import time
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
@@ -110,7 +110,8 @@ class Say:
     ) -> None:
         if self.json:
             record: dict[str, Any] = {
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                # the same shape as structlog's TimeStamper(fmt="iso", utc=True)
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
                 "level": level,
                 "event": event,
             }
