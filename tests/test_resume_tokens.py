@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-
 import orjson
 import pytest
 from hypothesis import given
@@ -20,6 +18,7 @@ from voxgate.auth.resume import (
     verify,
 )
 from voxgate.protocol.extensions import ResumeRequestError, parse_resume_request
+from voxgate.protocol.tokens import seal
 from voxgate.store.memory import MemoryStore
 
 SECRET = b"test-secret-0123456789abcdef"
@@ -84,8 +83,7 @@ def test_signed_payload_of_the_wrong_shape_is_rejected_as_malformed() -> None:
         {"s": "sess_1", "u": 5, "g": 1, "n": "x"},
         {"s": "sess_1", "u": None, "g": 1},
     ):
-        payload = base64.urlsafe_b64encode(orjson.dumps(body)).rstrip(b"=").decode()
-        token = f"vgr_{payload}.{tokens._sign(SECRET, payload)}"
+        token = seal(SECRET, prefix="vgr_", domain=tokens._DOMAIN, payload=orjson.dumps(body))
         with pytest.raises(ResumeTokenError) as info:
             verify(SECRET, token)
         assert info.value.reason == "malformed"

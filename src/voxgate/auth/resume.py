@@ -19,15 +19,13 @@ period bounds how long a dropped client may take), which is why they still work 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
 
 import orjson
 
+from voxgate.protocol import tokens
 from voxgate.store.base import Store
 
 PREFIX = "vgr_"
@@ -51,23 +49,10 @@ class ResumeClaims:
     nonce: str
 
 
-def _b64e(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(secret: bytes, payload: str) -> str:
-    return _b64e(hmac.new(secret, _DOMAIN + payload.encode("ascii"), hashlib.sha256).digest())
-
-
 def encode(secret: bytes, claims: ResumeClaims) -> str:
     """The signed token carrying ``claims``."""
     body = {"s": claims.session_id, "u": claims.subject, "g": claims.generation, "n": claims.nonce}
-    payload = _b64e(orjson.dumps(body))
-    return f"{PREFIX}{payload}.{_sign(secret, payload)}"
+    return tokens.seal(secret, prefix=PREFIX, domain=_DOMAIN, payload=orjson.dumps(body))
 
 
 def mint(
@@ -84,20 +69,14 @@ def verify(secret: bytes, token: str) -> ResumeClaims:
     Raises:
         ResumeTokenError: not a token, bad signature, or bad payload.
     """
-    if not isinstance(token, str) or not token.startswith(PREFIX) or len(token) > MAX_TOKEN_CHARS:
-        raise ResumeTokenError("malformed")
-    payload, dot, signature = token[len(PREFIX) :].partition(".")
-    if not dot or not payload or not signature:
-        raise ResumeTokenError("malformed")
     try:
-        expected = _sign(secret, payload)
-    except UnicodeEncodeError:
-        raise ResumeTokenError("malformed") from None
-    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
-        raise ResumeTokenError("bad_signature")
-    try:
-        body = orjson.loads(_b64d(payload))
-    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        payload = tokens.unseal(
+            secret, token, prefix=PREFIX, domain=_DOMAIN, max_chars=MAX_TOKEN_CHARS
+        )
+        body = orjson.loads(payload)
+    except tokens.TokenError as exc:
+        raise ResumeTokenError(exc.reason) from None
+    except orjson.JSONDecodeError:
         raise ResumeTokenError("malformed") from None
     if not isinstance(body, dict):
         raise ResumeTokenError("malformed")
