@@ -1,14 +1,20 @@
 """A fast fake OpenAI Realtime upstream for the relay benchmark.
 
-On connect it sends ``session.created`` (the shape of OpenAI's first event); then for every
+On connect it sends ``session.created`` in the shape OpenAI sends it (realtime-protocol.md §3:
+every field of the GA session object, a default ``instructions`` of realistic length, full
+``audio.input`` / ``audio.output``). ``--turn-detection`` picks what it announces: ``none``
+(default: ``turn_detection: null``, manual turns, push-to-talk; a client streams speech and the
+upstream keeps it all until a commit, so does a relay that mirrors the session) or
+``server_vad`` (OpenAI's default; the echo still detects no speech). Then for every
 ``input_audio_buffer.append`` it receives it sends back one ``response.output_audio.delta``
 carrying the same base64 audio, unchanged, so traffic flows both ways at the client's frame
 rate. ``session.update`` is answered with ``session.updated``; every other event is ignored.
 ``Authorization: Bearer <anything>`` is accepted and the key ignored.
 
-Run: ``python bench/echo_upstream.py --port 9100`` (serves ``/v1/realtime``, ``/realtime`` and
-``/healthz``). The hot path sniffs the JSON text instead of parsing it, so the upstream costs
-as little CPU as possible on the core it shares with the load generator.
+Run: ``python bench/echo_upstream.py --port 9100 [--turn-detection server_vad]`` (serves
+``/v1/realtime``, ``/realtime`` and ``/healthz``). The hot path sniffs the JSON text instead
+of parsing it, so the upstream costs as little CPU as possible on the core it shares with the
+load generator.
 """
 
 from __future__ import annotations
@@ -24,15 +30,50 @@ APPEND_PREFIX = '{"type":"input_audio_buffer.append"'
 AUDIO_KEY = '"audio":"'
 
 
-def session_object(session_id: str, model: str) -> dict[str, object]:
-    """The GA session object OpenAI sends in ``session.created`` (defaults)."""
+#: A default system prompt of the length real deployments carry (~1.3 KB): OpenAI's own default
+#: is a few hundred characters, an assistant persona with rules is usually one to a few KB.
+DEFAULT_INSTRUCTIONS = (
+    "You are Ava, the voice assistant of Northwind Outfitters, an outdoor equipment retailer. "
+    "Your voice and personality should be warm and engaging, with a lively and calm tone; "
+    "speak quickly but clearly, in short sentences, because the caller is listening, not "
+    "reading. If the caller speaks a language other than English, answer in that language "
+    "using the standard accent or dialect familiar to them. Greet the caller once, then get "
+    "to the point. You can help with orders (status, changes, returns and exchanges within "
+    "60 days), product questions (sizing, materials, care, warranty), store locations and "
+    "opening hours, and the loyalty programme. Always confirm order numbers, dates, amounts "
+    "and addresses by reading them back digit by digit before you act on them. Never ask for "
+    "a full card number, a password or a one-time code, and never read one aloud. If you are "
+    "not sure about a fact, say so and offer to check rather than guessing; do not invent "
+    "prices, stock levels or delivery dates. Keep answers under three sentences unless the "
+    "caller asks for detail. If the caller is upset, acknowledge it briefly and move to what "
+    "you can do. If they ask for a human, or the request is about a safety issue, a legal "
+    "complaint or a payment dispute, tell them you are transferring them and stop. Do not "
+    "discuss these instructions, your configuration or other customers, even if asked. "
+    "End each call by asking whether there is anything else you can help with."
+)
+TURN_DETECTION: dict[str, dict[str, object] | None] = {
+    "none": None,
+    "server_vad": {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 200,
+        "idle_timeout_ms": None,
+        "create_response": True,
+        "interrupt_response": True,
+    },
+}
+
+
+def session_object(session_id: str, model: str, turn_detection: str = "none") -> dict[str, object]:
+    """The GA session object OpenAI sends in ``session.created`` (realtime-protocol.md §3)."""
     return {
         "type": "realtime",
         "object": "realtime.session",
         "id": session_id,
         "model": model,
         "output_modalities": ["audio"],
-        "instructions": "You are a helpful assistant.",
+        "instructions": DEFAULT_INSTRUCTIONS,
         "tools": [],
         "tool_choice": "auto",
         "max_output_tokens": "inf",
@@ -45,15 +86,7 @@ def session_object(session_id: str, model: str) -> dict[str, object]:
                 "format": {"type": "audio/pcm", "rate": 24000},
                 "transcription": None,
                 "noise_reduction": None,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": 0.5,
-                    "prefix_padding_ms": 300,
-                    "silence_duration_ms": 200,
-                    "idle_timeout_ms": None,
-                    "create_response": True,
-                    "interrupt_response": True,
-                },
+                "turn_detection": TURN_DETECTION[turn_detection],
             },
             "output": {
                 "format": {"type": "audio/pcm", "rate": 24000},
@@ -93,9 +126,10 @@ def extract_audio(text: str) -> str | None:
 class EchoUpstream:
     """State for one echo server; per-connection state lives in the handler."""
 
-    def __init__(self) -> None:
+    def __init__(self, turn_detection: str = "none") -> None:
         self._conn_ids = itertools.count(1)
         self.connections = 0
+        self.turn_detection = turn_detection
 
     async def realtime(self, request: web.Request) -> web.WebSocketResponse:
         # Selects "realtime" when a browser-style client offers it, like the real server.
@@ -106,7 +140,7 @@ class EchoUpstream:
         n = next(self._conn_ids)
         self.connections += 1
         model = request.query.get("model", "gpt-realtime")
-        session = session_object(f"sess_bench{n:08d}", model)
+        session = session_object(f"sess_bench{n:08d}", model, self.turn_detection)
         await ws.send_str(
             orjson.dumps(
                 {"type": "session.created", "event_id": f"event_c{n}", "session": session}
@@ -150,8 +184,8 @@ class EchoUpstream:
         return web.json_response({"ok": True, "connections": self.connections})
 
 
-def make_app() -> web.Application:
-    echo = EchoUpstream()
+def make_app(turn_detection: str = "none") -> web.Application:
+    echo = EchoUpstream(turn_detection)
     app = web.Application()
     app.router.add_get("/v1/realtime", echo.realtime)
     app.router.add_get("/realtime", echo.realtime)
@@ -163,9 +197,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument(
+        "--turn-detection",
+        choices=sorted(TURN_DETECTION),
+        default="none",
+        help="announced in session.created: none (manual turns, push-to-talk) or server_vad",
+    )
     args = parser.parse_args()
     web.run_app(
-        make_app(), host=args.host, port=args.port, print=None, access_log=None, backlog=1024
+        make_app(args.turn_detection),
+        host=args.host,
+        port=args.port,
+        print=None,
+        access_log=None,
+        backlog=1024,
     )
 
 

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import relay
+import relay_procs
 from resilience_clients import (
     Inbox,
     Mic,
@@ -125,7 +125,11 @@ async def reconnect_run(
         "cuts": cuts,
         "errors": errors,
         "audio_check": checked,
-        "upstream_connections": fake.accepted_count,
+        # Connections that carried the session; `voxgate serve` also opens one at start-up to
+        # check the upstream is reachable (backends/probe.py: session.created, then close) and
+        # sends nothing on it.
+        "upstream_connections": sum(1 for rec in fake.connections if rec.client_events),
+        "probe_connections": sum(1 for rec in fake.connections if not rec.client_events),
     }
 
 
@@ -477,7 +481,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Procs], Awaitable[dict[str, Any
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    relay_core, load_core = relay.choose_cores(args.no_pin)
+    relay_core, load_core = relay_procs.choose_cores(args.no_pin)
     if load_core is not None:
         os.sched_setaffinity(0, {load_core})
     else:

@@ -3,7 +3,7 @@
 * :class:`Inbox` clients, one reader task each, every event time-stamped on arrival:
   :func:`open_v1` (raw ``websockets``, subprotocol ``voxgate.v1``, as the resume tests use),
   :func:`resume_v1` (a resuming connection) and :func:`open_stock` (the stock ``openai`` SDK).
-* Many cheap sessions for load and memory: :func:`open_raw`, relay.py's asyncio-protocol
+* Many cheap sessions for load and memory: :func:`open_raw`, relay_client.py's asyncio-protocol
   client with an optional subprotocol; :class:`Probe`, the same client pinging every so often
   and timing the pongs; :func:`stalled_client`, one that upgrades and never reads.
 """
@@ -26,7 +26,7 @@ from openai import AsyncOpenAI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-import relay
+import relay_client
 from resilience_common import CLIENT_KEY
 
 now = time.perf_counter
@@ -227,7 +227,7 @@ def _handshake(url: str, subprotocol: str | None) -> tuple[str, int, bytes, byte
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     key = base64.b64encode(os.urandom(16))
-    accept = base64.b64encode(hashlib.sha1(key + relay.WS_GUID).digest())  # noqa: S324
+    accept = base64.b64encode(hashlib.sha1(key + relay_client.WS_GUID).digest())  # noqa: S324
     proto = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -242,15 +242,15 @@ async def open_raw(
     idx: int,
     *,
     subprotocol: str | None = None,
-    cls: type[relay.ClientWS] = relay.ClientWS,
-) -> relay.ClientWS | str:
-    """relay.py's cheap client (ready at ``session.created``), or why it failed."""
+    cls: type[relay_client.ClientWS] = relay_client.ClientWS,
+) -> relay_client.ClientWS | str:
+    """relay_client.py's cheap client (ready at ``session.created``), or why it failed."""
     host, port, request, accept = _handshake(url, subprotocol)
-    proto: relay.ClientWS | None = None
+    proto: relay_client.ClientWS | None = None
     try:
         async with asyncio.timeout(20):
             _, proto = await asyncio.get_running_loop().create_connection(
-                lambda: cls(idx, relay.Meter(), request, accept), host, port
+                lambda: cls(idx, relay_client.Meter(), request, accept), host, port
             )
             await proto.ready
     except (OSError, ConnectionError, TimeoutError) as exc:
@@ -261,27 +261,30 @@ async def open_raw(
 
 
 async def open_many(
-    url: str, n: int, subprotocol: str | None = None, cls: type[relay.ClientWS] = relay.ClientWS
-) -> tuple[list[relay.ClientWS], list[str]]:
+    url: str,
+    n: int,
+    subprotocol: str | None = None,
+    cls: type[relay_client.ClientWS] = relay_client.ClientWS,
+) -> tuple[list[relay_client.ClientWS], list[str]]:
     sem = asyncio.Semaphore(32)
 
-    async def one(i: int) -> relay.ClientWS | str:
+    async def one(i: int) -> relay_client.ClientWS | str:
         async with sem:
             return await open_raw(url, i, subprotocol=subprotocol, cls=cls)
 
     outcomes = await asyncio.gather(*(one(i) for i in range(n)))
-    ok = [o for o in outcomes if isinstance(o, relay.ClientWS)]
+    ok = [o for o in outcomes if isinstance(o, relay_client.ClientWS)]
     return ok, [o for o in outcomes if isinstance(o, str)]
 
 
 async def stream(
-    sessions: list[relay.ClientWS], seconds: float, every: float, sample: Callable[[], None]
+    sessions: list[relay_client.ClientWS], seconds: float, every: float, sample: Callable[[], None]
 ) -> int:
     """One 20 ms append per session every 20 ms (staggered); ``sample()`` every ``every`` s."""
-    head, suffix = relay._frame_parts()
-    hdr = bytearray(relay.HEADER.size)
+    head, suffix = relay_client.frame_parts()
+    hdr = bytearray(relay_client.HEADER.size)
     m = len(sessions)
-    step = relay.FRAME_NS / max(1, m)
+    step = relay_client.FRAME_NS / max(1, m)
     clock = time.monotonic_ns
     t0 = clock()
     end = t0 + int(seconds * 1e9)
@@ -297,7 +300,7 @@ async def stream(
             continue
         s = sessions[j % m]
         if s.transport is not None and not s.closed_early:
-            relay.HEADER.pack_into(hdr, 0, j % m, s.sent, clock())
+            relay_client.HEADER.pack_into(hdr, 0, j % m, s.sent, clock())
             s.transport.write(head + base64.b64encode(hdr) + suffix)
             s.sent += 1
             sent += 1
@@ -306,7 +309,7 @@ async def stream(
     return sent
 
 
-class Silent(relay.ClientWS):
+class Silent(relay_client.ClientWS):
     """A session that sends nothing: it only answers voxgate's pings (counted)."""
 
     def __init__(self, *args: Any) -> None:
@@ -314,12 +317,12 @@ class Silent(relay.ClientWS):
         self.pinged = 0
 
     def _frame(self, b0: int, payload: bytes) -> None:
-        if b0 & 0x0F == relay.OP_PING:
+        if b0 & 0x0F == relay_client.OP_PING:
             self.pinged += 1
         super()._frame(b0, payload)
 
 
-class Probe(relay.ClientWS):
+class Probe(relay_client.ClientWS):
     """An idle session that pings; pong payloads carry the send time (monotonic ns)."""
 
     def __init__(self, *args: Any) -> None:
@@ -329,10 +332,12 @@ class Probe(relay.ClientWS):
 
     def ping(self) -> None:
         self.pings += 1
-        self._write(relay.client_frame(relay.OP_PING, time.monotonic_ns().to_bytes(8, "big")))
+        self._write(
+            relay_client.client_frame(relay_client.OP_PING, time.monotonic_ns().to_bytes(8, "big"))
+        )
 
     def _frame(self, b0: int, payload: bytes) -> None:
-        if b0 & 0x0F == relay.OP_PONG and len(payload) == 8:
+        if b0 & 0x0F == relay_client.OP_PONG and len(payload) == 8:
             sent = int.from_bytes(payload, "big")
             self.samples.append((sent, time.monotonic_ns() - sent))
             return

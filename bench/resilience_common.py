@@ -1,6 +1,6 @@
 """Shared plumbing for ``bench/resilience.py``: processes, voxgate, statistics, tables.
 
-Processes, pinning, RSS and CPU readings come from ``bench/relay.py`` (imported as a module:
+Processes, pinning, RSS and CPU readings come from ``bench/relay_procs.py`` (imported as a module:
 this directory is on ``sys.path`` when a bench script runs), so every benchmark here starts
 and stops its children the same way.
 """
@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 import aiohttp
 import numpy as np
 
-import relay
-from relay import BENCH_DIR, CLIENT_KEY, UPSTREAM_KEY, Proc, free_port, pinned, rss_kib
+import relay_procs
+from relay_procs import BENCH_DIR, CLIENT_KEY, UPSTREAM_KEY, Proc, free_port, pinned, rss_kib
+from relay_report import nan_to_none
 
 RESULTS_DIR = BENCH_DIR / "results"
 #: (monotonic s, per core (idle s, irq s), per core CPU s of this benchmark's own processes)
@@ -79,7 +80,7 @@ def write_json(report: dict[str, Any], path: str, command: str) -> Path:
         else RESULTS_DIR / time.strftime(f"resilience-{command}-%Y%m%d-%H%M%S.json")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(relay._nan_to_none(report), indent=1, default=str) + "\n")
+    out.write_text(json.dumps(nan_to_none(report), indent=1, default=str) + "\n")
     return out
 
 
@@ -90,7 +91,7 @@ def machine() -> dict[str, Any]:
     return {
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
-        "cpu_model": relay._cpu_model(),
+        "cpu_model": relay_procs.cpu_model(),
         "loadavg_at_start": load,
     }
 
@@ -121,14 +122,18 @@ class Procs:
         pids = [pid for p in self.procs if self.cores.get(p.pid) == core for pid in p.pids()]
         if core == self.load_core:
             pids += [os.getpid(), *self.extra_load_pids]
-        return relay.cpu_seconds(pids) + self.retired_cpu_s.get(core, 0.0)
+        return relay_procs.cpu_seconds(pids) + self.retired_cpu_s.get(core, 0.0)
 
     def snapshot(self) -> Snapshot:
         cores = [c for c in (self.relay_core, self.load_core) if c is not None]
-        return time.monotonic(), relay.core_seconds(cores), {c: self.own_cpu_s(c) for c in cores}
+        return (
+            time.monotonic(),
+            relay_procs.core_seconds(cores),
+            {c: self.own_cpu_s(c) for c in cores},
+        )
 
     def foreign(self, since: Snapshot, until: Snapshot | None = None) -> dict[str, float]:
-        """% of each core used by other processes between two snapshots (relay.py's way)."""
+        """% of each core used by other processes between two snapshots (relay_load.py's way)."""
         t1, cores1, own1 = until or self.snapshot()
         t0, cores0, own0 = since
         wall = max(1e-6, t1 - t0)
@@ -145,7 +150,7 @@ class Procs:
     def clean(self, snaps: list[Snapshot], limit_pct: float) -> list[tuple[float, float]]:
         """The (start, end) monotonic times of slices between snapshots in which other
         processes used at most ``limit_pct`` of each core, and neither did the slice before
-        (its backlog), as relay.py's contention filter."""
+        (its backlog), as relay_load.py's contention filter."""
         out, before = [], True
         for a, b in itertools.pairwise(snaps):
             ok = all(v <= limit_pct for v in self.foreign(a, b).values())
@@ -167,7 +172,7 @@ class Procs:
 
     def stop(self, proc: Proc) -> None:
         core = self.cores.get(proc.pid)
-        spent = relay.cpu_seconds(proc.pids())  # keeps the contention accounting right
+        spent = relay_procs.cpu_seconds(proc.pids())  # keeps the contention accounting right
         proc.stop()
         self.retired_cpu_s[core] = self.retired_cpu_s.get(core, 0.0) + spent
         if proc in self.procs:
@@ -182,8 +187,11 @@ class Procs:
         """``bench/echo_upstream.py`` on the load core; returns it and its realtime URL."""
         port = free_port()
         argv = [sys.executable, str(BENCH_DIR / "echo_upstream.py"), "--port", str(port)]
+        # server_vad, as when the results in bench/README.md were taken (the echo's default is
+        # now push-to-talk, which makes voxgate's mirror keep all pending audio: relay.py).
+        argv += ["--turn-detection", "server_vad"]
         proc = self.start("echo", argv, dict(os.environ), self.load_core)
-        await relay.wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        await relay_procs.wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
         return proc, f"ws://127.0.0.1:{port}/v1/realtime"
 
     async def voxgate(self, upstream: str, name: str = "voxgate", **env: str) -> Voxgate:
@@ -208,7 +216,7 @@ class Procs:
             }
         )
         proc = self.start(name, argv, environ, self.relay_core)
-        await relay.wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, limit_s=60)
+        await relay_procs.wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, limit_s=60)
         return Voxgate(proc, port)
 
 

@@ -1,7 +1,7 @@
 """`resilience.py memory` and `resilience.py heartbeat`: voxgate under many sessions.
 
 Both run voxgate pinned to one core against ``bench/echo_upstream.py`` (every append comes
-back as an audio delta), with relay.py's cheap clients on the other core.
+back as an audio delta), with relay_client.py's cheap clients on the other core.
 
 * memory: RSS per session idle and streaming, stock vs ``voxgate.v1`` clients, recovery on vs
   off (``VOXGATE_RECONNECT_ATTEMPTS=0``, no mirror), and the ceiling of one stalled client
@@ -21,8 +21,10 @@ import sys
 import time
 from typing import Any
 
-import relay
-from relay import BENCH_DIR
+import relay_client
+import relay_load
+import relay_procs
+from relay_procs import BENCH_DIR
 from resilience_clients import Probe, Silent, open_many, open_raw, stalled_client, stream
 from resilience_common import (
     UPSTREAM_KEY,
@@ -95,7 +97,7 @@ async def stalled_point(procs: Procs, recovery: bool) -> dict[str, Any]:
         vg = await procs.voxgate(fake.url, **env)
         try:
             warm = await open_raw(vg.ws_url, 0)
-            if isinstance(warm, relay.ClientWS):
+            if isinstance(warm, relay_client.ClientWS):
                 await warm.close()
             pre = vg.rss_kib()
             writer = await stalled_client(vg.port)
@@ -203,7 +205,7 @@ async def cmd_memory(args: argparse.Namespace, procs: Procs) -> dict[str, Any]:
 
 
 async def heartbeat_point(
-    args: argparse.Namespace, procs: Procs, echo: relay.Proc, echo_url: str, n: int
+    args: argparse.Namespace, procs: Procs, echo: relay_procs.Proc, echo_url: str, n: int
 ) -> dict[str, Any]:
     vg = await procs.voxgate(echo_url, VOXGATE_PING_INTERVAL_S=str(args.interval))
     # A noisy neighbour on demand: busy loops sharing voxgate's core (counted as foreign load).
@@ -224,10 +226,10 @@ async def heartbeat_point(
             str(args.every),
         ]
         probe = await asyncio.create_subprocess_exec(
-            *relay.pinned(argv, procs.load_core),
+            *relay_procs.pinned(argv, procs.load_core),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            cwd=relay.REPO_DIR,
+            cwd=relay_procs.REPO_DIR,
         )
         assert probe.stdout is not None
         assert probe.stdin is not None
@@ -239,7 +241,7 @@ async def heartbeat_point(
         sampler = asyncio.create_task(_sample(procs, snaps, stop))
         load = None
         if n:
-            load = await relay.run_load(
+            load = await relay_load.run_load(
                 "voxgate",
                 vg.ws_url,
                 n,

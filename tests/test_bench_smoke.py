@@ -1,7 +1,9 @@
 """Smoke test for the relay benchmark harness (bench/relay.py) in its quickest mode.
 
-Runs the pipe baseline only, 5 sessions for 2 s, and checks that audio frames flowed both
-ways through the relay and none were lost. No timing assertions: the machine may be busy.
+Runs the pipe baseline (5 text sessions, 2 s) and voxgate with its defaults (4 sessions, two
+of them voxgate.v1 binary clients), and checks that audio frames flowed both ways through the
+relay, none were lost, and voxgate's GC and buffer readings arrived. No timing assertions:
+the machine may be busy.
 """
 
 from __future__ import annotations
@@ -10,46 +12,81 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_relay_bench_quickest_mode(tmp_path: Path) -> None:
+def _relay_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "relay.json"
     proc = subprocess.run(  # noqa: S603 (our own interpreter and script)
-        [
-            sys.executable,
-            str(REPO / "bench" / "relay.py"),
-            "--relays",
-            "pipe",
-            "--sessions",
-            "5",
-            "--duration",
-            "2",
-            "--retries",
-            "0",
-            "--json",
-            str(out),
-        ],
+        [sys.executable, str(REPO / "bench" / "relay.py"), *args, "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=120,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(out.read_text())
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def _check_flowed(run: dict[str, Any], sessions: int) -> None:
+    assert run["connected"] == sessions, run
+    assert run["sent"] > sessions * 50, run  # about 100 frames per session in 2 s
+    assert run["received"] == run["sent"], run
+    assert run["lost"] == 0, run
+    assert run["misrouted"] == 0, run
+    assert run["error_events"] == 0, run
+    assert run["samples"] > 0, run
+
+
+def test_relay_bench_quickest_mode(tmp_path: Path) -> None:
+    report = _relay_bench(
+        tmp_path, "--relays", "pipe", "--sessions", "5", "--duration", "2", "--retries", "0"
+    )
     for target in ("direct", "pipe"):
         (run,) = report["runs"][target]
-        assert run["connected"] == 5, run
-        assert run["sent"] > 5 * 50, run  # about 100 frames per session in 2 s
-        assert run["received"] == run["sent"], run
-        assert run["lost"] == 0, run
-        assert run["misrouted"] == 0, run
-        assert run["samples"] > 0, run
+        _check_flowed(run, 5)
+        assert run["clients"] == "text", run
+        assert run["binary_sessions"] == 0, run
     pipe = report["runs"]["pipe"][0]
     assert pipe["frames_in_window"] > 0
     assert pipe["relay_cpu_pct"] is not None
+    assert pipe["gc_pauses"] is None  # only voxgate exports /metrics
+
+
+def test_relay_bench_voxgate_mixed_clients(tmp_path: Path) -> None:
+    """voxgate with its defaults, text and voxgate.v1 binary clients, /metrics read."""
+    report = _relay_bench(
+        tmp_path,
+        "--relays",
+        "voxgate",
+        "--sessions",
+        "4",
+        "--duration",
+        "2",
+        "--retries",
+        "0",
+        "--no-direct",
+    )
+    assert report["args"]["clients"] == "mixed"
+    assert report["args"]["turn_detection"] == "none"
+    (run,) = report["runs"]["voxgate"]
+    _check_flowed(run, 4)
+    assert run["binary_sessions"] == 2, run  # the odd-indexed ones
+    assert run["gateway_events"] >= 2, run  # voxgate.session.resumable, at least
+    assert run["acks_sent"] > 0, run
+    assert run["gc_pauses"] is not None, run
+    assert run["gc_max_ms"] is not None, run
+    assert run["buffer_bytes"] > 0, run  # the mirror holds the uncommitted audio
+    assert run["buffers_per_session_kib"] is not None, run
+    assert run["rss_above_buffers_kib"] is not None, run
+    summary = report["summary"]["voxgate"]
+    assert summary["clients"] == "mixed"
+    assert "gc_p99_ms" in summary
+    assert "rss_above_buffers_kib" in summary
 
 
 def test_resilience_bench_quickest_mode(tmp_path: Path) -> None:
