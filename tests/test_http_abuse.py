@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -404,6 +406,10 @@ def test_console_endpoints_refuse_malformed_bodies(
 # ------------------------------------------------------------------------------ item 6
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 def _incompressible(n_chars: int) -> str:
     """Random base64 text: 6 bits a character, so a key carrying it is about as long."""
     return base64.b64encode(os.urandom(n_chars)).decode()[:n_chars]
@@ -475,7 +481,7 @@ def test_mint_and_verify_share_the_lifetime_and_size_limits() -> None:
         client_keys.mint(secret, now=now, session={"instructions": _incompressible(60_000)})
     # a correctly signed key claiming a lifetime mint never gives is refused too
     body = {"v": 1, "kid": "k", "iat": int(now), "exp": int(now) + client_keys.MAX_TTL_S + 1}
-    payload = client_keys._b64e(zlib.compress(orjson.dumps(body)))
-    forged = f"ek_{payload}.{client_keys._sign(secret, payload)}"
+    payload = _b64(zlib.compress(orjson.dumps(body)))  # the documented format, signed here
+    forged = f"ek_{payload}.{_b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())}"
     with pytest.raises(client_keys.ClientKeyError):
         client_keys.verify(secret, forged, now=now)
