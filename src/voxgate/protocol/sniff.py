@@ -130,3 +130,34 @@ def client_event_id(text: str) -> str | None:
         value = event.get("event_id")
         return value if isinstance(value, str) else None
     return None
+
+
+#: The two ways the SDKs and voxgate's own client serialise an append (compact, and Python's
+#: ``json.dumps`` default separators): exactly these keys in this order, nothing else.
+_APPEND_AUDIO_HEADS = (
+    '{"type":"input_audio_buffer.append","audio":"',
+    '{"type": "input_audio_buffer.append", "audio": "',
+)
+
+
+def append_audio_start(text: str) -> int:
+    """Where the base64 of a plain append starts, or -1 (then use :func:`event_type`).
+
+    A plain append is exactly ``{"type":"input_audio_buffer.append","audio":"<b64>"}`` (or the
+    same with ``json.dumps`` spacing). One bounded check on the audio span decides it: the span
+    runs to the closing ``"}`` with no quote and no backslash inside, so the frame holds no
+    second key (no smuggled ``type``) and the audio needs no unescaping; its text is
+    ``text[start:-2]``.
+    """
+    if text.startswith(_APPEND_AUDIO_HEADS[0]):
+        start = 45
+    elif text.startswith(_APPEND_AUDIO_HEADS[1]):
+        start = 48
+    else:
+        return -1
+    end = len(text) - 2
+    if end < start or not text.endswith('"}'):
+        return -1
+    if text.find('"', start, end) >= 0 or text.find("\\", start, end) >= 0:
+        return -1
+    return start

@@ -41,7 +41,13 @@ from voxgate.protocol.extensions import append_b64, gateway_event
 from voxgate.protocol.formats import PCM, input_info
 from voxgate.protocol.ids import event_id as new_event_id
 from voxgate.protocol.redaction import redact
-from voxgate.protocol.sniff import NotAnEvent, client_event_id, event_type, parse_event
+from voxgate.protocol.sniff import (
+    NotAnEvent,
+    append_audio_start,
+    client_event_id,
+    event_type,
+    parse_event,
+)
 from voxgate.session.actions import (
     FORWARD,
     NOTHING,
@@ -65,7 +71,6 @@ ACK = "voxgate.session.ack"
 #: Exact heads of the two audio events that are most of the traffic, as the SDKs and the real
 #: server serialise them (type first, with or without a space). A frame that starts with one
 #: is routed with a single ``startswith``; anything else goes through :func:`event_type`.
-_APPEND_HEADS = ('{"type":"input_audio_buffer.append"', '{"type": "input_audio_buffer.append"')
 _AUDIO_DELTA_HEADS = (
     '{"type":"response.output_audio.delta"',
     '{"type": "response.output_audio.delta"',
@@ -135,15 +140,14 @@ class SessionMachine:
         True: forward ``text`` upstream as is (it is recorded for recovery); False: nothing
         happened, hand the frame to :meth:`client_text`.
         """
-        if (
-            self.phase is Phase.READY
-            and text.startswith(_APPEND_HEADS)
-            and text.find('"type"', 36) < 0  # no second "type" key to smuggle another event
-        ):
-            if self.recovery is not None:
-                self.recovery.sent_append(text)
-            return True
-        return False
+        if self.phase is not Phase.READY:
+            return False
+        start = append_audio_start(text)  # one bounded check: a plain append, nothing smuggled
+        if start < 0:
+            return False
+        if self.recovery is not None:
+            self.recovery.sent_audio_b64(text[start:-2])
+        return True
 
     def client_audio_bytes(self, data: bytes) -> bool:
         """The sink's question for a binary frame: may it go upstream as audio right now?
@@ -170,13 +174,7 @@ class SessionMachine:
 
     def client_text(self, text: str, now: float) -> Outcome:
         """A text frame from the client. Returns FORWARD, nothing, or actions."""
-        if (
-            self.phase is Phase.READY
-            and text.startswith(_APPEND_HEADS)
-            and text.find('"type"', 36) < 0  # no second "type" key to smuggle another event
-        ):
-            if self.recovery is not None:
-                self.recovery.sent_append(text)
+        if self.client_audio_text(text):
             return FORWARD
         try:
             etype = event_type(text)
@@ -276,7 +274,7 @@ class SessionMachine:
             frame = self.prebuffer.pop()
             if frame is None or self.recovery is None:
                 return frame
-            etype = APPEND if frame.startswith(_APPEND_HEADS) else event_type(frame)
+            etype = APPEND if append_audio_start(frame) >= 0 else event_type(frame)
             outcome = self._sending(etype, frame, now)
             if outcome is FORWARD:
                 return frame

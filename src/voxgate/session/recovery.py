@@ -122,6 +122,10 @@ class Recovery:
         """Raw audio from a binary frame is being sent upstream."""
         self.mirror.on_client_audio(pcm)
 
+    def sent_audio_b64(self, audio_b64: str) -> None:
+        """A plain append's base64 audio is being sent upstream (cut out by the caller)."""
+        self.mirror.on_client_append(audio_b64)
+
     def sent_append(self, text: str) -> None:
         """An ``input_audio_buffer.append`` frame is being sent upstream."""
         b64 = _audio_field(text)
