@@ -21,10 +21,8 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import aiohttp
 import orjson
 import structlog
-from aiohttp import WSMsgType
 
 from voxgate.backends.local.asr import AsrError
 from voxgate.backends.local.engine import (
@@ -46,17 +44,18 @@ from voxgate.backends.local.turns import (
     TurnStarted,
     transcribe_turn,
 )
-from voxgate.protocol import conversation as cv
+from voxgate.protocol import response_builder as rb
 from voxgate.protocol.audio import AudioFormat, bytes_per_ms
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import SERVER_ERROR, error_event
 from voxgate.protocol.realtime_server import Action, Close, Send, StartResponse
 from voxgate.protocol.session_config import format_type, input_format, output_format
 from voxgate.protocol.sniff import NotAnEvent, event_type
+from voxgate.session.delivery import Delivery
+from voxgate.session.ports import FrameSink, PeerGone
 
 log = structlog.get_logger(__name__)
 
-_CLOSED: Final = aiohttp.WSMessage(WSMsgType.CLOSED, None, None)
 #: Queued appends handled together before turn detection (25 chunks of 20 ms = 0.5 s).
 _MAX_APPEND_BATCH: Final = 25
 
@@ -77,19 +76,26 @@ class _ResponseFailed(Exception):
 
 
 class LocalConnection:
-    """The engine side of one session; looks like an aiohttp client WebSocket to the relay."""
+    """The engine side of one session, as an :class:`~voxgate.session.ports.UpstreamConnection`.
+
+    Client events go into a bounded inbox (``write_text``/``send_text``; raw input audio from
+    binary frames goes in as bytes through ``write_audio``, never through base64); engine events
+    come out of a :class:`~voxgate.session.delivery.Delivery`, handed to the session's sink
+    while it is idle. A ping is answered by counting it as heard (the engine is in process).
+    """
+
+    accepts_audio_bytes = True
 
     def __init__(self, core: EngineSession, resources: EngineResources, *, session_id: str):
         self._core = core
         self._res = resources
         self._limits = resources.limits
         self._log = log.bind(session_id=session_id, backend="local")
-        self._inbox: asyncio.Queue[str] = asyncio.Queue(maxsize=self._limits.inbox_events)
-        self._outbox: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue(
-            maxsize=self._limits.outbox_events
-        )
+        self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=self._limits.inbox_events)
+        self._outbox = Delivery(self._limits.outbox_events)
         self._emit_lock = asyncio.Lock()
         self._close_code: int | None = None
+        self._heard = 0
         self._detector: TurnDetector | None = None
         self._detector_base = (0, 0.0)  # (stream offset, stream ms) where it started
         self._responses: dict[str, asyncio.Task[None]] = {}
@@ -99,42 +105,64 @@ class LocalConnection:
         self._prepared: asyncio.Future[_Prepared | None] | None = None
         self._prepared_transcript = ""
         self._reply_prepared: asyncio.Future[_Prepared | None] | None = None
-        self._held: str | None = None  # a client event taken from the inbox, handled next
+        self._held: str | bytes | None = None  # a client event taken from the inbox, next
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="local_engine_session")
 
     # ------------------------------------------------------------------ UpstreamConnection
 
-    async def send_str(self, data: str, compress: int | None = None) -> None:
-        if self._close_code is not None:
-            raise ConnectionResetError("local engine session is closed")
-        await self._inbox.put(data)
-
-    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:  # noqa: ASYNC109
-        if self._close_code is not None and self._outbox.empty():
-            return _CLOSED
-        async with asyncio.timeout(timeout):
-            return await self._outbox.get()
-
-    async def close(self, *, code: int = CloseCode.NORMAL, message: bytes = b"") -> bool:
-        if self._close_code is not None:
-            return False
-        self._close_code = code
-        await self._stop()
-        self._wake_reader(_CLOSED)
-        return True
-
-    async def ping(self, message: bytes = b"") -> None:
-        """The relay's heartbeat: answer with a PONG frame (unless frames are queued anyway)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outbox.put_nowait(aiohttp.WSMessage(WSMsgType.PONG, message, None))
-
-    async def pong(self, message: bytes = b"") -> None:
-        """The engine never pings, so there is nothing to answer."""
+    @property
+    def heard(self) -> int:
+        return self._heard
 
     @property
     def close_code(self) -> int | None:
         return self._close_code
+
+    def set_sink(self, sink: FrameSink | None) -> None:
+        self._outbox.sink = sink
+
+    async def receive(self) -> str | bytes:
+        return await self._outbox.receive()
+
+    @property
+    def writable(self) -> bool:
+        return self._close_code is None and not self._inbox.full()
+
+    def write_text(self, text: str) -> bool:
+        if self._close_code is not None:
+            return False
+        try:
+            self._inbox.put_nowait(text)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def write_audio(self, pcm: bytes) -> bool:
+        if self._close_code is not None:
+            return False
+        try:
+            self._inbox.put_nowait(pcm)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def send_text(self, text: str) -> None:
+        if self._close_code is not None:
+            raise PeerGone(self._close_code)
+        await self._inbox.put(text)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        if self._close_code is not None:
+            return
+        self._close_code = code
+        await self._stop()
+        self._outbox.end(PeerGone(code, reason, clean=True), drop_queued=True)
+
+    async def ping(self) -> None:
+        """The relay's heartbeat: the engine is in process, so it is alive while it runs."""
+        if self._close_code is None:
+            self._heard += 1
 
     # ------------------------------------------------------------------ the session task
 
@@ -147,7 +175,7 @@ class LocalConnection:
                     text, self._held = self._held, None
                 else:
                     text = await self._inbox.get()
-                await self._perform(core.receive_text(text))
+                await self._perform(_receive(core, text))
                 if _is_append(text):
                     await self._take_queued_appends()
                 await self._after_event()
@@ -160,9 +188,7 @@ class LocalConnection:
                 async with asyncio.timeout(1.0):
                     await self._put(orjson.dumps(event).decode())
             self._close_code = CloseCode.INTERNAL_ERROR
-            self._wake_reader(
-                aiohttp.WSMessage(WSMsgType.CLOSE, CloseCode.INTERNAL_ERROR, "server_error")
-            )
+            self._outbox.end(PeerGone(CloseCode.INTERNAL_ERROR, "server_error", clean=True))
         finally:
             for task in self._responses.values():
                 task.cancel()
@@ -185,7 +211,7 @@ class LocalConnection:
             if not _is_append(text):
                 self._held = text
                 return
-            await self._perform(self._core.receive_text(text))
+            await self._perform(_receive(self._core, text))
 
     async def _after_event(self) -> None:
         core = self._core
@@ -520,7 +546,7 @@ class LocalConnection:
         for i in range(first, len(wire), step):
             await self._add(rid, _audio(wire[i : i + step], None))
 
-    async def _add(self, rid: str, make: Callable[[cv.ResponseBuilder], list[Any]]) -> None:
+    async def _add(self, rid: str, make: Callable[[rb.ResponseBuilder], list[Any]]) -> None:
         actions = self._core.response_events(rid, make)
         if actions is None:
             raise _ResponseStopped
@@ -541,20 +567,12 @@ class LocalConnection:
                     )
                 elif isinstance(action, Close):
                     self._close_code = action.code
-                    self._wake_reader(
-                        aiohttp.WSMessage(WSMsgType.CLOSE, action.code, action.reason)
-                    )
+                    self._outbox.end(PeerGone(action.code, action.reason, clean=True))
 
     async def _put(self, text: str) -> None:
         if self._close_code is not None:
             return
-        await self._outbox.put(aiohttp.WSMessage(WSMsgType.TEXT, text, None))
-
-    def _wake_reader(self, msg: aiohttp.WSMessage) -> None:
-        """Make a pending or next ``receive`` return ``msg`` (drops unread events)."""
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
-        self._outbox.put_nowait(msg)
+        await self._outbox.put(text)
 
     async def _stop(self) -> None:
         if not self._task.done():
@@ -565,7 +583,16 @@ class LocalConnection:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _is_append(text: str) -> bool:
+def _receive(core: EngineSession, frame: str | bytes) -> list[Action]:
+    """One client event: raw audio (a binary frame's bytes) or an event's JSON text."""
+    if isinstance(frame, bytes):
+        return core.append_audio(frame)
+    return core.receive_text(frame)
+
+
+def _is_append(text: str | bytes) -> bool:
+    if isinstance(text, bytes):
+        return True
     try:
         return event_type(text) == "input_audio_buffer.append"
     except NotAnEvent:
@@ -592,13 +619,13 @@ def _audio_fmt(fmt_type: str) -> AudioFormat:
     return "audio/pcm"
 
 
-def _call(name: str, arguments: str, call_id: str) -> Callable[[cv.ResponseBuilder], list[Any]]:
+def _call(name: str, arguments: str, call_id: str) -> Callable[[rb.ResponseBuilder], list[Any]]:
     return lambda b: b.function_call(name, arguments, call_id=call_id)
 
 
-def _text(delta: str) -> Callable[[cv.ResponseBuilder], list[Any]]:
+def _text(delta: str) -> Callable[[rb.ResponseBuilder], list[Any]]:
     return lambda b: b.text(delta)
 
 
-def _audio(chunk: bytes, transcript: str | None) -> Callable[[cv.ResponseBuilder], list[Any]]:
+def _audio(chunk: bytes, transcript: str | None) -> Callable[[rb.ResponseBuilder], list[Any]]:
     return lambda b: b.audio(chunk, transcript)

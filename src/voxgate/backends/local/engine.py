@@ -34,7 +34,7 @@ from voxgate.backends.local.responder import (
 )
 from voxgate.backends.local.tts import SpeechCache
 from voxgate.backends.local.turns import PREPARE_LEAD_MS
-from voxgate.protocol import conversation as cv
+from voxgate.protocol import server_events as ev
 from voxgate.protocol.realtime_server import Action, RealtimeCore, Send
 
 DEFAULT_MAX_TURN_S: Final = 30.0
@@ -128,7 +128,7 @@ class EngineSession(RealtimeCore):
         self._cancelled: list[str] = []
         self._partial_sent: dict[str, str] = {}
         super().__init__(
-            session, audio_cap_bytes=0, max_buffer_bytes=max_buffer_bytes, check_audio=True
+            session, max_buffer_bytes=max_buffer_bytes, check_audio=True
         )
 
     # ---------------------------------------------------------------- hooks
@@ -234,15 +234,15 @@ class EngineSession(RealtimeCore):
         parts[clip.content_index]["transcript"] = transcript
         if not self.transcription_enabled:
             return []
-        usage = cv.transcription_usage(audio_ms, transcript)
+        usage = ev.transcription_usage(audio_ms, transcript)
         index = clip.content_index
         actions: list[Action] = []
         if transcript:
             actions.append(
-                Send(cv.transcription_delta(clip.item_id, transcript, content_index=index))
+                Send(ev.transcription_delta(clip.item_id, transcript, content_index=index))
             )
         actions.append(
-            Send(cv.transcription_completed(clip.item_id, transcript, usage, content_index=index))
+            Send(ev.transcription_completed(clip.item_id, transcript, usage, content_index=index))
         )
         return actions
 
@@ -250,7 +250,7 @@ class EngineSession(RealtimeCore):
         """A created item's audio could not be transcribed (``…transcription.failed``)."""
         if not self.transcription_enabled:
             return []
-        event = cv.transcription_failed(
+        event = ev.transcription_failed(
             clip.item_id, code=code, message=message, content_index=clip.content_index
         )
         return [Send(event)]
@@ -276,7 +276,7 @@ class EngineSession(RealtimeCore):
         if len(self._partial_sent) > 8:  # turns whose final never came (cleared)
             self._partial_sent.clear()
         self._partial_sent[item_id] = text
-        return [Send(cv.transcription_delta(item_id, delta))]
+        return [Send(ev.transcription_delta(item_id, delta))]
 
 
 def history_of(items: Sequence[Mapping[str, Any]]) -> tuple[list[HistoryItem], str | None]:
