@@ -37,26 +37,41 @@ CONSOLE_QUESTIONS = (
     "What is a limit order?",
     "How do I size a position?",
 )
-#: Questions about the example knowledge base, as a user would ask them.
-TRADING_QUESTIONS = (
-    *CONSOLE_QUESTIONS,
-    "What is a market order?",
-    "What is a trailing stop?",
-    "What is a take profit order?",
-    "What is a margin call?",
-    "What is leverage?",
-    "What is the spread?",
-    "What is slippage?",
-    "What is a stop limit order?",
-    "What is liquidity?",
-    "What is volatility?",
-    "Where should I place a stop loss?",
-    "What is a risk reward ratio?",
-    "How do I move my stop to break even?",
-    "What is a trading journal?",
-    "What is revenge trading?",
-    "What is a daily loss limit?",
-    "What is support and resistance?",
+#: Questions about the example knowledge base, as a user would ask them, and the entry
+#: (heading) that answers each.
+EXPECTED_ENTRY = {
+    "What is a stop loss order?": "Stop loss order",
+    "What is a limit order?": "Limit order",
+    "How do I size a position?": "Position sizing",
+    "What is a market order?": "Market order",
+    "What is a trailing stop?": "Trailing stop",
+    "What is a take profit order?": "Take profit order",
+    "What is a margin call?": "Margin call",
+    "What is leverage?": "Leverage",
+    "What is the spread?": "Spread",
+    "What is slippage?": "Slippage",
+    "What is a stop limit order?": "Stop limit order",
+    "What is liquidity?": "Liquidity",
+    "What is volatility?": "Volatility",
+    "Where should I place a stop loss?": "Where to place a stop loss",
+    "What is a risk reward ratio?": "Risk reward ratio",
+    "How do I move my stop to break even?": "Moving a stop to break even",
+    "What is a trading journal?": "Trading journal",
+    "What is revenge trading?": "Revenge trading",
+    "What is a daily loss limit?": "Daily loss limit",
+    "What is support and resistance?": "Support and resistance",
+}
+TRADING_QUESTIONS = tuple(EXPECTED_ENTRY)
+#: Things users say that the example notes do not answer.
+OFF_TOPIC = (
+    "What is the weather like on Mars?",
+    "Please call me back tomorrow morning.",
+    "I would like to open a new account.",
+    "Thank you very much for your help.",
+    "Can you repeat that please?",
+    "Who won the football game last night?",
+    "How do I bake a chocolate cake?",
+    "What time is it in Tokyo?",
 )
 #: (espeak voice, pitch, words per minute): men's and women's voices, US and UK, slow to fast.
 ESPEAK_VOICES: tuple[VoiceSettings, ...] = (

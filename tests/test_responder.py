@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,6 +66,47 @@ async def test_knowledge_responder_says_what_it_heard_when_it_has_no_answer() ->
     pieces = await _reply(KnowledgeResponder(KnowledgeBase.example()), "what's the weather on mars")
     text = " ".join(p.text for p in pieces if isinstance(p, TextPiece))
     assert text == NO_ANSWER.format(heard="what's the weather on mars")
+
+
+CALIBRATION = Path(__file__).parent / "data" / "kb_calibration.json"
+
+
+def test_calibrated_thresholds_never_read_out_a_different_entry() -> None:
+    """Whisper transcripts of 160 questions and 124 off-topic clips (bench/kb_threshold.py)."""
+    rows = json.loads(CALIBRATION.read_text())
+    responder = KnowledgeResponder(KnowledgeBase.example())
+    verdicts = [(responder.judge(r["heard"]), r["expected"]) for r in rows]
+    wrong = [(v.heading, want) for v, want in verdicts if v.kind == "answer" and v.heading != want]
+    right = [v for v, want in verdicts if v.kind == "answer" and v.heading == want]
+    on_topic = [want for _, want in verdicts if want]
+    off_topic_answered = [v for v, want in verdicts if want is None and v.kind == "answer"]
+    assert wrong == []
+    assert not off_topic_answered
+    assert len(right) >= 0.7 * len(on_topic)
+
+
+async def test_a_contested_match_asks_which_entry_was_meant() -> None:
+    pieces = await _reply(KnowledgeResponder(KnowledgeBase.example()), "what is a stop order")
+    assert [p.text for p in pieces if isinstance(p, TextPiece)] == [
+        "Did you mean stop limit order or stop loss order?"
+    ]
+
+
+async def test_a_weak_match_asks_and_a_yes_gets_the_entry() -> None:
+    responder = KnowledgeResponder(KnowledgeBase.example(), answer_score=2.0)
+    first = await _reply(responder, "what is slippage")
+    question = first[0]
+    assert isinstance(question, TextPiece)
+    assert question.text == "Did you mean slippage?"
+    history = [Message("user", "what is slippage"), Message("assistant", question.text)]
+    pieces = await _reply(responder, "Yes.", history=[*history, Message("user", "Yes.")])
+    assert isinstance(pieces[0], TextPiece)
+    assert pieces[0].text.startswith("Slippage is")
+
+
+def test_a_heading_named_exactly_is_answered_even_with_a_close_runner_up() -> None:
+    verdict = KnowledgeResponder(KnowledgeBase.example()).judge("What is margin?")
+    assert (verdict.kind, verdict.heading) == ("answer", "Margin")
 
 
 async def test_knowledge_responder_falls_back_to_the_last_user_message() -> None:

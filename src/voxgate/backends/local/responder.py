@@ -27,6 +27,14 @@ import aiohttp
 import structlog
 
 from voxgate.backends.local.tts import SentenceSplitter, split_sentences
+from voxgate.backends.local.verdict import (
+    DEFAULT_ANSWER_SCORE,
+    DEFAULT_MARGIN,
+    Verdict,
+    judge,
+    suggested_heading,
+    suggestion,
+)
 from voxgate.config import Settings
 from voxgate.protocol.errors import UpstreamError
 from voxgate.tools.knowledge import KnowledgeBase
@@ -182,24 +190,41 @@ class ResponderHTTPError(ResponderError):
 
 
 class KnowledgeResponder:
-    """Offline default: speak the best knowledge-base entry, or say what was heard.
+    """Offline default: speak the best knowledge-base entry when it is a clear match.
+
+    A weak or contested best match is not read out: the reply asks "Did you mean …?"
+    (and a following "yes" gets that entry), and nothing close enough gets "I don't have
+    an answer" (:mod:`.verdict`; thresholds calibrated by ``bench/kb_threshold.py``).
 
     The answer to a transcript is remembered (bounded LRU of ``memo_size`` transcripts,
     thread-safe), so :meth:`prepare` in a worker thread does the search and the response on
-    the event loop finds it done. Entry answers are ``static`` pieces; the "I heard …"
-    fallback is not (it repeats the transcript).
+    the event loop finds it done. Entry answers and questions are ``static`` pieces; the
+    "I heard …" fallback is not (it repeats the transcript).
     """
 
-    def __init__(self, knowledge: KnowledgeBase, *, memo_size: int = 256) -> None:
+    def __init__(
+        self,
+        knowledge: KnowledgeBase,
+        *,
+        memo_size: int = 256,
+        answer_score: float = DEFAULT_ANSWER_SCORE,
+        margin: float = DEFAULT_MARGIN,
+    ) -> None:
         self._kb = knowledge
         self._memo: OrderedDict[str, tuple[bool, list[str]]] = OrderedDict()
         self._memo_size = memo_size
+        self._answer_score = answer_score
+        self._margin = margin
         self._lock = threading.Lock()
 
     @property
     def knowledge(self) -> KnowledgeBase:
         """The notes answered from (their headings also prompt the speech recogniser)."""
         return self._kb
+
+    def judge(self, heard: str) -> Verdict:
+        """How this responder would reply to ``heard`` (answer, did you mean, don't know)."""
+        return judge(self._kb, heard, answer_score=self._answer_score, margin=self._margin)
 
     def answer(self, user_text: str | None) -> list[str]:
         """The reply sentences for ``user_text`` (synchronous; a search costs ~5-20 ms)."""
@@ -219,10 +244,12 @@ class KnowledgeResponder:
             if found is not None:
                 self._memo.move_to_end(heard)
                 return found
-        hits = self._kb.search(heard, k=1)
-        if hits:
-            log.debug("responder.knowledge_hit", heading=hits[0].entry.heading, score=hits[0].score)
-            result = (True, split_sentences(hits[0].entry.body))
+        verdict = self.judge(heard)
+        log.debug("responder.knowledge", verdict=verdict.kind, score=round(verdict.score, 3))
+        if verdict.kind == "answer" and verdict.entry is not None:
+            result = (True, split_sentences(verdict.entry.body))
+        elif verdict.kind == "did_you_mean":
+            result = (True, [suggestion(verdict.candidates)])
         else:
             result = (False, split_sentences(NO_ANSWER.format(heard=heard)))
         with self._lock:
@@ -230,6 +257,16 @@ class KnowledgeResponder:
             while len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
         return result
+
+    def _confirmed(self, history: Sequence[HistoryItem], user_text: str) -> list[str] | None:
+        """The suggested entry's answer when the user says "yes" to "Did you mean …?"."""
+        earlier = [h for h in history if isinstance(h, Message)]
+        if earlier and earlier[-1].role == "user" and earlier[-1].text == user_text:
+            earlier = earlier[:-1]
+        if not earlier or earlier[-1].role != "assistant":
+            return None
+        entry = suggested_heading(self._kb, earlier[-1].text, user_text)
+        return split_sentences(entry.body) if entry is not None else None
 
     async def respond(
         self,
@@ -245,7 +282,8 @@ class KnowledgeResponder:
                 (h.text for h in reversed(history) if isinstance(h, Message) and h.role == "user"),
                 None,
             )
-        static, sentences = self._answer(user_text)
+        confirmed = self._confirmed(history, user_text) if user_text else None
+        static, sentences = (True, confirmed) if confirmed else self._answer(user_text)
         for sentence in sentences:
             yield TextPiece(sentence, static=static)
 

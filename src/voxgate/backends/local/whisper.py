@@ -58,6 +58,9 @@ _MODEL_FILES: Final = ("model.bin", "config.json", "vocabulary.txt")
 _MAX_WINDOW_S: Final = 30.0
 _MAX_PROMPT_TOKENS: Final = 223  # Whisper's own bound: half the text context, minus one
 _NOT_WORD: Final = re.compile(r"[^\w']+")
+_WORD: Final = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_LETTERLESS: Final = re.compile(r"^\W*$")
+_FILLERS: Final = frozenset({"uh", "um", "hmm", "mm", "mhm", "ah", "oh", "you", "i", "the", "a"})
 
 
 class WhisperModelError(AsrError):
@@ -83,14 +86,24 @@ class WhisperOptions:
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
     no_speech_certain: float = 0.9
+    #: A text with digits or symbols but no letters is noise at or above this.
+    letterless_threshold: float = 0.5
 
-    def is_speech(self, no_speech_prob: float, avg_logprob: float) -> bool:
-        """Whether a decode heard words (False: silence or noise, drop the text)."""
+    def is_speech(self, no_speech_prob: float, avg_logprob: float, text: str) -> bool:
+        """Whether a decode heard words (False: silence or noise, drop the text).
+
+        Besides the two scores, a text of fillers only ("Uh", "you", "I": what Whisper says
+        to breath and silence) is noise, and so is one without letters ("$2,000": clicks)
+        unless the no-speech probability is low.
+        """
         if no_speech_prob >= self.no_speech_certain:
             return False
-        return not (
-            no_speech_prob >= self.no_speech_threshold and avg_logprob < self.logprob_threshold
-        )
+        if no_speech_prob >= self.no_speech_threshold and avg_logprob < self.logprob_threshold:
+            return False
+        words = _WORD.findall(text.lower())
+        if not words:
+            return not _LETTERLESS.search(text) and no_speech_prob < self.letterless_threshold
+        return any(w not in _FILLERS for w in words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +312,7 @@ class WhisperModel:
         raw = cut_repetition(self._tokenizer.decode(ids).strip(), truncated=truncated)
         avg_logprob = float(result.scores[0]) if result.scores else 0.0
         no_speech = float(probe.no_speech_prob)
-        speech = bool(prefix) or opts.is_speech(no_speech, avg_logprob)
+        speech = bool(prefix) or opts.is_speech(no_speech, avg_logprob, raw)
         return Recognition(
             text=raw if speech else "",
             speech=speech,
