@@ -253,7 +253,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-direct", action="store_true", help="skip the direct-to-echo floor")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument(
-        "--keep-going", action="store_true", help="keep raising N for a relay after it fails"
+        "--keep-going",
+        action="store_true",
+        help="keep raising N for a relay after it fails a point that was not noisy",
     )
     p.add_argument(
         "--retries",
@@ -391,7 +393,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 res = await _measure_relay(bench, args, name, n, direct)
                 rows[name].append(res)
-                if not res.passed and not args.keep_going:
+                # A point lost to other people's load says nothing about the relay's capacity.
+                if not res.passed and not contended(res) and not args.keep_going:
                     alive.discard(name)
     finally:
         bench.stop_all()
