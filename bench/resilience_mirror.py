@@ -5,7 +5,7 @@ Pure and in-process. The call is a microphone that never stops (one 20 ms
 turn every 10 s: 3 s of speech, ``speech_started`` / ``speech_stopped`` / ``committed``, the
 user audio item (``conversation.item.added`` / ``done``) and its transcript
 (``...input_audio_transcription.delta`` / ``completed``), then an assistant audio reply of about
-200 characters (the full response cycle of ``voxgate.protocol.conversation.ResponseBuilder``,
+200 characters (the full response cycle of ``voxgate.protocol.response_builder.ResponseBuilder``,
 the shapes the fake upstream sends). Every 5 minutes the reply is a function call, answered by
 the client with a ``function_call_output`` and a ``response.create``.
 
@@ -30,6 +30,8 @@ import orjson
 
 from voxgate.protocol import conversation as cv
 from voxgate.protocol import ids
+from voxgate.protocol import server_events as ev
+from voxgate.protocol.response_builder import ResponseBuilder
 from voxgate.protocol.session_config import default_session
 from voxgate.session.machine import SessionMachine
 from voxgate.session.mirror import Mirror
@@ -68,7 +70,7 @@ def script(frames_total: int) -> Iterator[Step]:
     """The call, in order: runs of audio frames and the events between them."""
     conv = cv.Conversation(max_items=8)  # only for previous_item_id; stays tiny
     session = default_session("realtime", session_id=ids.session_id(), now_s=int(time.time()))
-    yield "created", _dump(cv.session_created(session))
+    yield "created", _dump(ev.session_created(session))
     session["audio"]["input"]["transcription"] = {"model": "gpt-4o-transcribe"}
     update = {
         "type": "session.update",
@@ -78,7 +80,7 @@ def script(frames_total: int) -> Iterator[Step]:
         },
     }
     yield "client", [_dump(update)]
-    yield "server", [_dump(cv.session_updated(session))]
+    yield "server", [_dump(ev.session_updated(session))]
     pending: dict[int, list[tuple[str, str]]] = {}
     clients: dict[int, list[tuple[str, str]]] = {}
 
@@ -86,7 +88,7 @@ def script(frames_total: int) -> Iterator[Step]:
         pending.setdefault(frame, []).extend(_dump(e) for e in events)
 
     def reply(frame: int, *, tool: bool) -> int:
-        rb = cv.ResponseBuilder(
+        rb = ResponseBuilder(
             response_id=ids.response_id(),
             conversation=conv,
             conversation_id="conv_sim",
@@ -109,22 +111,22 @@ def script(frames_total: int) -> Iterator[Step]:
         cycle = base // CYCLE
         start, stop = base + SPEECH[0], base + SPEECH[1]
         item_id = ids.item_id()
-        at(start + 15, [cv.speech_started(start * 20, item_id)])  # VAD needs ~300 ms
-        item = cv.user_audio_item(item_id)
+        at(start + 15, [ev.speech_started(start * 20, item_id)])  # VAD needs ~300 ms
+        item = ev.user_audio_item(item_id)
         prev = conv.insert(dict(item))
         transcript = "I would like to know where my order is and when it will arrive."
         at(
             stop + 25,
             [
-                cv.speech_stopped(stop * 20 + 200, item_id),
-                cv.buffer_committed(item_id, prev),
-                cv.item_added(item, prev),
-                cv.item_done(item, prev),
+                ev.speech_stopped(stop * 20 + 200, item_id),
+                ev.buffer_committed(item_id, prev),
+                ev.item_added(item, prev),
+                ev.item_done(item, prev),
             ],
         )
-        at(stop + 40, [cv.transcription_delta(item_id, w + " ") for w in transcript.split()])
-        usage = cv.transcription_usage(3000, transcript)
-        at(stop + 41, [cv.transcription_completed(item_id, transcript, usage)])
+        at(stop + 40, [ev.transcription_delta(item_id, w + " ") for w in transcript.split()])
+        usage = ev.transcription_usage(3000, transcript)
+        at(stop + 41, [ev.transcription_completed(item_id, transcript, usage)])
         tool = cycle % TOOL_EVERY == TOOL_EVERY - 1
         end = reply(stop + 30, tool=tool)
         if tool:
@@ -142,7 +144,7 @@ def script(frames_total: int) -> Iterator[Step]:
             ]
             full = {**output, "object": "realtime.item", "status": "completed"}
             prev = conv.insert(dict(full))
-            at(end + 6, [cv.item_added(full, prev), cv.item_done(full, prev)])
+            at(end + 6, [ev.item_added(full, prev), ev.item_done(full, prev)])
             reply(end + 7, tool=False)
         last = base
         for frame in sorted(set(pending) | set(clients)):
@@ -271,7 +273,7 @@ def _ready_machine(recovery: Recovery | None) -> SessionMachine:
         recovery=recovery,
     )
     session = default_session("realtime", session_id=ids.session_id())
-    m.upstream_text(orjson.dumps(cv.session_created(session)).decode(), 0.0)
+    m.upstream_text(orjson.dumps(ev.session_created(session)).decode(), 0.0)
     m.flush_done()
     return m
 
