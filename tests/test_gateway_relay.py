@@ -312,6 +312,8 @@ async def test_missing_key_model_and_beta_header() -> None:
         ) as ws:
             assert (await recv_json(ws))["error"]["code"] == "missing_model"
             assert await expect_close(ws) == (4000, "invalid_request_error.missing_model")
+    # Beta clients are served by translation (issue 15) unless the operator turns them off.
+    async with fake_and_gateway(beta_clients=False) as (_, gw), aiohttp.ClientSession() as http:
         async with http.ws_connect(
             gw.realtime_url(),
             headers={"Authorization": f"Bearer {SERVER_KEY}", "OpenAI-Beta": "realtime=v1"},

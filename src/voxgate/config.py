@@ -99,6 +99,21 @@ class Settings(BaseSettings):
     resume_max_pending: int = Field(default=256, ge=1)
     resume_max_pending_per_address: int = Field(default=8, ge=1)
 
+    # more ways in (issue 15)
+    #: Serve clients that speak the retired beta protocol (``OpenAI-Beta: realtime=v1``)
+    #: through a translating adapter; false refuses them as OpenAI does now.
+    beta_clients: bool = True
+    #: HTTP/SSE fallback: a heartbeat comment on an idle event stream this often (proxies
+    #: close silent streams), and client frames a session holds while its stream reconnects.
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    sse_pending_frames: int = Field(default=512, ge=16)
+    #: TLS: certificate chain and private key (PEM) to serve https/wss; or a development
+    #: certificate made (and kept) in ``tls_dev_dir`` for this machine's names.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_dev: bool = False
+    tls_dev_dir: str | None = None
+
     # local engine (issue 4)
     local_llm_url: str | None = None
     local_llm_model: str = "llama3.2"

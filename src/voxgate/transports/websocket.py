@@ -19,9 +19,11 @@ import orjson
 import structlog
 from aiohttp import web
 
+from voxgate.protocol.beta import BETA_SUBPROTOCOL
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import INVALID_REQUEST, AuthError, FatalSessionError
 from voxgate.session.ports import ClientConnection, PeerGone
+from voxgate.transports.beta_adapter import BetaClientConnection
 from voxgate.transports.hub import SessionHub, SessionRequest
 from voxgate.transports.negotiate import ConnectRequest, negotiate, offered_subprotocols
 from voxgate.transports.resume_gate import ResumeGate, read_resume_request, resume_session
@@ -58,16 +60,24 @@ class RealtimeEndpoint:
         offered = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol"))
         req = negotiate(request.query, request.headers, offered)
         s = self.hub.settings
+        selected = req.selected_subprotocol
+        if selected is None and BETA_SUBPROTOCOL in offered:
+            selected = BETA_SUBPROTOCOL  # a beta browser client that offered no "realtime"
         ws = GatewayWebSocket(
-            protocols=[req.selected_subprotocol] if req.selected_subprotocol else (),
+            protocols=[selected] if selected else (),
             compress=False,
             max_msg_size=s.max_frame_bytes,
             heartbeat=None,  # the session clock's heartbeat costs nothing per frame
             autoping=False,
         )
         await ws.prepare(request)
-        conn = AiohttpClientConnection(ws, request)
-        if req.resume:
+        conn: ClientConnection = AiohttpClientConnection(ws, request)
+        # A beta client (§9) is served through a translating wrapper when beta is enabled; the
+        # hub then sees a GA client without extensions (beta and voxgate.v1 do not combine).
+        beta = req.beta_header and getattr(s, "beta_clients", True)
+        if beta:
+            conn = BetaClientConnection(conn)
+        if req.resume and not beta:
             await self._resume(conn, request, req)
             return ws
         slog = log.bind(backend=self.hub.backend.name)
@@ -76,16 +86,18 @@ class RealtimeEndpoint:
             path=request.path,
             model=req.model,
             intent=req.intent,
-            extensions=req.extensions,
+            extensions=req.extensions and not beta,
+            beta=req.beta_header,
             peer=request.remote,
         )
         session_req = SessionRequest(
             credential=req.credential,
             model=req.model,
             intent=req.intent,
-            extensions=req.extensions,
+            extensions=req.extensions and not beta,
             call_id=req.call_id,
-            beta_header=req.beta_header,
+            beta_header=req.beta_header and not beta,
+            transport="websocket-beta" if beta else "websocket",
         )
         try:
             grant = await self.hub.admit(session_req)
