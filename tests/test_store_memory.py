@@ -135,11 +135,6 @@ async def test_generations_continue_across_consumption() -> None:
     assert await store.consume_resume("s1", g2, "b")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/memory.py consume_resume voids a token by storing nonce '' and then "
-    "compares against it, so an empty nonce is accepted again for the consumed generation",
-)
 async def test_consumed_generation_accepts_no_nonce_at_all() -> None:
     store = MemoryStore()
     generation = await store.rotate_resume("s1", "nonce-1")

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-import pytest
 from aiohttp import WSMsgType, web
 
 from voxgate.session.ports import PeerGone
@@ -241,11 +240,6 @@ async def test_reset_is_an_unclean_peer_gone() -> None:
     assert exc.clean is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ws_adapter._gone_from: a lost connection reports aiohttp's close_code (1006) "
-    "where ports.PeerGone documents code=None for 'no close frame'",
-)
 async def test_reset_carries_no_close_code() -> None:
     gone, ready = future(), future()
 
@@ -309,11 +303,6 @@ async def test_write_text_refuses_while_the_transport_buffer_is_full() -> None:
     assert frames[-1] == "last"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ws_adapter.write_text/writable check ws._closing (a close *received*), not "
-    "ws.closed: after our own close frame they still write data frames (RFC 6455 §5.5.1)",
-)
 async def test_write_text_refuses_once_the_server_has_sent_its_close() -> None:
     result = future()
 

@@ -223,11 +223,6 @@ def test_non_utf8_close_reason_is_invalid_data() -> None:
     assert caught.value.code == 1007
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsframe.parse_close accepts close codes that must never be sent "
-    "(RFC 6455 §7.4.1-7.4.2: below 1000, and 1005/1006/1015 which no endpoint may set)",
-)
 @pytest.mark.parametrize("code", [0, 999, 1005, 1006, 1015])
 def test_close_code_that_must_not_be_sent_is_a_protocol_error(code: int) -> None:
     with pytest.raises(FrameError) as caught:

@@ -82,11 +82,18 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
     if len(payload) == 1:
         raise FrameError(1002, "close frame with a 1-byte payload")
     code = _UNPACK2(payload)[0]
+    if not _sendable_close_code(code):
+        raise FrameError(1002, f"close code {code} may not be sent (RFC 6455 §7.4)")
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
         raise FrameError(1007, "close reason is not UTF-8") from None
     return code, reason
+
+
+def _sendable_close_code(code: int) -> bool:
+    """RFC 6455 §7.4: 1000-1003, 1007-1014 and 3000-4999; never 1004-1006, 1015, or other."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 class FrameParser:

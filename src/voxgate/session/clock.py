@@ -6,8 +6,11 @@ woken), with what it observed (:class:`Observed`), and performs the returned act
 
 Heartbeat: once per ``ping_interval_s`` compare what each peer sent (data and control frames),
 ping only a peer that sent nothing during the last interval, and declare it unresponsive when
-the next interval also brings nothing. A dead peer is found within two intervals; a late pong
-under load still counts if it comes within one. Nothing is done per frame.
+the interval after its ping also brings nothing. Beats keep their own phase, so a dead peer is
+found two to three intervals after its last frame (never fewer than two, and always one
+interval after a ping it did not answer); a late pong under load still counts if it comes
+within one. No ping goes behind a blocked send (the stall check owns that client), and a
+client is never declared unresponsive without a ping first. Nothing is done per frame.
 
 Stall: a client whose socket accepted nothing for ``client_send_timeout_s`` while a send was
 waiting. Grace: a detached resumable client that did not come back within ``resume_grace_s``.
@@ -117,6 +120,7 @@ class SessionClock:
         self._next_check = now + min(self._stall_every, self._slow_every)
         self._last = (-1, -1)
         self._missed = [0, 0]
+        self._pinged = [False, False]  # a ping went out at the last beat, unanswered so far
         self._stall_mark = -1
         self._stall_since = 0.0
         self._detached_at: float | None = None
@@ -130,12 +134,12 @@ class SessionClock:
 
     def client_attached(self) -> None:
         self._detached_at = None
-        self._missed[0] = 0
+        self._missed[0], self._pinged[0] = 0, False
 
     def upstream_opened(self, now: float) -> None:
         self._upstream_since = now
         self._recycle_asked = False
-        self._missed[1] = 0
+        self._missed[1], self._pinged[1] = 0, False
 
     def recycle_declined(self) -> None:
         """The session was no longer quiet when the recycle ran: ask again at the next check."""
@@ -170,28 +174,29 @@ class SessionClock:
 
     def _beat(self, seen: Observed, out: list[TimerAction]) -> None:
         heard = (seen.client_heard, seen.upstream_heard)
-        missed = self._missed
+        missed, pinged = self._missed, self._pinged
         for side in (0, 1):
-            missed[side] = missed[side] + 1 if heard[side] == self._last[side] else 0
+            if heard[side] == self._last[side]:
+                missed[side] += 1
+            else:
+                missed[side], pinged[side] = 0, False
         self._last = heard
-        client_dead = False
         if not seen.client_attached:
-            missed[0] = 0
-        elif missed[0] >= 2:
+            missed[0], pinged[0] = 0, False
+        elif missed[0] >= 2 and pinged[0]:
             out.append(ClientUnresponsive())
-            missed[0] = 0
-            client_dead = True
+            missed[0], pinged[0] = 0, False
+        elif missed[0] and seen.client_sends_started == seen.client_sends_done:
+            out.append(PingClient())  # never behind a blocked send: the stall check owns it
+            pinged[0] = True
         if not seen.upstream_ready:
-            missed[1] = 0
-        elif missed[1] >= 2:
+            missed[1], pinged[1] = 0, False
+        elif missed[1] >= 2 and pinged[1]:
             out.append(UpstreamUnresponsive(self._interval))
-            missed[1] = 0
-        # never ping behind a blocked send: the stall check owns that client
-        blocked = seen.client_sends_started != seen.client_sends_done
-        if missed[0] and seen.client_attached and not client_dead and not blocked:
-            out.append(PingClient())
-        if missed[1] and seen.upstream_ready:
+            missed[1], pinged[1] = 0, False
+        elif missed[1]:
             out.append(PingUpstream())
+            pinged[1] = True
 
     def _check_stall(self, now: float, seen: Observed, out: list[TimerAction]) -> None:
         timeout = self.config.client_send_timeout_s

@@ -379,6 +379,7 @@ class SessionMachine:
 
     def _become_ready(self, created_text: str) -> Outcome:
         self.phase = Phase.FLUSHING
+        self.session_object = None  # only the embedded-config handshake needed it
         self.ready_once = True  # the client has session.created from here on
         actions: list[Action] = [SendClient(created_text)]
         actions.extend(SendClient(t) for t in self._held_upstream)

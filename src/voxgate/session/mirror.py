@@ -74,9 +74,10 @@ class Mirror:
         self.audio_limit_bytes = audio_limit_bytes
         self.turn_audio_limit_bytes = turn_audio_limit_bytes
         self.idle_keep_ms = idle_keep_ms
-        self._session: bytes | None = None  # the effective config, serialised
+        # Serialised as exact-size str: orjson's bytes keep its 16 KiB working buffer.
+        self._session: str | None = None  # the effective config
         self._order: list[str] = []  # item ids in conversation order
-        self._items: dict[str, bytes] = {}  # item id -> serialised item (no audio)
+        self._items: dict[str, str] = {}  # item id -> serialised item (no audio)
         self.items_bytes = 0
         self.dropped_items = 0
         self._turn_audio: dict[str, bytes] = {}  # oldest first
@@ -272,7 +273,7 @@ class Mirror:
         session = event.get("session")
         if not isinstance(session, dict):
             return
-        self._session = orjson.dumps(session)
+        self._session = orjson.dumps(session).decode()
         self._bpm = input_info(session).bytes_per_ms
         self._idle_keep_bytes = self.idle_keep_ms * self._bpm
         self._fast_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
@@ -309,7 +310,7 @@ class Mirror:
         return item
 
     def _put(self, item_id: str, item: dict[str, Any]) -> None:
-        data = orjson.dumps(item)
+        data = orjson.dumps(item).decode()
         old = self._items.get(item_id)
         self.items_bytes += len(data) - (len(old) if old is not None else 0)
         self._items[item_id] = data

@@ -21,7 +21,8 @@ class MemoryStore:
         self.active = 0
         self._per_subject: dict[str, int] = {}
         self._records: dict[str, SessionRecord] = {}
-        self._resume: dict[str, tuple[int, str]] = {}  # session id -> (generation, nonce)
+        #: session id -> (generation, nonce); nonce None once used (void until the next rotate)
+        self._resume: dict[str, tuple[int, str | None]] = {}
         self._revoked: dict[str, float] = {}
 
     async def acquire_slot(
@@ -66,11 +67,11 @@ class MemoryStore:
 
     async def consume_resume(self, session_id: str, generation: int, nonce: str) -> bool:
         current = self._resume.get(session_id)
-        if current is None or current[0] != generation:
+        if current is None or current[0] != generation or current[1] is None:
             return False
         if not hmac.compare_digest(current[1].encode(), nonce.encode("utf-8", "replace")):
             return False
-        self._resume[session_id] = (generation, "")  # void until the next rotate
+        self._resume[session_id] = (generation, None)  # void until the next rotate
         return True
 
     async def revoke_key(self, key_id: str, until_s: float, now_s: float) -> None:

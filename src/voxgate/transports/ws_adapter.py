@@ -133,6 +133,7 @@ class AiohttpClientConnection:
         self._queue: _SinkQueue | None = reader if isinstance(reader, _SinkQueue) else None
         self._heard = 0
         self._gone: PeerGone | None = None
+        self._closing = False  # our close frame is out: no data frame may follow it
 
     @property
     def heard(self) -> int:
@@ -198,6 +199,7 @@ class AiohttpClientConnection:
             or transport.is_closing()
             or transport.get_write_buffer_size() > WRITE_HIGH_BYTES
             or self._ws._closing
+            or self._closing
         )
 
     def write_text(self, text: str) -> bool:
@@ -207,6 +209,7 @@ class AiohttpClientConnection:
             or transport.is_closing()
             or transport.get_write_buffer_size() > WRITE_HIGH_BYTES
             or self._ws._closing
+            or self._closing
         ):
             return False
         payload = text.encode()
@@ -218,6 +221,7 @@ class AiohttpClientConnection:
             await self._ws.ping()
 
     async def close(self, code: int, reason: str = "") -> None:
+        self._closing = True
         if self._ws.closed:
             return
         with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
@@ -234,7 +238,7 @@ def _gone_from(msg: Any, ws: web.WebSocketResponse) -> PeerGone:
     if msg.type is _CLOSE:
         code = int(msg.data) if msg.data is not None else ws.close_code
         return PeerGone(code, msg.extra or "", clean=True)
-    return PeerGone(None if msg.type is WSMsgType.ERROR else ws.close_code)
+    return PeerGone(None)  # no close frame from the peer: the connection was lost
 
 
 __all__ = ["AiohttpClientConnection", "GatewayWebSocket"]
