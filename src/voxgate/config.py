@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     client_send_timeout_s: float = Field(default=10.0, ge=0)
     #: WebSocket ping interval towards clients and upstreams (0 disables).
     #: 10 s measured safe (bench/resilience.py heartbeat: pongs up to 9.9 s late under
-    #: overload killed nothing at 10 s; 1 s dropped sessions); a dead peer is found in 10-20 s.
+    #: overload killed nothing at 10 s; 1 s dropped sessions); a dead peer is found 20-30 s after its last frame.
     ping_interval_s: float = Field(default=10.0, ge=0)
     #: Identical errors to one client within this window are coalesced into one, with a count.
     error_coalesce_window_s: float = Field(default=1.0, ge=0)
@@ -131,6 +131,20 @@ class Settings(BaseSettings):
     local_asr_partial_ms: int = Field(default=0, ge=0, le=10_000)
     knowledge_path: str | None = None
 
+    # WebRTC and phone calls (issue 16)
+    #: STUN/TURN servers for voxgate's side of WebRTC calls, comma-separated URLs
+    #: (``stun:host:3478``, ``turn:host:3478?transport=udp``, ``turns:host:5349``); TURN ones
+    #: use the username/password below. None: host candidates only (public address or LAN).
+    webrtc_ice_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webrtc_turn_username: str | None = None
+    webrtc_turn_password: SecretStr | None = None
+    #: Assistant audio one call may hold ahead of real time; its events wait beyond it.
+    webrtc_playout_max_s: float = Field(default=60.0, gt=0, le=600)
+    #: Phone lines (Twilio Media Streams): JSON object from the called number (E.164, as the
+    #: TwiML passes it in the ``to`` parameter) or ``"*"`` (any other) to the session config
+    #: that line's calls start with (instructions, voice, tools …; formats are always μ-law).
+    phone_lines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
     @field_validator("openai_url")
     @classmethod
     def _ws_url(cls, value: str) -> str:
@@ -143,6 +157,17 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value and not value.strip().startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("webrtc_ice_servers", mode="before")
+    @classmethod
+    def _split_ice(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for url in value:
+                if not str(url).startswith(("stun:", "stuns:", "turn:", "turns:")):
+                    raise ValueError("each ICE server is a stun:, stuns:, turn: or turns: URL")
         return value
 
     @field_validator("api_keys", mode="before")
