@@ -90,9 +90,12 @@ class RealtimeEndpoint:
             beta=req.beta_header,
             peer=request.remote,
         )
+        # The beta SDK always puts a model in the URL; a beta ?intent=transcription session
+        # is a transcription session all the same (§9), so the model goes.
+        model = None if beta and req.intent == "transcription" else req.model
         session_req = SessionRequest(
             credential=req.credential,
-            model=req.model,
+            model=model,
             intent=req.intent,
             extensions=req.extensions and not beta,
             call_id=req.call_id,
