@@ -116,8 +116,13 @@ class LocalBackend:
                 decoders=asr_decoders,
                 partial_interval_ms=asr_partial_ms,
             )
+        # Whisper decodes are bounded by CTranslate2's own pool (``threads`` at once, one core
+        # each), so the engine's threads can outnumber the cores: VAD and TTS of other
+        # sessions go on while a ~100 ms decode runs, instead of queueing behind it.
+        # pocketsphinx holds the GIL while it decodes: one thread per core there.
+        pool = threads if asr.name == "pocketsphinx" else max(4, threads * 4)
         self.resources = EngineResources(
-            executor=ThreadPoolExecutor(max_workers=threads, thread_name_prefix="voxgate-engine"),
+            executor=ThreadPoolExecutor(max_workers=pool, thread_name_prefix="voxgate-engine"),
             asr=asr,
             responder=responder,
             final_decode=final_decode,
