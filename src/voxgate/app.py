@@ -1,8 +1,9 @@
 """The aiohttp application factory: it only wires modules together.
 
 Routes: the realtime WebSocket (``/v1/realtime``, ``/realtime``), key minting
-(``/v1/realtime/client_secrets``, ``/v1/realtime/sessions``), ``/healthz``, ``/readyz``,
-``/metrics``, and the console at ``/`` when present.
+(``/v1/realtime/client_secrets``, ``/v1/realtime/sessions``), WebRTC calls
+(``/v1/realtime/calls``), phone media streams (``/v1/phone/twilio``), ``/healthz``,
+``/readyz``, ``/metrics``, and the console at ``/`` when present.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from voxgate.observability.metrics import Metrics
 from voxgate.store.base import Store
 from voxgate.store.memory import MemoryStore
 from voxgate.transports.hub import SessionHub
+from voxgate.transports.media.phone_endpoint import PhoneEndpoint, PhoneLines
+from voxgate.transports.media.webrtc_endpoint import IceServer, WebRTCEndpoint, WebRTCOptions
 from voxgate.transports.websocket import RealtimeEndpoint
 
 METRICS = web.AppKey("voxgate.metrics", Metrics)
@@ -72,6 +75,20 @@ def known_secrets(settings: Settings, signing_secret: bytes) -> tuple[str, ...]:
     return tuple(v for v in values if len(v) >= 6)
 
 
+def webrtc_options(settings: Settings) -> WebRTCOptions:
+    """WebRTC calls' STUN/TURN servers and playout bound, from the settings."""
+    password = settings.webrtc_turn_password
+    servers = tuple(
+        IceServer(
+            urls=(url,),
+            username=settings.webrtc_turn_username if url.startswith("turn") else None,
+            credential=password.get_secret_value() if password and url.startswith("turn") else None,
+        )
+        for url in settings.webrtc_ice_servers
+    )
+    return WebRTCOptions(ice_servers=servers, playout_limit_ms=settings.webrtc_playout_max_s * 1000)
+
+
 def create_app(settings: Settings, backend: Backend | None = None) -> web.Application:
     """Build the application. ``backend`` overrides the one named in ``settings`` (tests)."""
     secret = (
@@ -114,6 +131,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app.router.add_get("/v1/realtime", endpoint.handle)
     app.router.add_get("/realtime", endpoint.handle)
     key_routes.add_routes(app)
+    WebRTCEndpoint(hub, webrtc_options(settings)).add_routes(app)
+    PhoneEndpoint(hub, PhoneLines(settings.phone_lines)).add_routes(app)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

@@ -7,6 +7,10 @@ model a key was minted for, counts the session in (the :class:`~voxgate.store.ba
 total and per-subject limits, across nodes when the store is shared), registers it, builds the
 machine, the mirror and the runner, runs it, and counts it out. The live runner objects stay
 on this node (:meth:`SessionHub.live`); what other nodes need to know is in the store.
+
+Calls (WebRTC, phone) also register here by ``call_id`` (:meth:`SessionHub.register_call`), so
+a server WebSocket connecting with ``?call_id=`` is attached to the running call (the sideband,
+realtime-protocol.md §2.3) instead of starting a session; the call decides who may attach.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -35,6 +39,18 @@ from voxgate.session.runner import ClientLink, RunnerConfig, SessionRunner
 from voxgate.store.base import SessionRecord, SlotRefused, Store
 
 log = structlog.get_logger("voxgate.session")
+
+
+class CallAttachment(Protocol):
+    """A running call that a sideband WebSocket may attach to (``?call_id=``)."""
+
+    async def attach(self, conn: ClientConnection, grant: Grant, slog: Any) -> None:
+        """Serve ``conn`` until it leaves or the call ends.
+
+        Raises:
+            FatalSessionError: this credential may not attach, or the call is full.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,7 @@ class SessionHub:
         self._on_auth_failed = on_upstream_auth_failed
         self._auth_failed_logged = False
         self._runners: dict[str, SessionRunner] = {}
+        self._calls: dict[str, CallAttachment] = {}
         self._resume_states: dict[str, ResumeState] = {}
         self._policy = ReconnectPolicy(
             attempts=settings.reconnect_attempts,
@@ -111,6 +128,13 @@ class SessionHub:
 
     def live(self, session_id: str) -> SessionRunner | None:
         return self._runners.get(session_id)
+
+    def register_call(self, call_id: str, call: CallAttachment) -> None:
+        """Make a running call attachable by ``?call_id=`` until :meth:`unregister_call`."""
+        self._calls[call_id] = call
+
+    def unregister_call(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)
 
     def resume_state(self, session_id: str) -> ResumeState | None:
         return self._resume_states.get(session_id)
@@ -167,14 +191,8 @@ class SessionHub:
                 close_code=CloseCode.BAD_REQUEST,
                 error_type=INVALID_REQUEST,
             )
-        if req.call_id:
-            raise FatalSessionError(
-                "Attaching to WebRTC/SIP calls (call_id) is not supported by this gateway.",
-                code="invalid_value",
-                close_code=CloseCode.BAD_REQUEST,
-                error_type=INVALID_REQUEST,
-                param="call_id",
-            )
+        if req.call_id and req.call_id not in self._calls:
+            raise _no_call()
         return grant
 
     def target(self, req: SessionRequest, grant: Grant, session_id: str) -> UpstreamTarget:
@@ -206,6 +224,12 @@ class SessionHub:
         Raises:
             FatalSessionError: the deployment or the subject is at its limit.
         """
+        if req.call_id:
+            call = self._calls.get(req.call_id)
+            if call is None:
+                raise _no_call()
+            await call.attach(conn, grant, slog.bind(call_id=req.call_id, auth=grant.kind))
+            return EndSession(CloseCode.NORMAL, "", None, "sideband_detached")
         s = self.settings
         session_id = new_id("vg", 16)
         slog = slog.bind(session_id=session_id, auth=grant.kind)
@@ -323,6 +347,17 @@ class SessionHub:
             client_audio_multiple=s.client_max_audio_realtime,
             client_audio_burst_s=s.client_audio_burst_s,
         )
+
+
+def _no_call() -> FatalSessionError:
+    return FatalSessionError(
+        "No call with this call_id is running on this gateway (it ended, or it is on another "
+        "node).",
+        code="call_not_found",
+        close_code=CloseCode.BAD_REQUEST,
+        error_type=INVALID_REQUEST,
+        param="call_id",
+    )
 
 
 def _limit_error(exc: SlotRefused) -> FatalSessionError:
