@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from voxgate.session.audio_ring import AudioRing
 from voxgate.session.mirror import MIRRORED_TYPES, Mirror, b64_len
 
 VAD_SESSION: dict[str, Any] = {
@@ -654,3 +655,35 @@ def test_commit_until_any_offset_leaves_exactly_the_bytes_after_it(
         ]
     else:
         assert m.item_events() == []
+
+
+# ---------------------------------------------------------------------------- the ring
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=3000), max_size=30),
+    st.integers(min_value=1, max_value=4096),
+    st.data(),
+)
+def test_audio_ring_is_a_byte_exact_fifo_in_fixed_blocks(
+    sizes: list[int], block: int, data: st.DataObject
+) -> None:
+    ring = AudioRing(block_bytes=block)
+    model = bytearray()
+    for n, size in enumerate(sizes):
+        chunk = bytes([n % 251]) * size
+        ring.append(chunk)
+        model += chunk
+        if data.draw(st.booleans()):
+            cut = data.draw(st.integers(0, len(model) + 5))
+            taken = ring.take_front(cut) if data.draw(st.booleans()) else None
+            if taken is None:
+                ring.drop_front(cut)
+            else:
+                assert taken == bytes(model[:cut])
+            del model[:cut]
+        assert len(ring) == len(model)
+        lo = data.draw(st.integers(0, len(model)))
+        hi = data.draw(st.integers(lo, len(model) + 3))
+        assert ring.peek(lo, hi) == bytes(model[lo:hi])
+    assert all(len(b) <= block for b in ring._blocks)

@@ -10,9 +10,10 @@ client's requests, so it holds only what the upstream accepted:
   is replayed as audio, not lost);
 * the input audio appended since the last commit, as raw audio in one byte ring.
 
-Memory: nothing per frame. Pending audio is one ``bytearray`` (the oldest bytes are cut from
-its front; positions are integers), items and the config are kept as serialised JSON (bytes),
-so a long call adds no objects for the garbage collector to walk.
+Memory: nothing per frame. Pending audio is one :class:`~voxgate.session.audio_ring.AudioRing`
+(fixed 64 KiB blocks, the oldest cut from its front; positions are integers), items and the
+config are kept as serialised JSON strings, so a long call adds no objects for the garbage
+collector to walk and no holes for the allocator.
 
 Audio positions are bytes on the *client's* timeline: every byte the client appended in the
 session, in order. Callers translate a new upstream's ``audio_*_ms`` to it before feeding
@@ -46,6 +47,7 @@ from typing import Any
 import orjson
 
 from voxgate.protocol.formats import PCM, input_info
+from voxgate.session.audio_ring import AudioRing
 
 #: Fields of a session object a client may not send back in ``session.update``.
 _SERVER_ONLY = ("object", "id", "expires_at")
@@ -82,7 +84,7 @@ class Mirror:
         self.dropped_items = 0
         self._turn_audio: dict[str, bytes] = {}  # oldest first
         self.turn_audio_bytes = 0
-        self._ring = bytearray()  # pending input audio, oldest first
+        self._ring = AudioRing()  # pending input audio, oldest first, in fixed blocks
         self._ring_start = 0  # client-timeline offset of _ring[0]
         self.dropped_audio_bytes = 0
         self.stream_bytes = 0  # every input byte the client appended, on its timeline
@@ -122,7 +124,7 @@ class Mirror:
     def on_client_audio(self, raw: bytes) -> None:
         """The client appended raw audio (a binary frame). Amortised O(len(raw)), no objects."""
         ring = self._ring
-        ring += raw
+        ring.append(raw)
         self.stream_bytes += len(raw)
         size = len(ring)
         if size <= self._fast_bound:
@@ -131,7 +133,7 @@ class Mirror:
         limit = self._fast_bound if idle else self.audio_limit_bytes
         if size > limit:
             excess = size - limit
-            del ring[:excess]
+            ring.drop_front(excess)
             self._ring_start += excess
             if not idle:
                 self.dropped_audio_bytes += excess  # idle trimming drops only silence
@@ -207,7 +209,7 @@ class Mirror:
         return self._ring_start
 
     def pending_audio(self) -> bytes:
-        return bytes(self._ring)
+        return self._ring.peek(0, len(self._ring))
 
     def pending_chunks(self, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
         """Pending audio as ``(client offset, bytes)`` chunks of at most ``max_bytes``.
@@ -216,7 +218,7 @@ class Mirror:
         """
         step = max_bytes or self._bpm * REPLAY_CHUNK_MS
         ring, start = self._ring, self._ring_start
-        return [(start + i, bytes(ring[i : i + step])) for i in range(0, len(ring), step)]
+        return [(start + i, ring.peek(i, i + step)) for i in range(0, len(ring), step)]
 
     def pending_frames(self) -> list[tuple[int, str]]:
         """:meth:`pending_chunks` as base64 (what a replay appends)."""
@@ -360,8 +362,7 @@ class Mirror:
     def _take_pending(self, stream_offset: int) -> bytes:
         """Remove and return the pending audio before ``stream_offset``."""
         cut = min(max(0, stream_offset - self._ring_start), len(self._ring))
-        taken = bytes(self._ring[:cut])
-        del self._ring[:cut]
+        taken = self._ring.take_front(cut)
         self._ring_start += cut
         return taken
 
