@@ -1,6 +1,7 @@
 """The aiohttp application factory: it only wires modules together.
 
-Routes: the realtime WebSocket (``/v1/realtime``, ``/realtime``), key minting
+Routes: the realtime WebSocket (``/v1/realtime``, ``/realtime``), its HTTP/SSE fallback
+(``/v1/realtime/sse…``), key minting
 (``/v1/realtime/client_secrets``, ``/v1/realtime/sessions``), WebRTC calls
 (``/v1/realtime/calls``), phone media streams (``/v1/phone/twilio``), ``/healthz``,
 ``/readyz``, ``/metrics``, and the console at ``/`` when present.
@@ -27,12 +28,14 @@ from voxgate.store.memory import MemoryStore
 from voxgate.transports.hub import SessionHub
 from voxgate.transports.media.phone_endpoint import PhoneEndpoint, PhoneLines
 from voxgate.transports.media.webrtc_endpoint import IceServer, WebRTCEndpoint, WebRTCOptions
+from voxgate.transports.sse import SseEndpoint
 from voxgate.transports.websocket import RealtimeEndpoint
 
 METRICS = web.AppKey("voxgate.metrics", Metrics)
 BACKEND = web.AppKey("voxgate.backend", Backend)
 DRAINING = web.AppKey("voxgate.draining", list[bool])
 ENDPOINT = web.AppKey("voxgate.endpoint", RealtimeEndpoint)
+SSE = web.AppKey("voxgate.sse", SseEndpoint)
 HEALTH = web.AppKey("voxgate.health", BackendHealth)
 HUB = web.AppKey("voxgate.hub", SessionHub)
 STORE = web.AppKey("voxgate.store", Store)
@@ -111,12 +114,14 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         on_upstream_auth_failed=health.note_upstream_auth_failed,
     )
     endpoint = RealtimeEndpoint(hub)
+    sse = SseEndpoint(hub)
 
     app = web.Application(client_max_size=1024 * 1024)
     app[METRICS] = metrics
     app[BACKEND] = backend
     app[DRAINING] = [False]
     app[ENDPOINT] = endpoint
+    app[SSE] = sse
     app[HEALTH] = health
     app[HUB] = hub
     app[STORE] = store
@@ -131,6 +136,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app.router.add_get("/v1/realtime", endpoint.handle)
     app.router.add_get("/realtime", endpoint.handle)
     key_routes.add_routes(app)
+    sse.add_routes(app)  # the HTTP/SSE fallback (/v1/realtime/sse…)
     WebRTCEndpoint(hub, webrtc_options(settings)).add_routes(app)
     PhoneEndpoint(hub, PhoneLines(settings.phone_lines)).add_routes(app)
     app.router.add_get("/healthz", _healthz)
@@ -154,6 +160,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
 
     async def _end_sessions(app: web.Application) -> None:
         app[ENDPOINT].stop_all()
+        app[SSE].stop_all()
 
     app.on_shutdown.append(_end_sessions)
     app.on_cleanup.append(_close_backend)

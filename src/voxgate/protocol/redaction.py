@@ -14,9 +14,10 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # OpenAI keys, including the real server's partly starred quotes ("sk-abc*****wxyz").
     (re.compile(r"\bsk-[A-Za-z0-9_\-*.]+"), MASK),
     (re.compile(r"\bek_[A-Za-z0-9_\-*.]+"), MASK),
-    # voxgate server keys (vk-…), resume tokens (vgr_…; rt_… before), console session cookies.
+    # voxgate server keys (vk-…), resume tokens (vgr_…; rt_… before), SSE session tokens
+    # (vgs_…), console session cookies.
     (re.compile(r"\bvk[-_][A-Za-z0-9_\-*.]+"), MASK),
-    (re.compile(r"\b(?:vgr|rt)_[A-Za-z0-9_\-*.]+"), MASK),
+    (re.compile(r"\b(?:vgr|vgs|rt)_[A-Za-z0-9_\-*.]+"), MASK),
     (re.compile(r"\bv1\.[A-Za-z0-9_-]{16,64}\.console-[0-9a-f]+\.\d+\.[A-Za-z0-9_-]+"), MASK),
     (re.compile(r"(?i)\b(bearer|basic)\s+[^\s,;\"']+"), r"\1 " + MASK),
     (re.compile(r"openai-insecure-api-key\.[^\s,;\"']+"), "openai-insecure-api-key." + MASK),

@@ -60,6 +60,14 @@ class Delivery:
         self._queue.appendleft(frame)
         self._wake()
 
+    def take_queued(self) -> list[str | bytes]:
+        """Remove and return the queued frames, in order (to hand them to another connection
+        of the same session, e.g. an HTTP fallback whose event stream is replaced)."""
+        frames = list(self._queue)
+        self._queue.clear()
+        self._free()
+        return frames
+
     def end(self, gone: PeerGone, *, drop_queued: bool = False) -> None:
         """No more frames: ``receive`` raises ``gone`` after the queue (or at once)."""
         if self.gone is None:
