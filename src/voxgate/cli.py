@@ -30,12 +30,13 @@ from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
 from voxgate import __version__
-from voxgate.app import HEALTH, create_app
+from voxgate.app import HEALTH, METRICS, create_app
 from voxgate.auth.server_keys import generate_server_key
 from voxgate.config import Settings
 from voxgate.observability.health import DETAILS
 from voxgate.observability.logging import configure_logging
 from voxgate.protocol.redaction import redact
+from voxgate.runtime import fix_mmap_threshold
 from voxgate.server import Serving, drain, serve
 from voxgate.startup import (
     StartupError,
@@ -190,6 +191,7 @@ async def _serve(
     generated_key: str | None,
     say: Say,
 ) -> int:
+    fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
     try:
         app = create_app(settings)  # models start loading here, after the port is ours
     except (OSError, UnicodeError, ValueError) as exc:
@@ -199,6 +201,7 @@ async def _serve(
     # full collection, which otherwise pauses all sessions for tens of ms (bench/resilience.py).
     gc.collect()
     gc.freeze()
+    app[METRICS].gc.forget_max()  # that collection was ours, at start, before any session
     _banner(say, app, settings, serving.port, generated_key)
     checking = asyncio.create_task(_warn_if_unreachable(app, say))
 

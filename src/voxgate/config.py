@@ -52,12 +52,15 @@ class Settings(BaseSettings):
     max_sessions_per_subject: int = Field(default=5, ge=1)
     #: A client whose socket accepts no data for this long is treated as gone (0 disables).
     client_send_timeout_s: float = Field(default=10.0, ge=0)
-    #: WebSocket ping interval towards clients and upstreams (0 disables).
-    #: 10 s measured safe (bench/resilience.py heartbeat: pongs up to 9.9 s late under
-    #: overload killed nothing at 10 s; 1 s dropped sessions); a dead peer is found 20-30 s after its last frame.
+    #: WebSocket ping interval towards clients and upstreams (0 disables). 10 s measured safe
+    #: (bench/resilience.py heartbeat: pongs up to 9.9 s late under overload killed nothing at
+    #: 10 s; 1 s dropped sessions); a dead peer is found 20-30 s after its last frame.
     ping_interval_s: float = Field(default=10.0, ge=0)
     #: Identical errors to one client within this window are coalesced into one, with a count.
     error_coalesce_window_s: float = Field(default=1.0, ge=0)
+    #: glibc's mmap threshold, fixed at start so freed socket buffers return to the kernel
+    #: (``voxgate/runtime.py``); 0 leaves the allocator's own adaptive threshold.
+    malloc_mmap_threshold_bytes: int = Field(default=128 * 1024, ge=0)
     #: Largest HTTP header field (ek_ keys with long instructions travel in headers).
     max_header_bytes: int = Field(default=64 * 1024, ge=8190)
     #: A client must send a complete request head (and a POST body) within this long; at most

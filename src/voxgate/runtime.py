@@ -1,0 +1,36 @@
+"""Process-wide tuning ``voxgate serve`` applies once at start (never per session).
+
+glibc raises its mmap threshold each time a large mmapped block is freed, so after a while
+every transient socket buffer (asyncio reads 256 KiB at a time) comes from the heap; the small
+long-lived buffers of many streaming sessions then pin those pages, and resident memory grows
+well past what the sessions hold. Fixing the threshold (``M_MMAP_THRESHOLD``, default 128 KiB,
+``VOXGATE_MALLOC_MMAP_THRESHOLD_BYTES``) keeps large transient blocks mmapped, so they go back
+to the kernel when freed. Measured with bench/relay.py (200 streaming sessions, one core): RSS
+above the sessions' buffers 170 -> 68 KiB per session, CPU per frame unchanged within noise.
+Elsewhere than glibc this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_MMAP_THRESHOLD = -3
+
+
+def fix_mmap_threshold(threshold_bytes: int) -> bool:
+    """Fix glibc's mmap threshold; True if applied (0 leaves the allocator alone)."""
+    if threshold_bytes <= 0 or not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
