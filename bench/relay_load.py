@@ -108,6 +108,7 @@ class RunResult:
     load_core_busy_pct: float = NAN
     load_core_irq_pct: float = NAN
     load_core_foreign_pct: float = NAN
+    quiet_wait_s: float = 0.0  # waited for a quiet second before the point (--quiet-wait)
     slices: int = 0
     clean_slices: int = 0
     estimate_sessions: float = NAN

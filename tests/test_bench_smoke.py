@@ -20,7 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 def _relay_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "relay.json"
     proc = subprocess.run(  # noqa: S603 (our own interpreter and script)
-        [sys.executable, str(REPO / "bench" / "relay.py"), *args, "--json", str(out)],
+        [
+            sys.executable,
+            str(REPO / "bench" / "relay.py"),
+            *args,
+            "--quiet-wait",
+            "0",
+            "--json",
+            str(out),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
