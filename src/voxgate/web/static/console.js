@@ -321,6 +321,14 @@ function makeClient() {
     const words = `connection: ${state}${reason ? ` (${reason})` : ""}`;
     log("note", { type: `(state ${state})`, text: words });
   });
+  c.on("transport", ({ kind, reason }) => {
+    const el = $("transport");
+    el.dataset.kind = kind;
+    el.textContent = kind === "sse" ? "via HTTP fallback (SSE)" : "via WebSocket";
+    el.title = reason || "";
+    el.hidden = false;
+    log("note", { type: "(transport)", text: `transport: ${kind}${reason ? ` (${reason})` : ""}` });
+  });
   c.on("upstream", ({ state, reason }) => {
     setStatus(c.state);
     const why = upstreamReason(reason);
@@ -419,7 +427,8 @@ window.voxgateConsole = {
     if (!c) return null;
     const s = c.stats;
     const rms = s.playedOutSamples ? Math.sqrt(s.playedSumSq / s.playedOutSamples) : 0;
-    return { ...s, state: c.state, playing: c.playing, playedRms: rms,
+    return { ...s, state: c.state, playing: c.playing, playedRms: rms, transport: c.transport,
+             sse: c.transport === "sse" && c.ws ? c.ws.stats : null,
              playedMs: Math.round(s.playedSamples / 24) };
   },
   signedIn: () => csrfToken !== null,

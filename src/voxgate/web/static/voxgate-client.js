@@ -28,6 +28,15 @@
 // dropped and counted) and goes out right after `voxgate.session.resumed`, before live audio;
 // frames the browser had not yet put on the wire when the socket died (`bufferedAmount`) go
 // first. A refused or expired resume falls back to a fresh session (new key, as a reconnect).
+//
+// HTTP fallback: when the WebSocket cannot open at all (a network or proxy that blocks
+// WebSockets), the client switches by itself to voxgate's HTTP/SSE fallback (`SseSocket`,
+// voxgate-sse.js) for that session and says so: `client.on("transport", ({ kind, reason }) => …)`
+// with kind `websocket` or `sse`. The fallback resumes its own event stream after a drop
+// (`Last-Event-ID`); if it cannot get through either, the next attempt tries the WebSocket first.
+// `opts.transport: "sse"` starts on the fallback; `opts.fallback: false` never uses it.
+
+import { SseSocket } from "./voxgate-sse.js";
 
 const WIRE_RATE = 24000;
 const FRAME_MS = 20;
@@ -131,6 +140,8 @@ export class VoxgateClient {
     this.opts = { handsFree: true, jitterMs: 80, resume: true, gapAudioMs: GAP_AUDIO_MS, ...opts };
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     this.url = opts.url || `${proto}//${location.host}/v1/realtime`;
+    this.transport = opts.transport || "websocket"; // websocket | sse (the HTTP fallback)
+    this.fellBack = false; // on sse because the WebSocket could not open
     this.workletUrl = opts.workletUrl || new URL("./audio-worklets.js", import.meta.url).href;
     this.handlers = new Map();
     this.state = "closed";
@@ -305,15 +316,29 @@ export class VoxgateClient {
       return this.onConnectFailed(err.code || "unreachable", err.message);
     }
     if (this.stopping) return;
-    const ws = new WebSocket(this.url, ["realtime", "voxgate.v1", `openai-insecure-api-key.${key}`]);
+    const ws = this.transport === "sse"
+      ? new SseSocket(this.sseCreateUrl(), key)
+      : new WebSocket(this.url, ["realtime", "voxgate.v1", `openai-insecure-api-key.${key}`]);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.socketFrames = 0;
     ws.onmessage = (e) => this.ws === ws && this.onMessage(e.data);
     ws.onclose = (e) => this.ws === ws && this.onClose(e, ws);
-    ws.onopen = () => { this.opened = true; };
+    ws.onopen = () => {
+      this.opened = true;
+      if (this.ws === ws) this.emit("transport", { kind: this.transport, reason: this.fellBack
+        ? "the WebSocket could not open; using the HTTP fallback" : "" });
+    };
     this.opened = false;
     this.lastError = null;
+  }
+
+  /** The HTTP fallback's create URL: this client's realtime URL as http(s), path …/sse. */
+  sseCreateUrl() {
+    if (this.opts.sseUrl) return this.opts.sseUrl;
+    const u = new URL(this.url.replace(/^ws/, "http"));
+    u.pathname = u.pathname.replace(/\/?$/, "/sse");
+    return u.href;
   }
 
   onConnectFailed(code, message) {
@@ -338,6 +363,18 @@ export class VoxgateClient {
     if (this.canResume(e)) return this.beginResume(e, ws);
     this.clearPlayback("closed");
     const reason = e.reason || this.lastError?.code || "";
+    if (!this.opened && this.transport === "websocket" && this.opts.fallback !== false
+        && !this.lastError) {
+      // The WebSocket never opened (blocked by the network?): try the HTTP fallback now.
+      this.transport = "sse";
+      this.fellBack = true;
+      this.emit("transport", { kind: "sse", reason: "the WebSocket could not open; trying HTTP" });
+      return this.connect();
+    }
+    if (!this.opened && this.fellBack) {
+      this.transport = "websocket"; // neither got through: the next attempt tries both again
+      this.fellBack = false;
+    }
     if (!this.opened) {
       // Never got a socket: the server is down or unreachable.
       if (this.attempt < RECONNECT_DELAYS_MS.length) return this.scheduleReconnect("unreachable");
