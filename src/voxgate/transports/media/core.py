@@ -237,6 +237,27 @@ _SESSION_HANDLERS = {
 }
 
 
+def fit_event(text: str, limit_bytes: int) -> str | None:
+    """``text`` made to fit one data-channel message of ``limit_bytes``, or None.
+
+    Only events carrying conversation audio get this large (``conversation.item.retrieved``
+    returns an input item's audio); their ``audio`` fields become null, as for an item whose
+    audio is not kept. Anything else that does not fit cannot be sent.
+    """
+    event = _parse(text)
+    item = event.get("item")
+    content = item.get("content") if isinstance(item, dict) else None
+    changed = False
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and part.get("audio"):
+            part["audio"] = None
+            changed = True
+    if not changed:
+        return None
+    out = orjson.dumps(event).decode()
+    return out if len(out.encode()) <= limit_bytes else None
+
+
 def merge_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """``over`` applied on ``base`` (nested objects merged, everything else replaced)."""
     out = dict(base)

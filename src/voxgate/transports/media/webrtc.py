@@ -23,18 +23,23 @@ import asyncio
 import base64
 from typing import Final
 
+import orjson
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voxgate.protocol.close import CloseCode
+from voxgate.protocol.errors import SERVER_ERROR, error_event
 from voxgate.protocol.extensions import append_b64
 from voxgate.session.ports import PeerGone
 from voxgate.transports.media.call import MediaCall
-from voxgate.transports.media.core import Play
+from voxgate.transports.media.core import Play, fit_event
 from voxgate.transports.media.ledger import Cut
 from voxgate.transports.media.webrtc_audio import AssistantTrack, CallerAudio, Heard, Playout
 
 EVENTS_LABEL: Final = "oai-events"
+#: RFC 8841's default when the SDP does not say (a-max-message-size absent)
+DEFAULT_MAX_MESSAGE_BYTES: Final = 65_536
 DC_HIGH_BYTES: Final = 256 * 1024
 DC_LOW_BYTES: Final = 64 * 1024
 
@@ -176,8 +181,24 @@ class WebRTCCall(MediaCall):
 
     def _emit(self, text: str) -> None:
         dc = self._dc
-        if dc is not None and dc.readyState == "open":
+        if dc is None or dc.readyState != "open":
+            return
+        limit = self._max_message_bytes()
+        if len(text) * 4 > limit and len(text.encode()) > limit:
+            fitted = fit_event(text, limit)
+            self.log.info(
+                "webrtc.event_too_large", size=len(text), limit=limit, fitted=bool(fitted)
+            )
+            text = fitted if fitted is not None else _too_large_error(len(text), limit)
+        try:
             dc.send(text)
+        except (ValueError, ConnectionError, InvalidStateError) as exc:
+            self.log.warning("webrtc.send_failed", error=type(exc).__name__)
+
+    def _max_message_bytes(self) -> int:
+        # What the caller's SDP advertised (a-max-message-size; Chromium: 256 KiB).
+        size = getattr(self.pc.sctp, "_remote_max_message_size", None)
+        return size if isinstance(size, int) and size > 0 else DEFAULT_MAX_MESSAGE_BYTES
 
     def _play(self, play: Play) -> None:
         self._playout.push(play.item_id, play.audio, self.core.output_format)
@@ -197,3 +218,14 @@ class WebRTCCall(MediaCall):
             audio_frames_sent=self.track.audio_frames_sent,
         )
         await self.pc.close()
+
+
+def _too_large_error(size: int, limit: int) -> str:
+    return orjson.dumps(
+        error_event(
+            f"An event of {size} characters did not fit the data channel's maximum message size "
+            f"({limit} bytes) and was not delivered.",
+            code="voxgate_event_too_large",
+            error_type=SERVER_ERROR,
+        )
+    ).decode()

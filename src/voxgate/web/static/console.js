@@ -1,7 +1,8 @@
 // The voxgate console page: sign-in (one-time link → cookie + CSRF), controls, transcripts,
 // event log. All audio and protocol work is in voxgate-client.js.
 
-import { VoxgateClient, PROBLEMS } from "./voxgate-client.js";
+import { PROBLEMS } from "./voxgate-client.js";
+import { createClient } from "./voxgate.js";
 
 const $ = (id) => document.getElementById(id);
 const LOG_MAX = 500;
@@ -297,7 +298,9 @@ function resumeWords(why) {
 
 function makeClient() {
   const processing = $("processing").checked;
-  const c = new VoxgateClient({
+  const c = createClient({
+    transport: $("webrtc").checked ? "webrtc" : "websocket",
+    silenceMs: silenceMs(),
     getKey,
     handsFree: handsFree(),
     audio: { echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
@@ -324,7 +327,7 @@ function makeClient() {
   c.on("transport", ({ kind, reason }) => {
     const el = $("transport");
     el.dataset.kind = kind;
-    el.textContent = kind === "sse" ? "via HTTP fallback (SSE)" : "via WebSocket";
+    el.textContent = { sse: "via HTTP fallback (SSE)", webrtc: "via WebRTC" }[kind] || "via WebSocket";
     el.title = reason || "";
     el.hidden = false;
     log("note", { type: "(transport)", text: `transport: ${kind}${reason ? ` (${reason})` : ""}` });
