@@ -80,6 +80,7 @@ _INTERNAL_ERROR_TEXT = orjson.dumps(
     )
 ).decode()
 _APPEND_HEAD = '"input_audio_buffer.append"'
+_monotonic = time.monotonic  # what asyncio's loop.time() reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +289,7 @@ class SessionRunner:
             self._note_first_audio(True)
         pacer = self._pacer
         if pacer is not None:
-            now = self._loop.time()
+            now = _monotonic()  # the loop's clock, without the method call
             wait = pacer.charge(audio_bytes / machine.input_bytes_per_s, now)
             if wait:
                 self._pace(wait, now)
