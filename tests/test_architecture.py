@@ -30,7 +30,7 @@ LAYERS: dict[str, set[str]] = {
     "web": {"protocol", "auth", "observability"},
 }
 #: The wiring on top may import anything; ``testing`` ships test doubles built from all parts.
-TOP = {"app", "cli", "server", "startup", "runtime", "__main__", "__init__", "testing"}
+TOP = {"app", "cli", "server", "startup", "runtime", "tls", "__main__", "__init__", "testing"}
 
 #: session/ modules that own I/O (the runner, its upstream half, in-process delivery).
 SESSION_IO = {"runner.py", "upstream.py", "delivery.py"}

@@ -47,8 +47,21 @@ from voxgate.startup import (
     settings_error,
     unknown_env_warnings,
 )
+from voxgate.tls import TlsError, TlsSetup
+from voxgate.tls import setup as tls_setup
 
-_FLAG_FIELDS = ("host", "port", "backend", "openai_url", "log_level", "log_format")
+_FLAG_FIELDS = (
+    "host",
+    "port",
+    "backend",
+    "openai_url",
+    "log_level",
+    "log_format",
+    "tls_cert",
+    "tls_key",
+    "tls_dev",
+    "tls_dev_dir",
+)
 #: Exit code after a second Ctrl+C (the shell's 128 + SIGINT).
 EXIT_INTERRUPTED = 130
 #: After a second Ctrl+C, give open sessions this long to be told (1001) before exiting.
@@ -68,6 +81,20 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", dest="log_level", choices=["debug", "info", "warning", "error"]
     )
     serve_cmd.add_argument("--log-format", dest="log_format", choices=["console", "json"])
+    tls = serve_cmd.add_argument_group("TLS (https and wss)")
+    tls.add_argument("--tls-cert", dest="tls_cert", metavar="FILE", help="PEM certificate chain")
+    tls.add_argument("--tls-key", dest="tls_key", metavar="FILE", help="PEM private key")
+    tls.add_argument(
+        "--tls-dev",
+        dest="tls_dev",
+        action="store_true",
+        default=None,
+        help="make (once) and use a self-signed certificate for this machine; prints its "
+        "SHA-256 fingerprint",
+    )
+    tls.add_argument(
+        "--tls-dev-dir", dest="tls_dev_dir", metavar="DIR", help="where --tls-dev keeps it"
+    )
     serve_cmd.add_argument(
         "--drain-timeout",
         type=float,
@@ -134,13 +161,13 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict[str, str]]:
         raise settings_error(exc, flags) from None
 
 
-def _console_url(app: web.Application, host: str, port: int) -> str:
+def _console_url(app: web.Application, host: str, port: int, scheme: str = "http") -> str:
     """The console link with a one-time login token (valid 24 h, works once)."""
     from voxgate.auth.console import CONSOLE_AUTH, new_login_url
 
     if CONSOLE_AUTH not in app:
         return "(console not installed)"
-    return new_login_url(app, f"http://{_shown_host(host)}:{port}", ttl_s=24 * 3600)
+    return new_login_url(app, f"{scheme}://{_shown_host(host)}:{port}", ttl_s=24 * 3600)
 
 
 def _shown_host(host: str) -> str:
@@ -148,15 +175,28 @@ def _shown_host(host: str) -> str:
     return "localhost" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104
 
 
-def _banner(say: Say, app: web.Application, settings: Settings, port: int, key: str | None) -> None:
+def _banner(
+    say: Say,
+    app: web.Application,
+    settings: Settings,
+    port: int,
+    key: str | None,
+    tls: TlsSetup | None = None,
+) -> None:
     host = settings.host
-    console = _console_url(app, host, port)
-    realtime = f"ws://{_shown_host(host)}:{port}/v1/realtime?model={settings.default_model}"
+    http, ws = ("https", "wss") if tls else ("http", "ws")
+    console = _console_url(app, host, port, http)
+    realtime = f"{ws}://{_shown_host(host)}:{port}/v1/realtime?model={settings.default_model}"
     lines = [
-        f"voxgate {__version__} serving backend '{settings.backend}' on http://{host}:{port}",
+        f"voxgate {__version__} serving backend '{settings.backend}' on {http}://{host}:{port}",
         f"  realtime: {realtime}",
+        f"  http fallback (SSE): {http}://{_shown_host(host)}:{port}/v1/realtime/sse",
         f"  console:  {console}",
     ]
+    if tls is not None:
+        kind = "development certificate (self-signed)" if tls.dev else "certificate"
+        lines.append(f"  tls: {kind} {tls.cert_path}")
+        lines.append(f"  tls SHA-256 fingerprint: {tls.fingerprint_sha256}")
     if key:
         lines.append(
             f"  server key (generated for this run; set VOXGATE_API_KEYS to keep one): {key}"
@@ -164,11 +204,15 @@ def _banner(say: Say, app: web.Application, settings: Settings, port: int, key: 
     fields: dict[str, Any] = {
         "version": __version__,
         "backend": settings.backend,
-        "url": f"http://{host}:{port}",
+        "url": f"{http}://{host}:{port}",
         "port": port,
         "realtime": realtime,
         "console": console,
     }
+    if tls is not None:
+        fields["tls_cert"] = str(tls.cert_path)
+        fields["tls_fingerprint_sha256"] = tls.fingerprint_sha256
+        fields["tls_dev"] = tls.dev
     if key:
         fields["server_key"] = key
     say.banner("\n".join(lines), **fields)
@@ -190,19 +234,26 @@ async def _serve(
     drain_timeout_s: float,
     generated_key: str | None,
     say: Say,
+    tls: TlsSetup | None = None,
 ) -> int:
     fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
     try:
         app = create_app(settings)  # models start loading here, after the port is ours
     except (OSError, UnicodeError, ValueError) as exc:
         raise StartupError(f"could not start: {type(exc).__name__}: {exc}") from None
-    serving = await serve(app, settings, socks, shutdown_timeout_s=drain_timeout_s)
+    serving = await serve(
+        app,
+        settings,
+        socks,
+        shutdown_timeout_s=drain_timeout_s,
+        ssl_context=tls.context if tls else None,
+    )
     # Startup objects (modules, models) live for the whole process: keep them out of every
     # full collection, which otherwise pauses all sessions for tens of ms (bench/resilience.py).
     gc.collect()
     gc.freeze()
     app[METRICS].gc.forget_max()  # that collection was ours, at start, before any session
-    _banner(say, app, settings, serving.port, generated_key)
+    _banner(say, app, settings, serving.port, generated_key, tls)
     checking = asyncio.create_task(_warn_if_unreachable(app, say))
 
     signals = asyncio.Queue[signal.Signals]()
@@ -276,9 +327,13 @@ def _run(args: argparse.Namespace, say: Say) -> int:
             secrets_to_mask.append(secret.get_secret_value())
     say.secrets = tuple(secrets_to_mask)
     configure_logging(settings.log_level, settings.log_format, known_secrets=say.secrets)
+    try:
+        tls = tls_setup(settings)  # before binding: a bad certificate is a start-up error
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
     socks = bind(settings.host, settings.port)
     try:
-        return asyncio.run(_serve(settings, socks, args.drain_timeout, generated, say))
+        return asyncio.run(_serve(settings, socks, args.drain_timeout, generated, say, tls))
     finally:
         for sock in socks:
             sock.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -139,14 +140,25 @@ class _Guarded(asyncio.Protocol):
 
 
 class GuardedSite(web.BaseSite):
-    """An aiohttp site on a socket bound beforehand, with a :class:`SlowClientGuard`."""
+    """An aiohttp site on a socket bound beforehand, with a :class:`SlowClientGuard`.
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, guard: SlowClientGuard) -> None:
-        super().__init__(runner)
+    With ``ssl_context`` it serves TLS: the handshake is bounded by the guard's head timeout
+    (asyncio's ``ssl_handshake_timeout``), and the guard then sees the decrypted request head
+    exactly as it does in plain HTTP (it sits under asyncio's TLS layer, in front of aiohttp).
+    """
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        guard: SlowClientGuard,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
         self._sock = sock
         self._guard = guard
         host, port = sock.getsockname()[:2]
-        self._name = f"http://{host}:{port}"
+        self._name = f"{'https' if ssl_context else 'http'}://{host}:{port}"
 
     @property
     def name(self) -> str:
@@ -158,7 +170,10 @@ class GuardedSite(web.BaseSite):
         if server is None:
             raise RuntimeError("runner.setup() must run before the site starts")
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.wrap(server), sock=self._sock
+            self._guard.wrap(server),
+            sock=self._sock,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._guard.head_timeout_s if self._ssl_context else None,
         )
 
 
@@ -186,8 +201,10 @@ async def serve(
     socks: list[socket.socket],
     *,
     shutdown_timeout_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Serving:
-    """Start ``app`` on ``socks`` (from :func:`voxgate.startup.bind`)."""
+    """Start ``app`` on ``socks`` (from :func:`voxgate.startup.bind`), over TLS when
+    ``ssl_context`` is given (:mod:`voxgate.tls`)."""
     runner = web.AppRunner(
         app,
         max_field_size=settings.max_header_bytes,
@@ -202,7 +219,7 @@ async def serve(
         head_timeout_s=settings.http_request_timeout_s,
         max_pending=settings.http_max_pending_connections,
     )
-    sites = [GuardedSite(runner, sock, guard) for sock in socks]
+    sites = [GuardedSite(runner, sock, guard, ssl_context) for sock in socks]
     for site in sites:
         await site.start()
     port = int(socks[0].getsockname()[1])
