@@ -282,3 +282,18 @@ def test_prebuffer_keeps_order_and_never_exceeds_its_limit(sizes: list[int], lim
         return
     m.upstream_text(CREATED, 0.0)
     assert flush(m) == accepted
+
+
+def test_the_machine_tracks_the_sessions_audio_formats_for_its_bounds() -> None:
+    m = machine()
+    assert (m.input_bytes_per_s, m.output_b64_chars_per_s) == (48_000, 64_000)
+    session = {
+        "type": "realtime",
+        "audio": {
+            "input": {"format": {"type": "audio/pcmu"}},
+            "output": {"format": {"type": "audio/pcma"}},
+        },
+    }
+    m.upstream_text(orjson.dumps({"type": "session.created", "session": session}).decode(), 0.0)
+    assert (m.input_bytes_per_s, m.output_b64_chars_per_s) == (8_000, 8_000 * 4 / 3)
+    assert m.formats_seen == 1

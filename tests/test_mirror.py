@@ -687,3 +687,16 @@ def test_audio_ring_is_a_byte_exact_fifo_in_fixed_blocks(
         hi = data.draw(st.integers(lo, len(model) + 3))
         assert ring.peek(lo, hi) == bytes(model[lo:hi])
     assert all(len(b) <= block for b in ring._blocks)
+
+
+def test_audio_bounds_in_seconds_follow_the_sessions_format() -> None:
+    """Issue 11.7: buffers are sized in seconds of audio for the session's format."""
+    m = Mirror(audio_limit_s=2.0, turn_audio_limit_s=1.0)
+    assert (m.audio_limit_bytes, m.turn_audio_limit_bytes) == (96_000, 48_000)  # before created
+    g711 = {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}
+    m.on_server_event("session.created", {"type": "session.created", "session": g711})
+    assert (m.audio_limit_bytes, m.turn_audio_limit_bytes) == (16_000, 8_000)
+    for _ in range(30):  # 3 s of G.711 streamed without a commit: 2 s are kept
+        m.on_client_append(b64(b"\x7f" * 800))
+    assert m.pending_audio_bytes == 16_000
+    assert m.dropped_audio_bytes == 8_000

@@ -77,11 +77,14 @@ class Settings(BaseSettings):
     #: Move a session to a fresh upstream at a quiet point after this long (OpenAI caps a
     #: session at 60 minutes); 0 disables.
     upstream_max_session_s: float = Field(default=55 * 60.0, ge=0)
-    #: Session mirror bounds: conversation items (JSON), recent user-turn audio, audio since
-    #: the last commit (bytes of PCM).
+    #: Session mirror bounds: conversation items (bytes of JSON), and, in seconds of the
+    #: session's input format, audio since the last commit and recent user turns' audio (44 s
+    #: is 2 MiB of 24 kHz PCM16, 344 KiB of G.711). ``*_bytes`` set a byte bound instead.
     mirror_items_bytes: int = Field(default=512 * 1024, ge=4096)
-    mirror_turn_audio_bytes: int = Field(default=1 * MIB, ge=0)
-    mirror_audio_bytes: int = Field(default=2 * MIB, ge=48_000)
+    mirror_audio_s: float = Field(default=44.0, ge=1.0)
+    mirror_turn_audio_s: float = Field(default=22.0, ge=0)
+    mirror_audio_bytes: int | None = Field(default=None, ge=48_000)
+    mirror_turn_audio_bytes: int | None = Field(default=None, ge=0)
     #: Client input limits (pacing, never dropping): frames per second with a burst, and audio
     #: faster than real time by this multiple with a burst of seconds of audio; 0 disables.
     client_max_events_per_s: float = Field(default=250.0, ge=0)
@@ -92,8 +95,11 @@ class Settings(BaseSettings):
     # client resilience (issue 7)
     #: How long a dropped voxgate.v1 client may take to resume (0 disables resume).
     resume_grace_s: float = Field(default=30.0, ge=0)
-    #: Server events kept per resumable session for replay, in bytes of frame text.
-    replay_bytes: int = Field(default=2 * MIB, ge=64 * 1024)
+    #: Server events kept per resumable session for replay: this many seconds of the session's
+    #: output audio as it travels (base64 in JSON; 30 s is 2 MiB for 24 kHz PCM16, 341 KiB for
+    #: G.711), or ``replay_bytes`` of frame text when set. Clients that ack keep ~1 s.
+    replay_s: float = Field(default=30.0, ge=1.0)
+    replay_bytes: int | None = Field(default=None, ge=64 * 1024)
     #: How long a resuming connection may take to send its resume request (it is
     #: unauthenticated until then, so the wait is short).
     resume_wait_s: float = Field(default=2.0, gt=0)

@@ -52,17 +52,26 @@ def info(fmt_type: str | None) -> FormatInfo:
     return FORMATS.get(fmt_type or DEFAULT_FORMAT, PCM)
 
 
-def input_format_type(session: Mapping[str, Any] | None) -> str:
-    """``audio.input.format.type`` of a GA session object (``audio/pcm`` when unset)."""
+def _format_type(session: Mapping[str, Any] | None, direction: str) -> str:
     if not isinstance(session, Mapping):
         return DEFAULT_FORMAT
     audio = session.get("audio")
-    audio_in = audio.get("input") if isinstance(audio, Mapping) else None
-    fmt = audio_in.get("format") if isinstance(audio_in, Mapping) else None
+    side = audio.get(direction) if isinstance(audio, Mapping) else None
+    fmt = side.get("format") if isinstance(side, Mapping) else None
     kind = fmt.get("type") if isinstance(fmt, Mapping) else None
     return kind if isinstance(kind, str) and kind in FORMATS else DEFAULT_FORMAT
 
 
+def input_format_type(session: Mapping[str, Any] | None) -> str:
+    """``audio.input.format.type`` of a GA session object (``audio/pcm`` when unset)."""
+    return _format_type(session, "input")
+
+
 def input_info(session: Mapping[str, Any] | None) -> FormatInfo:
     """The input format's row for a GA session object."""
-    return FORMATS[input_format_type(session)]
+    return FORMATS[_format_type(session, "input")]
+
+
+def output_info(session: Mapping[str, Any] | None) -> FormatInfo:
+    """The output format's row for a GA session object."""
+    return FORMATS[_format_type(session, "output")]

@@ -38,7 +38,7 @@ from voxgate.protocol.close import CloseCode, close_reason
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, InvalidState, error_event
 from voxgate.protocol.events import APPEND, CLIENT_EVENT_TYPES, unsupported_type_message
 from voxgate.protocol.extensions import append_b64, gateway_event
-from voxgate.protocol.formats import PCM, input_info
+from voxgate.protocol.formats import PCM, input_info, output_info
 from voxgate.protocol.ids import event_id as new_event_id
 from voxgate.protocol.redaction import redact
 from voxgate.protocol.sniff import (
@@ -129,6 +129,9 @@ class SessionMachine:
         self.session_object: dict[str, Any] | None = None
         self.errors_sent = 0
         self._input_bps = PCM.bytes_per_s
+        self._output_b64_per_s = PCM.b64_chars_per_s
+        #: counts session.created/updated seen (a runner resizes format-based bounds on change)
+        self.formats_seen = 0
         #: the upstream refused voxgate's own key (the endpoint tells the operator and /readyz)
         self.upstream_auth_failed = False
 
@@ -164,6 +167,11 @@ class SessionMachine:
     def upstream_audio_text(self, text: str) -> bool:
         """The sink's question for an upstream frame: an audio delta to forward unchanged?"""
         return self.phase is Phase.READY and text.startswith(_AUDIO_DELTA_HEADS)
+
+    @property
+    def output_b64_chars_per_s(self) -> float:
+        """Base64 characters per second of the session's output audio (replay log sizing)."""
+        return self._output_b64_per_s
 
     @property
     def input_bytes_per_s(self) -> int:
@@ -331,7 +339,10 @@ class SessionMachine:
             _, event = parse_event(text)
         except NotAnEvent:
             return
-        self._input_bps = input_info(event.get("session")).bytes_per_s
+        session = event.get("session")
+        self._input_bps = input_info(session).bytes_per_s
+        self._output_b64_per_s = output_info(session).b64_chars_per_s
+        self.formats_seen += 1
 
     def _hold_upstream(self, text: str) -> Outcome:
         if len(self._held_upstream) >= _MAX_HELD_UPSTREAM:

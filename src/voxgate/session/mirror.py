@@ -26,7 +26,8 @@ Bounds and policy (every one counted):
 * turn audio: up to ``turn_audio_limit_bytes``; past it the oldest turns keep only their
   transcripts ("oldest audio items become their transcripts");
 * pending audio: up to ``audio_limit_bytes``, oldest dropped first (``dropped_audio_bytes``);
-  callers size it in seconds of the session's format (:meth:`Mirror.for_seconds`).
+  sized in seconds of the session's input format (``audio_limit_s``), converted at every
+  ``session.created``/``.updated``.
   With server VAD and nobody speaking only the newest ``idle_keep_bytes`` are kept: the
   upstream needs no more than its prefix padding before speech, so an idle session holds
   about a second of audio, not minutes of silence.
@@ -71,10 +72,23 @@ class Mirror:
         audio_limit_bytes: int = 2 * 1024 * 1024,
         turn_audio_limit_bytes: int = 1024 * 1024,
         idle_keep_ms: int = 1000,
+        audio_limit_s: float | None = None,
+        turn_audio_limit_s: float | None = None,
     ) -> None:
+        """Bounds in bytes, or (``*_s``) in seconds of the session's input format: a seconds
+        bound is converted at every ``session.created``/``.updated`` (44 s is 2 MiB of 24 kHz
+        PCM16 and 344 KiB of G.711)."""
         self.items_limit_bytes = items_limit_bytes
-        self.audio_limit_bytes = audio_limit_bytes
-        self.turn_audio_limit_bytes = turn_audio_limit_bytes
+        self.audio_limit_s = audio_limit_s
+        self.turn_audio_limit_s = turn_audio_limit_s
+        self.audio_limit_bytes = (
+            int(audio_limit_s * PCM.bytes_per_s) if audio_limit_s else audio_limit_bytes
+        )
+        self.turn_audio_limit_bytes = (
+            int(turn_audio_limit_s * PCM.bytes_per_s)
+            if turn_audio_limit_s
+            else turn_audio_limit_bytes
+        )
         self.idle_keep_ms = idle_keep_ms
         # Serialised as exact-size str: orjson's bytes keep its 16 KiB working buffer.
         self._session: str | None = None  # the effective config
@@ -91,25 +105,9 @@ class Mirror:
         self._bpm = PCM.bytes_per_ms
         self._vad = True
         self._idle_keep_bytes = idle_keep_ms * self._bpm
-        self._fast_bound = min(self._idle_keep_bytes, audio_limit_bytes)
+        self._fast_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
         self.speaking = False  # between speech_started and the turn's commit
         self._vad_cut: int | None = None
-
-    @classmethod
-    def for_seconds(
-        cls, *, audio_s: float, turn_audio_s: float, items_limit_bytes: int, idle_keep_ms: int
-    ) -> Mirror:
-        """A mirror whose audio bounds are seconds of 24 kHz PCM16 (the largest format).
-
-        The byte bounds then hold at least that many seconds in any format (G.711 holds six
-        times as long in the same bytes).
-        """
-        return cls(
-            items_limit_bytes=items_limit_bytes,
-            audio_limit_bytes=int(audio_s * PCM.bytes_per_s),
-            turn_audio_limit_bytes=int(turn_audio_s * PCM.bytes_per_s),
-            idle_keep_ms=idle_keep_ms,
-        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -276,7 +274,12 @@ class Mirror:
         if not isinstance(session, dict):
             return
         self._session = orjson.dumps(session).decode()
-        self._bpm = input_info(session).bytes_per_ms
+        fmt = input_info(session)
+        self._bpm = fmt.bytes_per_ms
+        if self.audio_limit_s:
+            self.audio_limit_bytes = int(self.audio_limit_s * fmt.bytes_per_s)
+        if self.turn_audio_limit_s:
+            self.turn_audio_limit_bytes = int(self.turn_audio_limit_s * fmt.bytes_per_s)
         self._idle_keep_bytes = self.idle_keep_ms * self._bpm
         self._fast_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
         audio_in = (session.get("audio") or {}).get("input") or {}

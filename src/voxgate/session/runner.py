@@ -81,6 +81,8 @@ _INTERNAL_ERROR_TEXT = orjson.dumps(
 ).decode()
 _APPEND_HEAD = '"input_audio_buffer.append"'
 _monotonic = time.monotonic  # what asyncio's loop.time() reads
+#: audio deltas travel as base64 inside JSON with ids: frame text per base64 character
+_REPLAY_ENVELOPE = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,10 @@ class RunnerConfig:
     recycle_after_s: float | None = None
     #: how long a detached resumable client may take to come back (0: no resume)
     resume_grace_s: float = 0.0
-    replay_bytes: int = 2 * 1024 * 1024
+    #: the replay log's bound: bytes of frame text, or (None) ``replay_s`` seconds of the
+    #: session's output audio as it travels (resized when the format is known or changes)
+    replay_bytes: int | None = None
+    replay_s: float = 30.0
     client_events_per_s: float = 0.0
     client_events_burst: float = 0.0
     client_audio_multiple: float = 0.0
@@ -170,7 +175,8 @@ class SessionRunner:
         self._cfg = config
         self._log = log
         self._resume = resume
-        self._replay = ReplayLog(config.replay_bytes) if resume is not None else None
+        self._replay = ReplayLog(self._replay_limit()) if resume is not None else None
+        self._formats_seen = machine.formats_seen
         self._loop = asyncio.get_running_loop()
         self._clock = SessionClock(config.clock(), self._loop.time())
         self._up = UpstreamSide(
@@ -214,6 +220,12 @@ class SessionRunner:
     @property
     def machine(self) -> SessionMachine:
         return self._machine
+
+    def _replay_limit(self) -> int:
+        cfg = self._cfg
+        if cfg.replay_bytes:
+            return cfg.replay_bytes
+        return int(cfg.replay_s * self._machine.output_b64_chars_per_s * _REPLAY_ENVELOPE)
 
     def buffered_bytes(self) -> int:
         """What this session's bounded buffers hold now: mirror, replay log, pre-ready buffer."""
@@ -455,7 +467,12 @@ class SessionRunner:
         stats = self.stats
         stats.upstream_frames += 1
         stats.upstream_bytes += len(text)
-        outcome = self._machine.upstream_text(text, self._loop.time())
+        machine = self._machine
+        outcome = machine.upstream_text(text, self._loop.time())
+        if machine.formats_seen != self._formats_seen:  # session.created/updated: rare
+            self._formats_seen = machine.formats_seen
+            if self._replay is not None:
+                self._replay.limit_bytes = self._replay_limit()
         if outcome is FORWARD:
             await self.send_client(text)  # waits while the client's socket buffer is full
         elif outcome:

@@ -325,8 +325,10 @@ class SessionHub:
         return Recovery(
             Mirror(
                 items_limit_bytes=s.mirror_items_bytes,
-                audio_limit_bytes=s.mirror_audio_bytes,
-                turn_audio_limit_bytes=s.mirror_turn_audio_bytes,
+                audio_limit_s=None if s.mirror_audio_bytes else s.mirror_audio_s,
+                audio_limit_bytes=s.mirror_audio_bytes or 0,
+                turn_audio_limit_s=None if s.mirror_turn_audio_bytes else s.mirror_turn_audio_s,
+                turn_audio_limit_bytes=s.mirror_turn_audio_bytes or 0,
             )
         )
 
@@ -342,6 +344,7 @@ class SessionHub:
             recycle_after_s=(s.upstream_max_session_s or None) if reconnect else None,
             resume_grace_s=s.resume_grace_s,
             replay_bytes=s.replay_bytes,
+            replay_s=s.replay_s,
             client_events_per_s=s.client_max_events_per_s,
             client_events_burst=s.client_events_burst,
             client_audio_multiple=s.client_max_audio_realtime,
