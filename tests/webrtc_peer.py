@@ -100,14 +100,22 @@ class Peer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def call(self, url: str, key: str, *, session: dict[str, Any] | None = None) -> None:
-        """Offer, POST, answer. Sets :attr:`status` (and :attr:`error` when refused)."""
+    async def offer(self) -> str:
+        """Add the microphone (or a receive-only transceiver) and make the SDP offer."""
         if self.mic is not None:
             self.pc.addTrack(self.mic)
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = self.pc.localDescription.sdp
+        return str(self.pc.localDescription.sdp)
+
+    async def accept(self, answer_sdp: str, location: str) -> None:
+        self.call_id = location.rsplit("/", 1)[-1]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+
+    async def call(self, url: str, key: str, *, session: dict[str, Any] | None = None) -> None:
+        """Offer, POST, answer. Sets :attr:`status` (and :attr:`error` when refused)."""
+        offer = await self.offer()
         headers = {"Authorization": f"Bearer {key}"}
         async with aiohttp.ClientSession() as http:
             if session is None:
@@ -124,8 +132,8 @@ class Peer:
                 if resp.status != 201:
                     self.error = json.loads(body).get("error")
                     return
-                self.call_id = resp.headers["Location"].rsplit("/", 1)[-1]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+                location = resp.headers["Location"]
+        await self.accept(body, location)
 
     def send(self, event: dict[str, Any]) -> None:
         self.channel.send(json.dumps(event))
@@ -183,3 +191,18 @@ class Peer:
                 await self._notify()
         except MediaStreamError:
             pass
+
+
+async def _hold(url: str, key: str) -> None:
+    """Call, print the call id once the session is up, then hold the line until killed."""
+    async with Peer() as peer:
+        await peer.call(url, key)
+        await peer.wait_for("session.created")
+        print(peer.call_id, flush=True)  # the parent test reads it
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_hold(sys.argv[1], sys.argv[2]))
