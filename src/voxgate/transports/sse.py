@@ -304,15 +304,22 @@ class SseEndpoint:
                 return _json({"accepted": 0, "duplicate": True}, status=202)
             session.last_batch = int(batch)
         for frame in frames:
-            leg = session.leg
-            if leg is not None and leg.gone is None:
+            while True:
+                leg = session.leg
+                if leg is None or leg.gone is not None:
+                    if len(session.pending) >= self.pending_frames:
+                        return _error(
+                            503,
+                            "No event stream is attached and the backlog is full.",
+                            "voxgate_backlog",
+                        )
+                    session.pending.append(frame)
+                    break
                 await leg.inbound.put(frame)  # waits while the session is behind
-            elif len(session.pending) < self.pending_frames:
-                session.pending.append(frame)
-            else:
-                return _error(
-                    503, "No event stream is attached and the backlog is full.", "voxgate_backlog"
-                )
+                # put() returns at once when it queued the frame, so a leg that ended meanwhile
+                # means it was not taken: hand it to the next stream (or the backlog)
+                if leg.gone is None:
+                    break
             if session.ended is not None:
                 return _error(410, "The session ended.", "voxgate_session_ended")
         return _json({"accepted": len(frames)}, status=202)
