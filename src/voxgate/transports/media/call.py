@@ -30,6 +30,7 @@ from voxgate.session.actions import EndSession
 from voxgate.session.delivery import Delivery
 from voxgate.session.ports import ClientConnection, FrameSink, PeerGone
 from voxgate.transports.media.core import (
+    AudioDone,
     CallAction,
     CallCore,
     Forward,
@@ -227,6 +228,8 @@ class MediaCall:
                     sideband.push(action.text)
             elif isinstance(action, Play):
                 self._play(action)
+            elif isinstance(action, AudioDone):
+                self._audio_done(action.item_id)
             elif isinstance(action, StopPlayback):
                 self.log.info(
                     "call.barge_in",
@@ -259,6 +262,9 @@ class MediaCall:
 
     def _play(self, play: Play) -> None:
         raise NotImplementedError
+
+    def _audio_done(self, item_id: str) -> None:
+        """The item's audio is complete (a transport that resamples flushes it)."""
 
     def _stop_playback(self, cut: Cut) -> None:
         raise NotImplementedError

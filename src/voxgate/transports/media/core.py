@@ -9,6 +9,7 @@ actions the adapter must perform **in order**:
 * :class:`Forward` — an event for the caller's event channel (the ``oai-events`` data
   channel) and any sideband, unchanged;
 * :class:`Play` — assistant audio (session output format) to queue for the caller;
+  :class:`AudioDone` — that item's audio is complete;
 * :class:`StopPlayback` — drop everything queued now (barge-in);
 * :class:`ToSession` — a client event for the session: what the caller sent, or the
   ``conversation.item.truncate`` voxgate sends on the caller's behalf after a cut.
@@ -59,6 +60,13 @@ class Play:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioDone:
+    """No more audio will come for this item: play out what a resampler still holds."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class StopPlayback:
     cut: Cut
 
@@ -68,7 +76,7 @@ class ToSession:
     text: str
 
 
-CallAction: TypeAlias = Forward | Play | StopPlayback | ToSession
+CallAction: TypeAlias = Forward | Play | AudioDone | StopPlayback | ToSession
 NONE: Final[tuple[CallAction, ...]] = ()
 
 
@@ -154,6 +162,13 @@ class CallCore:
         play = Play(rid, iid, audio, b64)
         return (Forward(buffer_event("started", rid)), play) if first else (play,)
 
+    def _on_audio_done(self, text: str) -> tuple[CallAction, ...]:
+        event = _parse(text)
+        rid, iid = event.get("response_id"), event.get("item_id")
+        if isinstance(iid, str) and not (isinstance(rid, str) and self.ledger.is_cleared(rid)):
+            return (Forward(text), AudioDone(iid))
+        return (Forward(text),)
+
     def _on_speech_started(self, text: str) -> tuple[CallAction, ...]:
         if not self.ledger.interrupt:
             return (Forward(text),)
@@ -229,6 +244,7 @@ def _parse(text: str) -> dict[str, Any]:
 
 _SESSION_HANDLERS = {
     _AUDIO_DELTA: CallCore._on_audio,
+    "response.output_audio.done": CallCore._on_audio_done,
     "input_audio_buffer.speech_started": CallCore._on_speech_started,
     "response.done": CallCore._on_response_done,
     "session.created": CallCore._on_session,

@@ -203,6 +203,9 @@ class WebRTCCall(MediaCall):
     def _play(self, play: Play) -> None:
         self._playout.push(play.item_id, play.audio, self.core.output_format)
 
+    def _audio_done(self, item_id: str) -> None:
+        self._playout.finish(item_id)
+
     def _stop_playback(self, cut: Cut) -> None:
         self._playout.clear()
         self._changed.set()

@@ -102,6 +102,13 @@ class Playout:
         self._item = item_id
         self._append(item_id, res.process(decode_input(audio, fmt.name)))
 
+    def finish(self, item_id: str) -> None:
+        """``item_id``'s audio is complete: queue what the resampler's filter still holds."""
+        res = self._resampler
+        if res is not None and self._item == item_id:
+            self._append(item_id, res.flush())
+            self._item = None
+
     def _append(self, item_id: str, pcm: bytes) -> None:
         if pcm:
             self._segments.append((item_id, pcm))
