@@ -310,4 +310,13 @@ async def test_beta_sessions_key_works_on_the_beta_socket_and_browser_subprotoco
         async with http.ws_connect(gw.realtime_url(), protocols=protocols) as ws:
             assert ws.protocol == "openai-beta.realtime-v1"
             assert (await recv_json(ws))["type"] == "session.created"
-        assert fake.accepted_count == 2
+        # beta and voxgate.v1 do not combine: no voxgate.v1, no gateway events, no resume token
+        protocols = ("voxgate.v1", f"openai-insecure-api-key.{key}", "openai-beta.realtime-v1")
+        async with http.ws_connect(gw.realtime_url(), protocols=protocols) as ws:
+            assert ws.protocol == "openai-beta.realtime-v1"
+            assert (await recv_json(ws))["type"] == "session.created"
+            assert (await recv_json(ws))["type"] == "conversation.created"
+            await ws.send_bytes(b"\x00\x00")  # binary audio is not theirs either
+            error = (await recv_until(ws, "error"))[-1]["error"]
+            assert error["code"] == "invalid_event"
+        assert fake.accepted_count == 3

@@ -22,6 +22,7 @@ from aiohttp import web
 from voxgate.protocol.beta import BETA_SUBPROTOCOL
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import INVALID_REQUEST, AuthError, FatalSessionError
+from voxgate.protocol.extensions import REALTIME_SUBPROTOCOL, SUBPROTOCOL
 from voxgate.session.ports import ClientConnection, PeerGone
 from voxgate.transports.beta_adapter import BetaClientConnection
 from voxgate.transports.hub import SessionHub, SessionRequest
@@ -60,8 +61,14 @@ class RealtimeEndpoint:
         offered = offered_subprotocols(request.headers.get("Sec-WebSocket-Protocol"))
         req = negotiate(request.query, request.headers, offered)
         s = self.hub.settings
+        # A beta client (§9) is served through a translating wrapper when beta is enabled; the
+        # hub then sees a GA client without extensions (beta and voxgate.v1 do not combine, so
+        # voxgate.v1 is never selected for it).
+        beta = req.beta_header and getattr(s, "beta_clients", True)
         selected = req.selected_subprotocol
-        if selected is None and BETA_SUBPROTOCOL in offered:
+        if beta and selected == SUBPROTOCOL:
+            selected = REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in offered else None
+        if beta and selected is None and BETA_SUBPROTOCOL in offered:
             selected = BETA_SUBPROTOCOL  # a beta browser client that offered no "realtime"
         ws = GatewayWebSocket(
             protocols=[selected] if selected else (),
@@ -72,9 +79,6 @@ class RealtimeEndpoint:
         )
         await ws.prepare(request)
         conn: ClientConnection = AiohttpClientConnection(ws, request)
-        # A beta client (§9) is served through a translating wrapper when beta is enabled; the
-        # hub then sees a GA client without extensions (beta and voxgate.v1 do not combine).
-        beta = req.beta_header and getattr(s, "beta_clients", True)
         if beta:
             conn = BetaClientConnection(conn)
         if req.resume and not beta:
