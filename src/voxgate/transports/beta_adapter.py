@@ -34,6 +34,8 @@ class BetaClientConnection:
         #: GA frames refused by ``write_text`` because they became several beta frames
         self.split_frames = 0
         self._held: tuple[str, list[str]] | None = None
+        self._sink_for: FrameSink | None = None
+        self._wrapped: FrameSink | None = None
 
     # ------------------------------------------------------------------ passthrough
 
@@ -67,11 +69,13 @@ class BetaClientConnection:
         if sink is None:
             self.inner.set_sink(None)
             return
+        if self._sink_for is not sink:  # the session sets the same sink before every receive
 
-        def appends_only(frame: str | bytes) -> bool:
-            return type(frame) is str and frame.startswith(_APPEND_HEADS) and sink(frame)
+            def appends_only(frame: str | bytes) -> bool:
+                return type(frame) is str and frame.startswith(_APPEND_HEADS) and sink(frame)
 
-        self.inner.set_sink(appends_only)
+            self._sink_for, self._wrapped = sink, appends_only
+        self.inner.set_sink(self._wrapped)
 
     async def receive(self) -> str | bytes:
         frame = await self.inner.receive()
