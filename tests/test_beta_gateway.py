@@ -134,6 +134,11 @@ async def test_text_turn_has_beta_event_names_and_item_shapes() -> None:
         assert done["output"][0]["content"][0]["type"] == "text"
         text = "".join(e["delta"] for e in events if e["type"] == "response.text.delta")
         assert text == "You said: Hello there"
+        assistant_id = done["output"][0]["id"]
+        await send(ws, {"type": "conversation.item.retrieve", "item_id": assistant_id})
+        retrieved = (await recv_until(ws, "conversation.item.retrieved"))[-1]
+        assert retrieved["item"]["content"][0]["type"] == "text"
+        assert retrieved["item"]["content"][0]["text"] == "You said: Hello there"
         record = await fake.wait_for_connection()
         [response_create] = record.events_of("response.create")
         assert "temperature" not in response_create.get("response", {})
