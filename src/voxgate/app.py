@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from voxgate.auth import client_keys
 from voxgate.auth import routes as key_routes
@@ -25,6 +26,7 @@ from voxgate.observability.health import DETAILS, BackendHealth
 from voxgate.observability.metrics import Metrics
 from voxgate.store.base import Store
 from voxgate.store.memory import MemoryStore
+from voxgate.transports.forwarded import forwarded_middleware, parse_networks
 from voxgate.transports.hub import SessionHub
 from voxgate.transports.media.phone_endpoint import PhoneEndpoint, PhoneLines
 from voxgate.transports.media.webrtc_endpoint import IceServer, WebRTCEndpoint, WebRTCOptions
@@ -116,7 +118,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     endpoint = RealtimeEndpoint(hub)
     sse = SseEndpoint(hub)
 
-    app = web.Application(client_max_size=1024 * 1024)
+    middlewares: list[Middleware] = []
+    if settings.forwarded_allow_ips:  # behind a reverse proxy (docs/ways-in.md)
+        middlewares.append(forwarded_middleware(parse_networks(settings.forwarded_allow_ips)))
+    app = web.Application(client_max_size=1024 * 1024, middlewares=middlewares)
     app[METRICS] = metrics
     app[BACKEND] = backend
     app[DRAINING] = [False]

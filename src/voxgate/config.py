@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -122,6 +123,9 @@ class Settings(BaseSettings):
     tls_key: str | None = None
     tls_dev: bool = False
     tls_dev_dir: str | None = None
+    #: Reverse proxies (addresses or networks, comma-separated) whose ``X-Forwarded-For``,
+    #: ``-Proto`` and ``-Host`` voxgate believes; empty: the headers are ignored.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # local engine (issue 4)
     local_llm_url: str | None = None
@@ -177,6 +181,16 @@ class Settings(BaseSettings):
             for url in value:
                 if not str(url).startswith(("stun:", "stuns:", "turn:", "turns:")):
                     raise ValueError("each ICE server is a stun:, stuns:, turn: or turns: URL")
+        return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for part in value:
+                ipaddress.ip_network(str(part), strict=False)  # ValueError names the bad one
         return value
 
     @field_validator("api_keys", mode="before")
