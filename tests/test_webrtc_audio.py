@@ -5,7 +5,7 @@ from __future__ import annotations
 import fractions
 
 import numpy as np
-from av import AudioFrame
+from av import AudioFrame, CodecContext, Packet
 
 from voxgate.protocol.audio import ulaw_to_pcm16
 from voxgate.protocol.formats import FORMATS
@@ -90,11 +90,21 @@ async def test_the_track_reports_what_each_frame_carried_and_when_it_ran_dry() -
     playout = Playout(limit_ms=10_000)
     reports: list[tuple[Heard, bool]] = []
     track = AssistantTrack(playout, lambda heard, drained: reports.append((heard, drained)))
-    playout.push("a", b"\x00\x10" * 1200, PCM)  # 50 ms
+    tone = (np.sin(np.arange(1200) * 0.1) * 8000).astype("<i2").tobytes()
+    playout.push("a", tone, PCM)  # 50 ms
     playout.finish("a")
-    frames = [await track.recv() for _ in range(5)]
-    assert [f.pts for f in frames] == [i * FRAME_SAMPLES for i in range(5)]
-    assert all(f.samples == FRAME_SAMPLES and f.sample_rate == 48_000 for f in frames)
+    packets = [await track.recv() for _ in range(8)]
+    assert [p.pts for p in packets] == [i * FRAME_SAMPLES for i in range(8)]
+    # Opus the browser decodes: the tone, then silence (a repeated silence packet).
+    decoder = CodecContext.create("libopus", "r")
+    decoder.sample_rate, decoder.format, decoder.layout = 48_000, "s16", "stereo"
+    peaks = [
+        int(np.abs(f.to_ndarray()).max()) for p in packets for f in decoder.decode(Packet(bytes(p)))
+    ]
+    assert len(peaks) == 8
+    assert min(peaks[:2]) > 4000
+    assert max(peaks[-3:]) < 50
+    assert bytes(packets[-1]) == bytes(packets[-2])
     heard_ms = sum(ms for heard, _ in reports for _, ms in heard)
     assert 49 < heard_ms <= 51
     assert [drained for _, drained in reports].count(True) == 1

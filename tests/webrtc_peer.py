@@ -39,6 +39,9 @@ class Microphone(MediaStreamTrack):
         self._start: float | None = None
         self._n = 0
         self.spoken_frames = 0
+        #: loop time each :meth:`say` began to leave the mic (its first frame was sent)
+        self.said_at: list[float] = []
+        self._fresh = False
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -46,6 +49,7 @@ class Microphone(MediaStreamTrack):
         samples = np.frombuffer(pcm24k, dtype="<i2").astype(np.float32) / 32768.0
         up = soxr.resample(samples, 24_000, RATE)
         self._pcm48 += (np.clip(up, -1, 1) * 32767).astype("<i2").tobytes()
+        self._fresh = True
         self.idle.clear()
 
     async def recv(self) -> Any:
@@ -61,6 +65,9 @@ class Microphone(MediaStreamTrack):
         del self._pcm48[: FRAME * 2]
         if chunk:
             self.spoken_frames += 1
+            if self._fresh:
+                self._fresh = False
+                self.said_at.append(self._clock.time())
         else:
             self.idle.set()
         chunk += bytes(FRAME * 2 - len(chunk))
@@ -77,8 +84,9 @@ class Microphone(MediaStreamTrack):
 class Peer:
     """One caller. ``async with Peer() as peer: await peer.call(url, key)``."""
 
-    def __init__(self, *, mic: bool = True) -> None:
+    def __init__(self, *, mic: bool = True, keep_audio: bool = True) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.keep_audio = keep_audio
         self.mic = Microphone() if mic else None
         self.events: list[dict[str, Any]] = []
         self.received_pcm = bytearray()
@@ -90,6 +98,8 @@ class Peer:
         self._changed = asyncio.Condition()
         self._readers: list[asyncio.Task[None]] = []
         self.on_event: Callable[[dict[str, Any]], None] | None = None
+        #: called for every received audio frame with whether it was sound (benches)
+        self.on_frame: Callable[[bool], None] | None = None
         self.channel = self.pc.createDataChannel("oai-events")
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
@@ -184,11 +194,16 @@ class Peer:
                 arr = frame.to_ndarray()  # type: ignore[union-attr]
                 channels = len(frame.layout.channels)  # type: ignore[union-attr]
                 mono = arr.reshape(-1, channels).astype(np.int32).mean(axis=1).astype(np.int16)
-                self.received_pcm += mono.astype("<i2").tobytes()
+                if self.keep_audio:
+                    self.received_pcm += mono.astype("<i2").tobytes()
                 self.frames += 1
-                if np.abs(mono).max(initial=0) > 1000:
+                loud = bool(np.abs(mono).max(initial=0) > 1000)
+                if loud:
                     self.loud_frames += 1
-                await self._notify()
+                if self.on_frame is not None:
+                    self.on_frame(loud)
+                else:
+                    await self._notify()
         except MediaStreamError:
             pass
 
