@@ -11,8 +11,10 @@ above -40 dBFS) to the first sound of the answer at the client:
   first sample above -30 dBFS in the answer (a player starting at the first delta plays that
   sample then); the client's own playout buffer is not counted (the console's is 80 ms);
 * WebRTC: the arrival of the first decoded frame above -30 dBFS from the remote track (Opus
-  both ways, RTP, voxgate's real-time playout, aiortc's receive jitter buffer; a browser adds
-  its own playout delay, typically 20-60 ms).
+  both ways with its 6.5 ms lookahead, RTP, voxgate's one-frame input buffer and real-time
+  playout). The caller's receive buffer holds ``--client-jitter-frames`` (default 1, as
+  voxgate's own input; aiortc's default is 4 = 80 ms); a browser's adaptive jitter buffer adds
+  its own playout delay on top, typically 20-60 ms on a LAN.
 
 After the first sound each turn is cut (``response.cancel``, and ``output_audio_buffer.clear``
 over WebRTC) so the next question does not wait for a whole answer.
@@ -148,10 +150,10 @@ async def ws_turns(url: str, clips: list[Clip]) -> list[float]:
     return out
 
 
-async def webrtc_turns(url: str, clips: list[Clip]) -> list[float]:
+async def webrtc_turns(url: str, clips: list[Clip], args_jitter_frames: int | None) -> list[float]:
     out: list[float] = []
     loop = asyncio.get_running_loop()
-    async with Peer(keep_audio=False) as peer:
+    async with Peer(keep_audio=False, jitter_frames=args_jitter_frames) as peer:
         mic = peer.mic
         assert mic is not None
         loud_at: list[float] = []
@@ -186,7 +188,7 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
         rtc_ms: list[float] = []
         for clip in clips:  # alternate, so drift in the machine's load hits both alike
             ws_ms += await ws_turns(f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime", [clip])
-            rtc_ms += await webrtc_turns(base, [clip])
+            rtc_ms += await webrtc_turns(base, [clip], args.client_jitter_frames)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -199,7 +201,11 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
             "mean_ms": round(statistics.fmean(values)) if values else None,
         }
 
-    report = {"websocket": summary(ws_ms), "webrtc": summary(rtc_ms)}
+    report = {
+        "websocket": summary(ws_ms),
+        "webrtc": summary(rtc_ms),
+        "client_jitter_frames": args.client_jitter_frames,
+    }
     report["webrtc_minus_websocket_p50_ms"] = (
         report["webrtc"]["p50_ms"] - report["websocket"]["p50_ms"]
     )
@@ -318,6 +324,12 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,8", help="concurrent calls per CPU point")
     parser.add_argument("--window", type=float, default=10.0, help="CPU window, seconds")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to cores 0 and 1")
+    parser.add_argument(
+        "--client-jitter-frames",
+        type=int,
+        default=1,
+        help="frames the WebRTC caller's receive buffer holds (aiortc's default: 4 = 80 ms)",
+    )
     parser.add_argument("--latency-only", action="store_true")
     parser.add_argument("--cpu-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")

@@ -19,6 +19,7 @@ import aiohttp
 import numpy as np
 import soxr
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
@@ -84,9 +85,13 @@ class Microphone(MediaStreamTrack):
 class Peer:
     """One caller. ``async with Peer() as peer: await peer.call(url, key)``."""
 
-    def __init__(self, *, mic: bool = True, keep_audio: bool = True) -> None:
+    def __init__(
+        self, *, mic: bool = True, keep_audio: bool = True, jitter_frames: int | None = None
+    ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.keep_audio = keep_audio
+        #: frames aiortc's receive jitter buffer holds (None: its default, 4 = 80 ms)
+        self.jitter_frames = jitter_frames
         self.mic = Microphone() if mic else None
         self.events: list[dict[str, Any]] = []
         self.received_pcm = bytearray()
@@ -122,6 +127,11 @@ class Peer:
     async def accept(self, answer_sdp: str, location: str) -> None:
         self.call_id = location.rsplit("/", 1)[-1]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        if self.jitter_frames is not None:
+            for transceiver in self.pc.getTransceivers():
+                receiver = transceiver.receiver
+                buffer = JitterBuffer(capacity=16, prefetch=self.jitter_frames)
+                setattr(receiver, "_RTCRtpReceiver__jitter_buffer", buffer)  # noqa: B010
 
     async def call(self, url: str, key: str, *, session: dict[str, Any] | None = None) -> None:
         """Offer, POST, answer. Sets :attr:`status` (and :attr:`error` when refused)."""
