@@ -14,6 +14,8 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -23,7 +25,10 @@ import pytest
 from gateway_helpers import SERVER_KEY, fake_and_gateway
 from speech_fixtures import silence_pcm24k, synth_pcm24k
 from twilio_peer import TwilioStream, ulaw_8k
-from voxgate.testing.gateway import RunningGateway
+from voxgate.app import BACKEND
+from voxgate.backends.local.backend import LocalBackend
+from voxgate.config import Settings
+from voxgate.testing.gateway import RunningGateway, run_gateway
 from voxgate.testing.responder import ResponseContext, Say
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -181,3 +186,45 @@ async def test_phone_stream_with_a_bad_key_is_closed_with_the_auth_code() -> Non
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             assert ws.close_code == 3000
         assert fake.accepted_count == 0
+
+
+async def test_phone_call_on_the_local_engine() -> None:
+    """μ-law 8 kHz end to end on the offline engine: Silero, Whisper and espeak-ng on a phone."""
+    settings = Settings(
+        backend="local",
+        api_keys=SERVER_KEY,
+        ping_interval_s=0,
+        phone_lines={
+            "*": {
+                "audio": {"input": {"turn_detection": VAD, "transcription": {"model": "whisper-1"}}}
+            }
+        },
+    )
+    async with run_gateway(settings) as gw:
+        backend = gw.app[BACKEND]
+        assert isinstance(backend, LocalBackend)
+        await asyncio.wait_for(backend.wait_warm(), 60)
+        transcripts: list[str] = []
+        async with phone_call(gw, {"key": SERVER_KEY}, call_sid="CAlocal") as peer:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(
+                    gw.realtime_url("call_id=CAlocal"),
+                    headers={"Authorization": f"Bearer {SERVER_KEY}"},
+                ) as side,
+            ):  # a sideband watches the phone call's events
+                peer.say(speech(800, "What is a stop loss order?", 6000))
+                async with asyncio.timeout(40):
+                    async for msg in side:
+                        event = json.loads(msg.data)
+                        if event["type"] == "conversation.item.input_audio_transcription.completed":
+                            transcripts.append(event["transcript"])
+                        if event["type"] == "output_audio_buffer.stopped":
+                            break
+        heard = re.findall(r"[a-z]+", transcripts[0].lower())  # Whisper over 8 kHz μ-law
+        assert {"stop", "loss", "order"} <= set(heard)
+        # The spoken answer reached the phone as μ-law and was played to its last mark.
+        assert peer.received_bytes > 8000 * 2  # more than two seconds of speech
+        assert peer.played.marks
+        assert all(m.acked for m in peer.played.marks)
+        assert not peer.played.clears
