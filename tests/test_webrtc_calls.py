@@ -182,6 +182,17 @@ async def test_a_caller_that_vanishes_is_found_by_the_heartbeat() -> None:
         assert closed[0]["cause"] in {"client_heartbeat_timeout", "client_lost"}
 
 
+async def test_a_listen_only_caller_is_kept_alive_by_ice() -> None:
+    """No microphone, no events: ICE consent, not media, is its proof of life."""
+    async with fake_and_gateway(ping_interval_s=0.5) as (_fake, gw), Peer(mic=False) as peer:
+        await peer.call(calls_url(gw), await mint(gw))
+        await peer.wait_for("session.created")
+        hub = gw.app[HUB]
+        assert not await hub.wait_idle(3.0)  # six heartbeat intervals later, still in the call
+        say_text(peer, "still there")
+        await peer.wait_for("output_audio_buffer.stopped")
+
+
 # ------------------------------------------------------------------ the sideband
 
 

@@ -73,19 +73,14 @@ class Sideband:
     async def run(self) -> None:
         """Pump both ways until the sideband leaves or :meth:`end` is called."""
         async with asyncio.TaskGroup() as tg:
-            writer = tg.create_task(self._write(), name="sideband_writer")
+            tg.create_task(self._write(), name="sideband_writer")
             try:
                 while True:
                     frame = await self.conn.receive()
                     self.received += 1
                     self._to_session(frame)
             except PeerGone:
-                if self._closing is None:
-                    self._closing = (CloseCode.NORMAL, "")
-                self._ready.set()
-            finally:
-                if not writer.done() and self._closing is None:
-                    writer.cancel()
+                self.end(CloseCode.NORMAL, "")  # the writer closes and returns
 
     async def _write(self) -> None:
         conn = self.conn

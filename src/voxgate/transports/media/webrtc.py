@@ -145,6 +145,15 @@ class WebRTCCall(MediaCall):
             self.hang_up(PeerGone(CloseCode.NORMAL, "hang-up", clean=True))
         self._changed.set()
 
+    async def ping(self) -> None:
+        """A caller that sends no audio (receive-only) proves it is alive by ICE consent.
+
+        With a microphone, its frames are the proof (:attr:`heard`), so a caller that vanished
+        is found by the session heartbeat long before ICE consent expires (30 s in aiortc).
+        """
+        if not self._readers and self.pc.connectionState == "connected":
+            self._heard += 1
+
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind != "audio":
             return
