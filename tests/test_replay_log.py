@@ -146,3 +146,30 @@ def test_attached_log_never_exceeds_its_bound(sizes: list[int], limit: int) -> N
         assert log.append("x" * size) is True
         assert log.size_bytes <= limit
         assert log.can_resume_from(log.last_seq)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text(min_size=1, max_size=300).map(lambda t: ("append", t)),
+            st.integers(min_value=0, max_value=60).map(lambda n: ("ack", n)),
+        ),
+        max_size=60,
+    ),
+    st.integers(min_value=64, max_value=4000),
+)
+def test_frames_come_back_exactly_as_logged_in_any_order_of_reads(
+    ops: list[tuple[str, object]], limit: int
+) -> None:
+    log = ReplayLog(limit)
+    sent: list[str] = []
+    for op, arg in ops:
+        if op == "append":
+            log.append(str(arg))
+            sent.append(str(arg))
+        else:
+            log.ack(int(arg))  # type: ignore[call-overload]
+        assert log.size_bytes <= max(limit, len(sent[-1].encode()) if sent else 0)
+        kept = range(log.first_seq, log.last_seq + 1)
+        assert [log.frame(seq) for seq in kept] == sent[log.first_seq - 1 :]
+        assert [log.frame(seq) for seq in reversed(kept)] == sent[log.first_seq - 1 :][::-1]

@@ -20,7 +20,9 @@ ends instead of pretending). A resume asking for frames that were dropped is ref
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
+
+from voxgate.session.audio_ring import ByteRing
 
 #: Gateway events about the resume machinery itself; they are not numbered.
 UNNUMBERED_PREFIX = "voxgate.session."
@@ -32,11 +34,17 @@ def counts_toward_seq(event_type: str) -> bool:
 
 
 class ReplayLog:
+    """Numbered frames in one :class:`~voxgate.session.audio_ring.ByteRing` (UTF-8 text,
+    back to back) with their lengths in an integer array: nothing per frame for the garbage
+    collector, no allocator holes. ``size_bytes`` counts the frames' UTF-8 bytes."""
+
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
-        self._frames: deque[str] = deque()
-        self._bytes = 0
-        self.first_seq = 1  # the seq of _frames[0] (or of the next frame when empty)
+        self._ring = ByteRing()
+        self._lens = array("I")  # byte length of each frame still logged, from _lens[_head]
+        self._head = 0
+        self._cursor = (0, 0)  # (seq, byte offset) of the last frame read: sequential reads
+        self.first_seq = 1  # the seq of the oldest logged frame (or of the next one when empty)
         self.last_seq = 0  # seq of the newest frame logged
         self.dropped_frames = 0
         self.detached_after: int | None = None  # last_seq when the client was detached
@@ -44,32 +52,41 @@ class ReplayLog:
         self.acked = 0  # the client said it has every frame up to here
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._lens) - self._head
 
     @property
     def size_bytes(self) -> int:
-        return self._bytes
+        return len(self._ring)
 
     def append(self, frame: str) -> bool:
         """Log the next numbered frame. False: a frame sent after a detach had to be dropped."""
-        self._frames.append(frame)
-        self._bytes += len(frame)
+        data = frame.encode()
+        self._ring.append(data)
+        self._lens.append(len(data))
         self.last_seq += 1
-        while self._bytes > self.limit_bytes and len(self._frames) > 1:
-            old = self._frames.popleft()
-            self._bytes -= len(old)
+        while len(self._ring) > self.limit_bytes and len(self) > 1:
+            self._drop_oldest()
             self.dropped_frames += 1
-            if self.detached_after is not None and self.first_seq > self.detached_after:
+            if self.detached_after is not None and self.first_seq > self.detached_after + 1:
                 self.lost_while_detached = True
-            self.first_seq += 1
         return not self.lost_while_detached
+
+    def _drop_oldest(self) -> None:
+        self._ring.drop_front(self._lens[self._head])
+        self._head += 1
+        self.first_seq += 1
+        if self._head > 1024 and self._head * 2 > len(self._lens):
+            del self._lens[: self._head]  # compact now and then: O(1) amortised
+            self._head = 0
+        self._cursor = (0, 0)
 
     def ack(self, received: int) -> None:
         """The client has every frame up to ``received``: they can never be asked for again."""
         received = min(received, self.last_seq)
-        while self._frames and self.first_seq <= received:
-            self._bytes -= len(self._frames.popleft())
-            self.first_seq += 1
+        while len(self) and self.first_seq <= received:
+            self._drop_oldest()
+        if not len(self):
+            self.first_seq = self.last_seq + 1
         self.acked = max(self.acked, received)
 
     def detach(self) -> None:
@@ -90,7 +107,18 @@ class ReplayLog:
         )
 
     def frame(self, seq: int) -> str:
-        """The frame numbered ``seq``. Raises IndexError if it is not in the log."""
+        """The frame numbered ``seq``. Raises IndexError if it is not in the log.
+
+        Reading frames in order (a resume's replay) costs O(1) per frame.
+        """
         if not self.first_seq <= seq <= self.last_seq:
             raise IndexError(seq)
-        return self._frames[seq - self.first_seq]
+        index = self._head + seq - self.first_seq
+        cursor_seq, offset = self._cursor
+        if cursor_seq and cursor_seq <= seq:
+            first = self._head + cursor_seq - self.first_seq
+            offset += sum(self._lens[first:index])
+        else:
+            offset = sum(self._lens[self._head : index])
+        self._cursor = (seq, offset)
+        return self._ring.peek(offset, offset + self._lens[index]).decode()
