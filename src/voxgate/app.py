@@ -156,8 +156,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     else:
         add_console_routes(app)
 
-    metrics.gc.install()
-
     async def _close_backend(app: web.Application) -> None:
         app[METRICS].gc.uninstall()
         await app[BACKEND].aclose()

@@ -252,7 +252,7 @@ async def _serve(
     # full collection, which otherwise pauses all sessions for tens of ms (bench/resilience.py).
     gc.collect()
     gc.freeze()
-    app[METRICS].gc.forget_max()  # that collection was ours, at start, before any session
+    app[METRICS].gc.install()  # after that deliberate collection: pauses sessions can feel
     _banner(say, app, settings, serving.port, generated_key, tls)
     checking = asyncio.create_task(_warn_if_unreachable(app, say))
 

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     error_coalesce_window_s: float = Field(default=1.0, ge=0)
     #: glibc's mmap threshold, fixed at start so freed socket buffers return to the kernel
     #: (``voxgate/runtime.py``); 0 leaves the allocator's own adaptive threshold.
-    malloc_mmap_threshold_bytes: int = Field(default=128 * 1024, ge=0)
+    malloc_mmap_threshold_bytes: int = Field(default=512 * 1024, ge=0)
     #: Largest HTTP header field (ek_ keys with long instructions travel in headers).
     max_header_bytes: int = Field(default=64 * 1024, ge=8190)
     #: A client must send a complete request head (and a POST body) within this long; at most

@@ -38,11 +38,6 @@ class GcPauses:
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
 
-    def forget_max(self) -> None:
-        """Start the longest-pause gauge over (after start-up's deliberate full collection)."""
-        self.max_s = 0.0
-        self.longest.set(0.0)
-
     def uninstall(self) -> None:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
