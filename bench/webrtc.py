@@ -308,8 +308,42 @@ async def cpu(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def codec_cost() -> dict[str, Any]:
+    """Opus alone, in this process: encode (voxgate's settings) and decode of 20 ms frames."""
+    import fractions
+
+    from av import AudioFrame, CodecContext, Packet
+
+    from voxgate.transports.media.webrtc_audio import _opus_encoder
+
+    speech = make_clip(QUESTIONS[0]).pcm
+    up = np.frombuffer(speech, dtype="<i2").repeat(2)  # 48 kHz, crude but speech-like
+    frames = [up[i : i + 960] for i in range(0, len(up) - 960, 960)]
+    encoder = _opus_encoder()
+    packets = []
+    started = time.perf_counter()
+    for n, samples in enumerate(frames):
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48_000, n * 960
+        frame.time_base = fractions.Fraction(1, 48_000)
+        packets += [bytes(p) for p in encoder.encode(frame)]
+    encode_us = (time.perf_counter() - started) / len(frames) * 1e6
+    decoder = CodecContext.create("libopus", "r")
+    decoder.sample_rate, decoder.format, decoder.layout = 48_000, "s16", "stereo"  # as aiortc
+    started = time.perf_counter()
+    for data in packets:
+        decoder.decode(Packet(data))
+    decode_us = (time.perf_counter() - started) / len(packets) * 1e6
+    return {
+        "encode_us_per_frame": round(encode_us),
+        "decode_us_per_frame": round(decode_us),
+        "opus_cpu_per_call": round((encode_us + decode_us) * 50 / 1e6, 4),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"pinned": not args.no_pin}
+    report: dict[str, Any] = {"pinned": not args.no_pin, "codec": codec_cost()}
+    print(json.dumps(report["codec"]), flush=True)
     if not args.cpu_only:
         report["latency"] = await latency(args)
         print(json.dumps(report["latency"]), flush=True)
