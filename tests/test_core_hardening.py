@@ -17,10 +17,12 @@ import asyncio
 import aiohttp
 import orjson
 import pytest
+from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 
 from gateway_helpers import SERVER_KEY, UPSTREAM_KEY, gateway_settings, recv_until
 from test_client_resume import open_session, resume, token_of
+from voxgate.app import ENDPOINT
 from voxgate.testing import ConnectionRecord, FakeRealtimeServer, FaultProxy
 from voxgate.testing.gateway import run_gateway
 
@@ -178,3 +180,22 @@ async def test_a_second_cut_in_the_middle_of_a_multi_second_replay_is_another_at
         (_, committed) = third.audio.committed[-1]
         assert committed == audio  # every byte once, in order, on the upstream that committed
         await ws.close()
+
+
+async def test_a_session_that_ended_with_an_error_counts_it_in_its_closing_log_line() -> None:
+    """Issue 12.14: ``session.closed`` said ``errors_sent=0`` for a session that sent one."""
+    nowhere = gateway_settings("ws://127.0.0.1:1/v1/realtime", ready_timeout_s=0.5)
+    with capture_logs() as logs:
+        async with (
+            run_gateway(nowhere) as gw,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
+            ) as ws,
+        ):
+            error = await recv_until(ws, "error")
+            assert error[-1]["error"]["code"] == "voxgate_upstream_unreachable"
+            assert await gw.app[ENDPOINT].wait_idle(TIMEOUT_S)
+    (closed,) = [e for e in logs if e["event"] == "session.closed"]
+    assert closed["errors_sent"] == 1
+    assert closed["close_code"] == 1013  # an int, not <CloseCode.TRY_AGAIN_LATER: 1013>
