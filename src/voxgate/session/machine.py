@@ -137,32 +137,36 @@ class SessionMachine:
 
     # ------------------------------------------------------------------ hot paths
 
-    def client_audio_text(self, text: str) -> bool:
-        """The sink's question for a client text frame: is it an append to forward unchanged?
-
-        True: forward ``text`` upstream as is (it is recorded for recovery); False: nothing
-        happened, hand the frame to :meth:`client_text`.
-        """
+    def client_audio_start(self, text: str) -> int:
+        """The sink's question for a client text frame, with no side effect: where the base64
+        of a plain append to forward unchanged starts, or -1 (hand it to :meth:`client_text`).
+        After forwarding it, the caller must :meth:`record_client_audio`."""
         if self.phase is not Phase.READY:
-            return False
-        start = append_audio_start(text)  # one bounded check: a plain append, nothing smuggled
-        if start < 0:
-            return False
+            return -1
+        return append_audio_start(text)  # one bounded check: a plain append, nothing smuggled
+
+    def record_client_audio(self, text: str, start: int) -> None:
+        """A plain append went upstream: record its audio for recovery."""
         if self.recovery is not None:
             self.recovery.sent_audio_b64(text[start:-2])
+
+    def client_audio_text(self, text: str) -> bool:
+        """:meth:`client_audio_start` and :meth:`record_client_audio` in one (True: forward)."""
+        start = self.client_audio_start(text)
+        if start < 0:
+            return False
+        self.record_client_audio(text, start)
         return True
 
-    def client_audio_bytes(self, data: bytes) -> bool:
-        """The sink's question for a binary frame: may it go upstream as audio right now?
+    @property
+    def binary_audio_ok(self) -> bool:
+        """Whether a binary frame may go upstream as audio right now (the sink's question)."""
+        return self.phase is Phase.READY and self.extensions
 
-        True: send it (raw to an upstream that takes bytes, else :func:`append_b64`); it is
-        recorded for recovery. False: nothing happened, hand it to :meth:`client_binary`.
-        """
-        if self.phase is Phase.READY and self.extensions:
-            if self.recovery is not None:
-                self.recovery.sent_audio_bytes(data)
-            return True
-        return False
+    def record_client_audio_bytes(self, data: bytes) -> None:
+        """Raw audio from a binary frame went upstream: record it for recovery."""
+        if self.recovery is not None:
+            self.recovery.sent_audio_bytes(data)
 
     def upstream_audio_text(self, text: str) -> bool:
         """The sink's question for an upstream frame: an audio delta to forward unchanged?"""

@@ -70,6 +70,7 @@ from voxgate.session.ports import (
 from voxgate.session.ratelimit import ClientPacer
 from voxgate.session.reconnect import ReconnectPolicy
 from voxgate.session.replay import ReplayLog
+from voxgate.session.server_side import ServerSide
 from voxgate.session.upstream import UpstreamSide
 
 _INTERNAL_ERROR_TEXT = orjson.dumps(
@@ -168,8 +169,11 @@ class SessionRunner:
         config: RunnerConfig,
         log: Any,
         resume: ResumeIssuer | None = None,
+        side: ServerSide | None = None,
     ) -> None:
         self._link: ClientLink | None = client
+        #: server tools and proactive turns (issue 14): slow-path hooks, never audio
+        self.side = side
         self._machine = machine
         self._target = target
         self._cfg = config
@@ -255,6 +259,8 @@ class SessionRunner:
                 tg.create_task(self._client_pump(link), name="client_pump")
                 tg.create_task(self._up.pump(), name="upstream_pump")
                 tg.create_task(self._timers(), name="timers")
+                if self.side is not None:
+                    tg.create_task(self.side.run(self), name="server_side")
         except* _SessionOver as group:
             first = group.exceptions[0]
             self.end = first.end if isinstance(first, _SessionOver) else None
@@ -274,25 +280,33 @@ class SessionRunner:
     # ------------------------------------------------------------------ hot paths
 
     def _client_sink(self, frame: str | bytes) -> bool:
-        """A client frame while the client pump is idle: forward audio synchronously."""
+        """A client frame while the client pump is idle: forward audio synchronously.
+
+        The machine's question has no side effect, so a frame the upstream cannot take right
+        now (congested) is simply declined and queued for the pump; what was written is then
+        recorded for recovery.
+        """
         up = self._up.conn
-        if up is None or not up.writable:
+        if up is None:
             return False
         machine = self._machine
         stats = self.stats
         if type(frame) is str:
-            if not machine.client_audio_text(frame):
+            start = machine.client_audio_start(frame)
+            if start < 0 or not up.write_text(frame):
                 return False
-            up.write_text(frame)
-            audio_bytes = len(frame) * 3 // 4
+            machine.record_client_audio(frame, start)
+            audio_bytes = (len(frame) - start) * 3 // 4
         else:
             data: bytes = frame  # type: ignore[assignment,unused-ignore]
-            if not machine.client_audio_bytes(data):
+            if not machine.binary_audio_ok:
                 return False
             if up.accepts_audio_bytes:
-                up.write_audio(data)
-            else:
-                up.write_text(append_b64(base64.b64encode(data).decode("ascii")))
+                if not up.write_audio(data):
+                    return False
+            elif not up.write_text(append_b64(base64.b64encode(data).decode("ascii"))):
+                return False
+            machine.record_client_audio_bytes(data)
             stats.client_audio_bytes += len(data)
             audio_bytes = len(data)
         stats.client_frames += 1
@@ -312,14 +326,12 @@ class SessionRunner:
         link = self._link
         if link is None or type(frame) is not str:
             return False
-        conn = link.conn
         text: str = frame
-        if not conn.writable or not self._machine.upstream_audio_text(text):
+        if not self._machine.upstream_audio_text(text) or not link.conn.write_text(text):
             return False
         replay = self._replay
         if replay is not None:
-            replay.append(text)  # attached: never refused
-        conn.write_text(text)
+            replay.append(text)  # attached: never refused; numbered in the order written
         stats = self.stats
         stats.upstream_frames += 1
         stats.upstream_bytes += len(text)
@@ -372,6 +384,12 @@ class SessionRunner:
         if isinstance(frame, str):
             if stats.first_audio_at is None:
                 self._note_first_audio(_APPEND_HEAD in frame[:64])
+            side = self.side
+            if side is not None and _APPEND_HEAD not in frame[:64]:
+                passed = side.from_client(frame)
+                if passed is None:
+                    return  # waits for voxgate's own turn to finish; the side sends it later
+                frame = passed
             outcome = machine.client_text(frame, now)
             if outcome is FORWARD:
                 await self._up.send(frame)
@@ -428,7 +446,27 @@ class SessionRunner:
         link.done.set()
 
     async def send_client(self, text: str) -> None:
-        """Send one numbered frame to the client (and log it for a resume)."""
+        """Send one numbered frame to the client (and log it for a resume).
+
+        With a server side, what the client sees is its verdict (server tools hidden).
+        """
+        side = self.side
+        if side is None:
+            await self._deliver(text)
+            return
+        for shown in side.to_client(text):
+            await self._deliver(shown)
+
+    async def send_upstream(self, text: str) -> None:
+        """A control event of voxgate's own (server tools, proactive turns): recorded for
+        recovery and held before ready exactly like a client's."""
+        outcome = self._machine.client_text(text, self._loop.time())
+        if outcome is FORWARD:
+            await self._up.send(text)
+        elif outcome:
+            await self.execute(outcome)
+
+    async def _deliver(self, text: str) -> None:
         replay = self._replay
         if replay is not None and not replay.append(text):
             raise _SessionOver(self._machine.end(CloseCode.GOING_AWAY, "resume_window_overflow"))
