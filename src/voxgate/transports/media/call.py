@@ -130,7 +130,7 @@ class MediaCall:
         self.ended.set()
         self.log.info(
             "call.closed",
-            code=code,
+            code=int(code),
             audio_frames_in=self.audio_frames_in,
             audio_frames_dropped=self.audio_frames_dropped,
             cuts=self.core.cuts,
