@@ -32,8 +32,9 @@ LAYERS: dict[str, set[str]] = {
 #: The wiring on top may import anything; ``testing`` ships test doubles built from all parts.
 TOP = {"app", "cli", "server", "startup", "runtime", "tls", "__main__", "__init__", "testing"}
 
-#: session/ modules that own I/O (the runner, its upstream half, in-process delivery).
-SESSION_IO = {"runner.py", "upstream.py", "delivery.py"}
+#: session/ modules that own I/O (the runner, its upstream half, in-process delivery, the
+#: server side running tool calls).
+SESSION_IO = {"runner.py", "upstream.py", "delivery.py", "server_side.py"}
 FORBIDDEN_IN_PURE = {"asyncio", "aiohttp", "websockets", "redis", "socket", "time"}
 
 

@@ -35,7 +35,9 @@ from voxgate.session.mirror import Mirror
 from voxgate.session.ports import Backend, ClientConnection, UpstreamTarget
 from voxgate.session.reconnect import ReconnectPolicy
 from voxgate.session.recovery import Recovery
-from voxgate.session.runner import ClientLink, RunnerConfig, SessionRunner
+from voxgate.session.runner import SessionRunner
+from voxgate.session.runner_types import ClientLink, RunnerConfig
+from voxgate.session.server_side import ServerSide
 from voxgate.store.base import SessionRecord, SlotRefused, Store
 
 log = structlog.get_logger("voxgate.session")
@@ -72,6 +74,10 @@ class SessionRequest:
         )
 
 
+#: Builds a session's server side (server tools, proactive turns; issue 14), or None.
+ServerSideFactory = Callable[[Grant, UpstreamTarget, bool, Any], ServerSide | None]
+
+
 class SessionHub:
     """See the module docstring."""
 
@@ -88,8 +94,10 @@ class SessionHub:
         node_id: str = "",
         clock: Callable[[], float] = time.time,
         on_upstream_auth_failed: Callable[[], None] | None = None,
+        server_side: ServerSideFactory | None = None,
     ) -> None:
         self.backend = backend
+        self.server_side = server_side
         self.auth = authenticator
         self.store = store
         self.metrics = metrics
@@ -247,14 +255,17 @@ class SessionHub:
             if req.extensions and s.resume_grace_s > 0 and self.secret
             else None
         )
+        side = self.server_side(grant, target, req.extensions, slog) if self.server_side else None
+        embedded = side.initial_config(grant.session) if side is not None else grant.session
         runner = SessionRunner(
             client=ClientLink(conn),
             backend=self.backend,
-            machine=self._machine(grant, req.extensions),
+            machine=self._machine(embedded, req.extensions),
             target=target,
             config=self._runner_config(grant),
             log=slog,
             resume=resume,
+            side=side,
         )
         record = SessionRecord(
             session_id=session_id,
@@ -307,10 +318,10 @@ class SessionHub:
         if self._on_auth_failed is not None:
             self._on_auth_failed()
 
-    def _machine(self, grant: Grant, extensions: bool) -> SessionMachine:
+    def _machine(self, embedded: dict[str, Any] | None, extensions: bool) -> SessionMachine:
         s = self.settings
         return SessionMachine(
-            embedded_session=grant.session,
+            embedded_session=embedded,
             extensions=extensions,
             prebuffer_limit_bytes=s.prebuffer_bytes,
             coalesce_window_s=s.error_coalesce_window_s,

@@ -25,7 +25,7 @@ from voxgate.auth import resume as resume_tokens
 from voxgate.protocol.errors import AuthError
 from voxgate.protocol.extensions import ResumeRequestError, parse_resume_request
 from voxgate.session.ports import ClientConnection, PeerGone
-from voxgate.session.runner import ClientLink
+from voxgate.session.runner_types import ClientLink
 from voxgate.transports.hub import SessionHub
 
 
