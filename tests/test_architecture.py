@@ -34,7 +34,7 @@ TOP = {"app", "cli", "server", "startup", "runtime", "tls", "__main__", "__init_
 
 #: session/ modules that own I/O (the runner, its upstream half, in-process delivery, the
 #: server side running tool calls).
-SESSION_IO = {"runner.py", "upstream.py", "delivery.py", "server_side.py"}
+SESSION_IO = {"runner.py", "runner_types.py", "upstream.py", "delivery.py", "server_side.py"}
 FORBIDDEN_IN_PURE = {"asyncio", "aiohttp", "websockets", "redis", "socket", "time"}
 
 
