@@ -7,14 +7,26 @@ accepts now), and revoked client keys. Everything is bounded (entries die with t
 revocations with the key's expiry) and nothing here is touched per audio frame: sessions call
 the store when they start, end, resume or are listed.
 
-:class:`~voxgate.store.memory.MemoryStore` is the default (one process); a Redis store
-implements the same protocol for several nodes. Every method is a coroutine so both fit.
+For several nodes (issue 17) it also holds: which node *owns* each session (the record's
+``node``, changed only by compare-and-set: :meth:`Store.claim`, so two nodes never run one
+session), per-session snapshots (what another node needs to rebuild a session; written off
+the audio path by :mod:`voxgate.transports.handoff`, encoded by :mod:`voxgate.session.snapshot`),
+node liveness (heartbeats) and one message channel per node (:meth:`Store.publish`).
+
+:class:`~voxgate.store.memory.MemoryStore` is the default (one process);
+:class:`~voxgate.store.redis.RedisStore` implements the same protocol for several nodes. Every
+method is a coroutine so both fit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+#: The owner of a session that a node gave up (parked: drained or handed off) and any node may
+#: claim when its client resumes.
+RELEASED = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +56,21 @@ class SlotRefused(Exception):
         self.limit = limit
 
 
+@dataclass(frozen=True, slots=True)
+class StoredSnapshot:
+    """A session snapshot as stored: the small head and the conversation items by id."""
+
+    head: bytes
+    items: dict[str, bytes]
+
+
+MessageHandler = Callable[[bytes], None]
+
+
 class Store(Protocol):
     name: str
+    #: True when other processes see the same state (several nodes can share it)
+    shared: bool
 
     async def acquire_slot(
         self, subject: str | None, *, max_total: int, max_per_subject: int
@@ -65,8 +90,17 @@ class Store(Protocol):
         """Make a live session known (replaces an earlier record of the same id)."""
         ...
 
-    async def unregister(self, session_id: str) -> None:
-        """Forget a session and its resume state."""
+    async def unregister(self, session_id: str, *, node: str | None = None) -> None:
+        """Forget a session, its resume state and its snapshot.
+
+        With ``node``, only while that node owns it (a session handed to another node, or
+        parked, is not forgotten by the node that used to run it).
+        """
+        ...
+
+    async def claim(self, session_id: str, node: str, *, owner: str) -> bool:
+        """Make ``node`` the owner of a registered session if ``owner`` owns it now (atomic
+        compare-and-set). ``node=RELEASED`` parks it; ``owner=RELEASED`` takes a parked one."""
         ...
 
     async def session(self, session_id: str) -> SessionRecord | None: ...
@@ -92,5 +126,46 @@ class Store(Protocol):
         ...
 
     async def is_revoked(self, key_id: str, now_s: float) -> bool: ...
+
+    # ------------------------------------------------------------------ several nodes
+
+    async def save_snapshot(
+        self,
+        session_id: str,
+        node: str,
+        head: bytes,
+        put: Mapping[str, bytes],
+        drop: Collection[str],
+        ttl_s: float,
+    ) -> bool:
+        """Write a snapshot atomically if ``node`` owns the session: the new head, items put
+        and dropped by id. The record, resume state and snapshot then live ``ttl_s`` more.
+
+        Returns:
+            False (and nothing written) when ``node`` does not own the session.
+        """
+        ...
+
+    async def load_snapshot(self, session_id: str) -> StoredSnapshot | None: ...
+
+    async def touch(self, session_ids: Collection[str], ttl_s: float) -> None:
+        """Keep these sessions' records, resume state and snapshots ``ttl_s`` more."""
+        ...
+
+    async def heartbeat(self, node: str, ttl_s: float) -> None:
+        """``node`` is alive for ``ttl_s`` more."""
+        ...
+
+    async def node_alive(self, node: str) -> bool: ...
+
+    async def publish(self, node: str, message: bytes) -> int:
+        """Send ``message`` to ``node``'s channel; returns how many subscribers got it (0: the
+        node is not listening: gone)."""
+        ...
+
+    async def subscribe(self, node: str, on_message: MessageHandler) -> None:
+        """Call ``on_message`` (synchronously, in order) for every message to ``node`` until
+        :meth:`aclose`."""
+        ...
 
     async def aclose(self) -> None: ...
