@@ -505,6 +505,22 @@ class SessionMachine:
         actions.append(StartReconnect(cause, retry_response=retry))
         return actions
 
+    def rebuild(self, cause: str) -> Outcome:
+        """This session was rebuilt from a snapshot on a node that never had its upstream
+        (issue 17; the recovery holds the restored mirror): the client has seen
+        ``session.created``, so continue exactly as after a lost upstream: end what was
+        running, then :class:`StartReconnect` (the replay builds the fresh upstream).
+        """
+        if self.recovery is None or self.phase is not Phase.CONNECTING:
+            raise InvalidState(f"rebuild in phase {self.phase.value}")
+        session = self.recovery.mirror.session
+        if session is not None:
+            self._input_bps = input_info(session).bytes_per_s
+            self._output_b64_per_s = output_info(session).b64_chars_per_s
+            self.formats_seen += 1
+        self.ready_once = True
+        return self._begin_reconnect(cause)
+
     def start_recycle(self, now: float) -> Outcome:
         """Move to a fresh upstream at a quiet point (before the upstream's maximum length).
 

@@ -267,6 +267,45 @@ class Mirror:
             events.append({"type": "input_audio_buffer.append", "audio": chunk})
         return events
 
+    # ------------------------------------------------------------------ snapshots (issue 17)
+
+    @property
+    def config_text(self) -> str | None:
+        """The effective config as kept (serialised JSON), for a snapshot."""
+        return self._session
+
+    def item_texts(self) -> list[tuple[str, str]]:
+        """``(item id, serialised item)`` in conversation order: the kept strings themselves
+        (a snapshot writer finds what changed by identity, without comparing text)."""
+        return [(item_id, self._items[item_id]) for item_id in self._order]
+
+    def turn_audio_of(self, item_id: str) -> bytes | None:
+        """The audio kept for a user turn (replayed as audio until its transcript is known)."""
+        return self._turn_audio.get(item_id)
+
+    def restore(
+        self,
+        config_text: str | None,
+        items: list[tuple[str, str]],
+        turn_audio: dict[str, bytes],
+        stream_bytes: int,
+    ) -> None:
+        """Start a fresh mirror from a snapshot (another node's session): its config, items
+        in order, the audio of turns not transcribed yet, and the client's audio position
+        (nothing pending: the client re-sends what came after it)."""
+        if config_text is not None:
+            self._on_session({"session": orjson.loads(config_text)})
+        for item_id, text in items:
+            if item_id not in self._items:
+                self._order.append(item_id)
+                self.items_bytes += len(text)
+                self._items[item_id] = text
+        for item_id, audio in turn_audio.items():
+            self._keep_turn_audio(item_id, audio)
+        self._ring.clear()
+        self.stream_bytes = self._ring_start = stream_bytes
+        self._trim_items()
+
     # ------------------------------------------------------------------ handlers
 
     def _on_session(self, event: dict[str, Any]) -> None:

@@ -116,6 +116,36 @@ class Recovery:
             pending.popleft()
         return not self._responses and not self.mirror.speaking and not pending
 
+    # ------------------------------------------------------------------ snapshots (issue 17)
+
+    def running(self) -> list[tuple[str, bool, int]]:
+        """Responses running now: ``(response JSON, client_requested, completed outputs)``."""
+        return [
+            (orjson.dumps(r.body).decode(), r.client_requested, r.completed_outputs)
+            for r in self._responses.values()
+        ]
+
+    @property
+    def turn(self) -> tuple[str | None, bool]:
+        """The user turn in progress: its client item id, and whether VAD heard it end."""
+        return self._turn_item, self._turn_stopped
+
+    def restore(
+        self,
+        running: list[tuple[str, bool, int]],
+        turn_item: str | None,
+        turn_stopped: bool,
+        speaking: bool,
+    ) -> None:
+        """Start from a snapshot: what was running when it was taken (a fresh upstream is then
+        built by :meth:`begin` and the replay, exactly as after a lost upstream)."""
+        for body_text, client_requested, completed in running:
+            body = loads(body_text)
+            if body is not None and isinstance(body.get("id"), str):
+                self._responses[body["id"]] = _Response(body, client_requested, completed)
+        self._turn_item, self._turn_stopped = turn_item, turn_stopped
+        self.mirror.speaking = speaking
+
     # ------------------------------------------------------------------ client → upstream
 
     def sent_audio_bytes(self, pcm: bytes) -> None:

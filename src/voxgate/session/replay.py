@@ -98,6 +98,38 @@ class ReplayLog:
         self.detached_after = None
         self.lost_while_detached = False
 
+    def continue_from(self, received: int) -> None:
+        """An empty log takes over another node's numbering (issue 17): the client has every
+        frame up to ``received``; the next frame logged is ``received + 1``."""
+        if len(self):
+            raise ValueError("continue_from on a log that holds frames")
+        self.first_seq = received + 1
+        self.last_seq = received
+        self.acked = received
+        self._cursor = (0, 0)
+
+    def newest(self, max_bytes: int) -> list[tuple[int, str]]:
+        """The newest frames whose sizes add up to at most ``max_bytes``, oldest first, with
+        their numbers (for a snapshot; one read of the ring, O(frames returned))."""
+        lens = self._lens
+        index = len(lens)
+        size = 0
+        while index > self._head and size + lens[index - 1] <= max_bytes:
+            index -= 1
+            size += lens[index]
+        if index == len(lens):
+            return []
+        start = sum(lens[self._head : index])
+        data = self._ring.peek(start, start + size)
+        out: list[tuple[int, str]] = []
+        seq = self.first_seq + index - self._head
+        at = 0
+        for n in lens[index:]:
+            out.append((seq, data[at : at + n].decode()))
+            seq += 1
+            at += n
+        return out
+
     def can_resume_from(self, received: int) -> bool:
         """Whether every frame after ``received`` is still here (and ``received`` is sane)."""
         return (
