@@ -3,36 +3,49 @@
 Routes: the realtime WebSocket (``/v1/realtime``, ``/realtime``), its HTTP/SSE fallback
 (``/v1/realtime/sse…``), key minting
 (``/v1/realtime/client_secrets``, ``/v1/realtime/sessions``), WebRTC calls
-(``/v1/realtime/calls``), phone media streams (``/v1/phone/twilio``), ``/healthz``,
-``/readyz``, ``/metrics``, and the console at ``/`` when present.
+(``/v1/realtime/calls``), phone media streams (``/v1/phone/twilio``), proactive messages
+(``/v1/sessions…``), ``/healthz``, ``/readyz``, ``/metrics``, and the console at ``/`` when
+present. Server tools (Python modules, MCP servers, the knowledge tool) are collected into one
+registry here; every session gets a server side built from it (:func:`server_side_factory`).
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Any
 
+import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from voxgate.auth import client_keys
 from voxgate.auth import routes as key_routes
-from voxgate.auth.grants import Authenticator
+from voxgate.auth.grants import Authenticator, Grant
 from voxgate.auth.requests import BODY_TIMEOUT_S
 from voxgate.auth.server_keys import ServerKeys
 from voxgate.backends.base import Backend
 from voxgate.config import Settings
 from voxgate.observability.health import DETAILS, BackendHealth
 from voxgate.observability.metrics import Metrics
+from voxgate.protocol.redaction import redact
+from voxgate.session.ports import UpstreamTarget
+from voxgate.session.server_side import ServerSide, ServerSideLimits
 from voxgate.store.base import Store
 from voxgate.store.memory import MemoryStore
+from voxgate.tools.knowledge import KnowledgeLibrary
+from voxgate.tools.knowledge_tool import knowledge_tool
+from voxgate.tools.mcp import McpServers, parse_servers
+from voxgate.tools.registry import ToolConfigError, ToolRegistry, load_modules
 from voxgate.transports.forwarded import forwarded_middleware, parse_networks
-from voxgate.transports.hub import SessionHub
+from voxgate.transports.hub import ServerSideFactory, SessionHub
 from voxgate.transports.media.phone_endpoint import PhoneEndpoint, PhoneLines
 from voxgate.transports.media.webrtc_endpoint import IceServer, WebRTCEndpoint, WebRTCOptions
+from voxgate.transports.messages import ProactiveMessages
 from voxgate.transports.sse import SseEndpoint
 from voxgate.transports.websocket import RealtimeEndpoint
 
+_log = structlog.get_logger("voxgate.app")
 METRICS = web.AppKey("voxgate.metrics", Metrics)
 BACKEND = web.AppKey("voxgate.backend", Backend)
 DRAINING = web.AppKey("voxgate.draining", list[bool])
@@ -44,9 +57,12 @@ STORE = web.AppKey("voxgate.store", Store)
 #: Called with the drain timeout (s) when draining starts (SIGTERM, Ctrl+C): the place to tell
 #: opted-in (``voxgate.v1``) clients to reconnect elsewhere. ``serve`` calls them once.
 DRAIN_HOOKS = web.AppKey("voxgate.drain_hooks", list[Callable[[float], None]])
+TOOLS = web.AppKey("voxgate.tools", ToolRegistry)
+MESSAGES = web.AppKey("voxgate.messages", ProactiveMessages)
+MCP = web.AppKey("voxgate.mcp", McpServers)
 
 
-def build_backend(settings: Settings) -> Backend:
+def build_backend(settings: Settings, knowledge: KnowledgeLibrary | None = None) -> Backend:
     if settings.backend == "openai":
         from voxgate.backends.openai import OpenAIBackend
 
@@ -60,8 +76,68 @@ def build_backend(settings: Settings) -> Backend:
         return openai
     from voxgate.backends.local.backend import LocalBackend  # type: ignore[import-not-found,unused-ignore]
 
-    backend: Backend = LocalBackend.from_settings(settings)
+    backend: Backend = LocalBackend.from_settings(settings, knowledge=knowledge)
     return backend
+
+
+def _knowledge_tool_wanted(settings: Settings) -> bool:
+    if settings.knowledge_tool != "auto":
+        return settings.knowledge_tool == "on"
+    return settings.knowledge_path is not None or settings.backend == "local"
+
+
+def build_knowledge(settings: Settings) -> KnowledgeLibrary | None:
+    """The notes the knowledge tool (and the local engine) answer from, if they are wanted."""
+    if not _knowledge_tool_wanted(settings) and settings.backend != "local":
+        return None
+    if settings.knowledge_path:
+        return KnowledgeLibrary(
+            settings.knowledge_path, check_interval_s=settings.knowledge_reload_s
+        )
+    return KnowledgeLibrary.example()
+
+
+def build_tools(settings: Settings, knowledge: KnowledgeLibrary | None) -> ToolRegistry:
+    """Python tools (``VOXGATE_TOOLS``) and the knowledge tool; MCP tools join at startup.
+
+    Raises:
+        ToolConfigError: a module cannot be loaded, or two tools share a name.
+    """
+    registry = ToolRegistry(default_timeout_s=settings.tool_timeout_s)
+    if settings.tools:
+        for found in load_modules(settings.tools):
+            registry.add(found)
+    if knowledge is not None and _knowledge_tool_wanted(settings):
+        registry.add(knowledge_tool(knowledge))
+    return registry
+
+
+def server_side_factory(
+    registry: ToolRegistry, settings: Settings, known: tuple[str, ...]
+) -> ServerSideFactory:
+    """Builds each session's server side: the tools its key allows, its proactive queue."""
+    limits = ServerSideLimits(
+        concurrency=settings.tool_concurrency, max_pending=settings.tool_max_pending
+    )
+
+    def make(
+        grant: Grant, target: UpstreamTarget, extensions: bool, slog: Any
+    ) -> ServerSide | None:
+        if target.intent == "transcription" and not target.model:
+            return None  # no responses: nothing to call a tool or to speak
+        tools = registry.select(grant.tools)
+        return ServerSide(
+            session_id=target.session_id,
+            subject=grant.subject,
+            metadata=grant.metadata,
+            invoker=tools if len(tools) else None,
+            extensions=extensions,
+            log=slog,
+            limits=limits,
+            known_secrets=known,
+        )
+
+    return make
 
 
 def build_store(settings: Settings) -> Store:
@@ -100,7 +176,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         settings.secret.get_secret_value().encode() if settings.secret else secrets.token_bytes(32)
     )
     server_keys = ServerKeys(settings.api_key_values())
-    backend = backend or build_backend(settings)
+    knowledge = build_knowledge(settings)
+    registry = build_tools(settings, knowledge)
+    mcp = McpServers(parse_servers(settings.mcp_servers))
+    backend = backend or build_backend(settings, knowledge)
     metrics = Metrics()
     secrets_known = known_secrets(settings, secret)
     health = BackendHealth(getattr(backend, "probe", None))
@@ -114,6 +193,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         known_secrets=secrets_known,
         secret=secret,
         on_upstream_auth_failed=health.note_upstream_auth_failed,
+        server_side=server_side_factory(registry, settings, secrets_known),
+    )
+    messages = ProactiveMessages(
+        hub,
+        max_expires_s=settings.message_max_expires_s,
+        max_records=settings.message_records,
     )
     endpoint = RealtimeEndpoint(hub)
     sse = SseEndpoint(hub)
@@ -131,6 +216,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app[HUB] = hub
     app[STORE] = store
     app[DRAIN_HOOKS] = []
+    app[TOOLS] = registry
+    app[MESSAGES] = messages
+    app[MCP] = mcp
+    app[key_routes.UNKNOWN_TOOLS] = registry.unknown
     app[BODY_TIMEOUT_S] = settings.http_request_timeout_s
     app[key_routes.SERVER_KEYS] = server_keys
     app[key_routes.SIGNING_SECRET] = secret
@@ -144,6 +233,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     sse.add_routes(app)  # the HTTP/SSE fallback (/v1/realtime/sse…)
     WebRTCEndpoint(hub, webrtc_options(settings)).add_routes(app)
     PhoneEndpoint(hub, PhoneLines(settings.phone_lines)).add_routes(app)
+    messages.add_routes(app, server_keys)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -156,7 +246,15 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     else:
         add_console_routes(app)
 
+    async def _start_mcp(app: web.Application) -> None:
+        for found in await app[MCP].start():
+            try:
+                app[TOOLS].add(found)
+            except ToolConfigError as exc:  # a name clash: that tool stays out
+                _log.error("tools.refused", error=redact(str(exc), secrets_known))
+
     async def _close_backend(app: web.Application) -> None:
+        await app[MCP].aclose()
         app[METRICS].gc.uninstall()
         await app[BACKEND].aclose()
         await app[STORE].aclose()
@@ -165,6 +263,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         app[ENDPOINT].stop_all()
         app[SSE].stop_all()
 
+    app.on_startup.append(_start_mcp)
     app.on_shutdown.append(_end_sessions)
     app.on_cleanup.append(_close_backend)
     return app

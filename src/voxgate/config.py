@@ -144,6 +144,26 @@ class Settings(BaseSettings):
     local_asr_partial_ms: int = Field(default=0, ge=0, le=10_000)
     knowledge_path: str | None = None
 
+    # server-side tools and proactive messages (issue 14)
+    #: Python modules whose ``@voxgate.tools.tool`` functions every session gets
+    #: (comma-separated, e.g. ``examples.trading_coach.tools``).
+    tools: str | None = None
+    #: MCP servers whose tools sessions get: a JSON object ``{"label": {"command": …, "args":
+    #: […]} | {"url": "http://…/mcp"}}``, or the path of a file holding one.
+    mcp_servers: str | None = None
+    #: The ``search_knowledge`` tool over ``knowledge_path`` (auto: on with a knowledge path
+    #: or the local engine), and how often its notes are checked for changes.
+    knowledge_tool: Literal["auto", "on", "off"] = "auto"
+    knowledge_reload_s: float = Field(default=1.0, ge=0)
+    #: A tool call that takes longer becomes an error output (a tool may set its own).
+    tool_timeout_s: float = Field(default=10.0, gt=0)
+    #: Tool calls running at once per session, and waiting or running (more get an error).
+    tool_concurrency: int = Field(default=4, ge=1, le=256)
+    tool_max_pending: int = Field(default=32, ge=1, le=4096)
+    #: Proactive messages: longest ``expires_in`` accepted, and delivery records kept.
+    message_max_expires_s: float = Field(default=3600.0, gt=0)
+    message_records: int = Field(default=10_000, ge=16)
+
     # WebRTC and phone calls (issue 16)
     #: STUN/TURN servers for voxgate's side of WebRTC calls, comma-separated URLs
     #: (``stun:host:3478``, ``turn:host:3478?transport=udp``, ``turns:host:5349``); TURN ones

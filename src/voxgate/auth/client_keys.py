@@ -3,7 +3,8 @@
 A key is ``ek_<payload>.<signature>``: the payload is zlib-compressed JSON (base64url), the
 signature an HMAC-SHA256 over it with ``VOXGATE_SECRET``, so any node that shares the secret
 verifies a key without shared state. The payload carries the session config, an optional
-subject (end-user id), the expiry (10 s to 2 h, default 600 s; it bounds *starting* a session,
+subject (end-user id), the server tools its sessions get and the application's metadata
+(issue 14), the expiry (10 s to 2 h, default 600 s; it bounds *starting* a session,
 realtime-protocol.md §2.1) and the maximum session length. Verification is constant-time on
 the signature and rejects expired, forged or malformed keys with one typed error.
 
@@ -62,6 +63,9 @@ class ClientKeyClaims:
     max_session_s: float | None
     subject: str | None = None
     session: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    #: server tools the key's sessions get (None: all configured); issue 14
+    tools: tuple[str, ...] | None = None
+    metadata: dict[str, str] | None = field(default=None, hash=False, compare=False)
 
 
 #: ek_ keys sign the bare payload (keys minted by earlier versions keep verifying).
@@ -77,6 +81,8 @@ def mint(
     subject: str | None = None,
     max_session_s: float | None = None,
     max_key_chars: int = MAX_KEY_CHARS,
+    tools: tuple[str, ...] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[str, ClientKeyClaims]:
     """Mint a key.
 
@@ -98,8 +104,10 @@ def mint(
         max_session_s=max_session_s,
         subject=subject,
         session=session,
+        tools=tools,
+        metadata=metadata,
     )
-    body = {
+    body: dict[str, Any] = {
         "v": _VERSION,
         "kid": claims.key_id,
         "iat": claims.issued_at,
@@ -108,6 +116,10 @@ def mint(
         "sub": subject,
         "ses": session,
     }
+    if tools is not None:  # only when set: keys minted without them stay as they were
+        body["tls"] = list(tools)
+    if metadata:
+        body["md"] = metadata
     key = tokens.seal(
         secret, prefix=PREFIX, domain=_DOMAIN, payload=zlib.compress(orjson.dumps(body), 6)
     )
@@ -151,6 +163,7 @@ def verify(secret: bytes, key: str, *, now: float) -> ClientKeyClaims:
     session = body.get("ses")
     max_s = body.get("max")
     sub = body.get("sub")
+    tools, metadata = body.get("tls"), body.get("md")
     return ClientKeyClaims(
         key_id=str(body.get("kid", "")),
         issued_at=iat,
@@ -158,4 +171,8 @@ def verify(secret: bytes, key: str, *, now: float) -> ClientKeyClaims:
         max_session_s=float(max_s) if isinstance(max_s, int | float) else None,
         subject=sub if isinstance(sub, str) else None,
         session=session if isinstance(session, dict) else None,
+        tools=tuple(str(t) for t in tools) if isinstance(tools, list) else None,
+        metadata={str(k): str(v) for k, v in metadata.items()}
+        if isinstance(metadata, dict)
+        else None,
     )

@@ -23,6 +23,10 @@ class Grant:
     subject: str | None = None
     key_id: str | None = None
     session: dict[str, Any] | None = field(default=None, compare=False)
+    #: server tools this key's sessions get (names or globs; None: every configured tool)
+    tools: tuple[str, ...] | None = None
+    #: what the key was minted with for the application (server tools see it)
+    metadata: dict[str, str] | None = field(default=None, compare=False)
 
 
 class Authenticator:
@@ -62,6 +66,8 @@ class Authenticator:
                 subject=claims.subject,
                 key_id=claims.key_id,
                 session=claims.session,
+                tools=claims.tools,
+                metadata=claims.metadata,
             )
         if self._server_keys.check(credential):
             return Grant(kind="server_key", max_session_s=self._default_max_session_s)

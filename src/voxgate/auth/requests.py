@@ -13,7 +13,7 @@ This module must not mint keys or know about routes.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import orjson
 from aiohttp import web
@@ -114,10 +114,18 @@ class ExpiresAfter(_Body):
 
 
 class VoxgateExtension(_Body):
-    """voxgate's own ``voxgate`` field: the end user a key is for, and a session length cap."""
+    """voxgate's own ``voxgate`` field: the end user a key is for, a session length cap, the
+    server tools its sessions get (names or globs; absent: every configured tool) and the
+    application's metadata handed to those tools (at most 16 keys, like OpenAI's)."""
 
     subject: str | None = Field(default=None, min_length=1, max_length=MAX_SUBJECT_CHARS)
     max_session_seconds: float | None = Field(default=None, ge=1)
+    tools: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=128
+    )
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = Field(default=None, max_length=16)
 
 
 class ClientSecretRequest(_Body):

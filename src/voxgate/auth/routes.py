@@ -5,7 +5,10 @@
   (§2.2), 60 s default expiry as the beta had.
 
 voxgate extension (ignored by OpenAI clients): a top-level ``"voxgate": {"subject": "user-42",
-"max_session_seconds": 1800}`` binds the key to an end user and caps the session length.
+"max_session_seconds": 1800, "tools": ["get_quote", "search_*"], "metadata": {"account":
+"A-1"}}`` binds the key to an end user, caps the session length, names the server tools its
+sessions get (issue 14; a name no configured tool has is refused with ``unknown_tool``) and
+carries the application's metadata to those tools.
 Bodies are validated by the models in :mod:`voxgate.auth.requests`; errors use OpenAI's HTTP
 error shape ``{"error": {message, type, param, code}}``. A key is never minted larger than the
 realtime endpoint accepts (``client_secret_too_large`` instead).
@@ -14,6 +17,8 @@ realtime endpoint accepts (``client_secret_too_large`` instead).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -42,16 +47,28 @@ MAX_SESSION_S = web.AppKey("voxgate.max_session_s", float)
 DEFAULT_MODEL = web.AppKey("voxgate.default_model", str)
 #: Longest key minted here: what the realtime endpoint's verifier and header limits accept.
 MAX_KEY_CHARS = web.AppKey("voxgate.max_key_chars", int)
+#: Server tool names (or globs) that match no configured tool (set by the app; issue 14).
+UnknownTools = Callable[[list[str]], list[str]]
+UNKNOWN_TOOLS: web.AppKey[UnknownTools] = web.AppKey("voxgate.unknown_tools")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyExtras:
+    """What the ``voxgate`` extension binds a key to."""
+
+    subject: str | None = None
+    max_session_s: float | None = None
+    tools: tuple[str, ...] | None = None
+    metadata: dict[str, str] | None = None
 
 #: Default lifetime of a beta-shape key, as the beta had (realtime-protocol.md §2.2).
 BETA_TTL_S = 60
 
 
-def _extension(
-    ext: VoxgateExtension | None, max_session_s: float
-) -> tuple[str | None, float | None]:
+def _extension(ext: VoxgateExtension | None, request: web.Request) -> KeyExtras:
     if ext is None:
-        return None, None
+        return KeyExtras()
+    max_session_s = request.app[MAX_SESSION_S]
     cap = ext.max_session_seconds
     if cap is not None and cap > max_session_s:
         raise RequestError(
@@ -60,7 +77,16 @@ def _extension(
             param="voxgate.max_session_seconds",
             code="decimal_above_max_value",
         )
-    return ext.subject, cap
+    unknown = request.app.get(UNKNOWN_TOOLS)
+    missing = unknown(ext.tools) if ext.tools and unknown is not None else []
+    if missing:
+        raise RequestError(
+            f"Invalid 'voxgate.tools': no server tool is named {missing[0]!r}.",
+            param="voxgate.tools",
+            code="unknown_tool",
+        )
+    tools = tuple(ext.tools) if ext.tools is not None else None
+    return KeyExtras(ext.subject, cap, tools, dict(ext.metadata) if ext.metadata else None)
 
 
 def _authorise(request: web.Request) -> None:
@@ -81,6 +107,8 @@ def mint_for(
     ttl_s: int,
     subject: str | None,
     max_session_s: float | None,
+    tools: tuple[str, ...] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[str, int]:
     """Mint an ``ek_`` key carrying ``session`` (already validated), within the verifier's limits.
 
@@ -97,6 +125,8 @@ def mint_for(
             subject=subject,
             max_session_s=max_session_s,
             max_key_chars=limit,
+            tools=tools,
+            metadata=metadata,
         )
     except client_keys.ClientKeyTooLarge as exc:
         raise RequestError(
@@ -109,11 +139,7 @@ def mint_for(
 
 
 def _mint(
-    body_session: dict[str, Any],
-    ttl: int,
-    subject: str | None,
-    cap: float | None,
-    request: web.Request,
+    body_session: dict[str, Any], ttl: int, extras: KeyExtras, request: web.Request
 ) -> tuple[str, int, dict[str, Any]]:
     try:
         full = validate_session_config(body_session)
@@ -122,7 +148,13 @@ def _mint(
     if full.get("type") == "realtime" and not full.get("model"):
         full["model"] = request.app[DEFAULT_MODEL]
     value, expires_at = mint_for(
-        request.app, body_session, ttl_s=ttl, subject=subject, max_session_s=cap
+        request.app,
+        body_session,
+        ttl_s=ttl,
+        subject=extras.subject,
+        max_session_s=extras.max_session_s,
+        tools=extras.tools,
+        metadata=extras.metadata,
     )
     return value, expires_at, full
 
@@ -132,12 +164,12 @@ async def create_client_secret(request: web.Request) -> web.Response:
     try:
         _authorise(request)
         body = parse(ClientSecretRequest, await read_body(request))
-        subject, cap = _extension(body.voxgate, request.app[MAX_SESSION_S])
+        extras = _extension(body.voxgate, request)
         ttl = (body.expires_after or ExpiresAfter()).seconds
         session = body.session
         if session is None:
             session = {"type": "realtime", "model": request.app[DEFAULT_MODEL]}
-        value, expires_at, full = _mint(session, ttl, subject, cap, request)
+        value, expires_at, full = _mint(session, ttl, extras, request)
     except RequestError as exc:
         return exc.response()
     obj = (
@@ -156,13 +188,13 @@ async def create_beta_session(request: web.Request) -> web.Response:
     try:
         _authorise(request)
         body = parse(BetaSessionRequest, await read_body(request))
-        subject, cap = _extension(body.voxgate, request.app[MAX_SESSION_S])
+        extras = _extension(body.voxgate, request)
         spec = body.client_secret.expires_after if body.client_secret else None
         ttl = spec.seconds if spec is not None else BETA_TTL_S
         ga = beta_to_ga(body.model_dump(exclude_unset=True, exclude={"voxgate", "client_secret"}))
         ga.setdefault("model", request.app[DEFAULT_MODEL])
         try:
-            value, expires_at, full = _mint(ga, ttl, subject, cap, request)
+            value, expires_at, full = _mint(ga, ttl, extras, request)
         except RequestError as exc:
             raise RequestError(
                 beta_message(exc.message, exc.param),

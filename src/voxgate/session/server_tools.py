@@ -401,6 +401,8 @@ class ToolInterceptor:
             return Verdict([text, *shown], to_upstream=self.pump(now))
         response.done = True
         out: list[str] = []
+        if not response.visible and not response.calls:
+            out.extend(self._reveal(response))  # it carried nothing of voxgate's: show it
         if response.visible:
             out.append(self._visible_done(event, body, text))
         for call_id in response.calls:  # a call cut short never runs: forget it

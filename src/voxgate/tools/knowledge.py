@@ -1,28 +1,34 @@
 """The knowledge base: Markdown notes parsed into entries and a small lexical retriever.
 
-Owns: parsing a folder of Markdown files (one ``## Heading`` per entry, the text under it is
-the entry's body), and :meth:`KnowledgeBase.search`, a dependency-free BM25 ranker that is
+Owns: parsing a folder tree of Markdown files into entries (:func:`parse_markdown` says how
+headings, ``###`` sections, lists and files without sections are read), each entry knowing its
+source file and its *kind* (the top folder below the root: ``playbook``, ``glossary``,
+``postmortems`` …); :class:`KnowledgeLibrary`, which reloads a folder when its files change;
+and :meth:`KnowledgeBase.search`, a dependency-free BM25 ranker that is
 forgiving of speech-recognition errors. A query term matches a note term exactly, by the
 same phonetic key ("laws" ~ "loss") or by character-trigram overlap ("lost" ~ "loss"); such
 soft matches count as fractional term frequencies. Heading terms weigh more than body terms.
 Scores are normalised against an ideal heading hit for every query term, so a threshold can
 reject questions the notes do not cover ("what's the weather on mars").
 
-Must not: do I/O after construction, log per query, or keep mutable state shared between
-instances. A :class:`KnowledgeBase` is immutable once built, so sessions and worker threads
-may share one instance.
+Must not: do I/O after construction (the library alone looks at the folder again), log per
+query, or keep mutable state shared between instances. A :class:`KnowledgeBase` is immutable
+once built, so sessions and worker threads may share one instance.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 import structlog
@@ -43,6 +49,9 @@ _UNKNOWN_TERM_WEIGHT: Final = 0.25
 
 _WORD_RE: Final = re.compile(r"[a-z0-9]+")
 _MARKDOWN_RE: Final = re.compile(r"[*_`>#]+|\[([^\]]*)\]\([^)]*\)")
+_HEADING_RE: Final = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t#]*$")
+_LIST_ITEM_RE: Final = re.compile(r"^\s*(?:[-*+]|\d{1,3}[.)])\s+(.*)$")
+_FENCE_RE: Final = re.compile(r"^\s*(```|~~~)")
 
 _STOPWORD_TEXT: Final = """
 a about an and any are as at be been but by can could did do does doing explain for from give
@@ -61,6 +70,9 @@ class Entry:
     heading: str
     body: str
     source: str
+    #: the top folder below the notes' root (``playbook``, ``postmortems``), or the file's
+    #: name without ``.md`` for a file at the root; "" when parsed without a folder
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +147,95 @@ def _plain(markdown: str) -> str:
     return " ".join(text.split())
 
 
-def parse_markdown(text: str, source: str) -> list[Entry]:
-    """Split Markdown into entries at each ``## `` heading; text before the first is ignored."""
-    entries: list[Entry] = []
-    heading: str | None = None
-    body: list[str] = []
-    for line in [*text.splitlines(), "## "]:
-        if line.startswith("## ") or line.rstrip() == "##":
-            if heading:
-                entries.append(Entry(heading, _plain("\n".join(body)), source))
-            heading, body = line[3:].strip(), []
-        elif heading is not None:
-            body.append(line)
+def _spoken(lines: list[str]) -> str:
+    """Body lines as speakable text: paragraphs joined, each list item its own sentence."""
+    sentences: list[str] = []
+    paragraph: list[str] = []
+
+    def close() -> None:
+        if paragraph:
+            sentences.append(" ".join(paragraph))
+            paragraph.clear()
+
+    for line in lines:
+        item = _LIST_ITEM_RE.match(line)
+        if item is not None:
+            close()
+            text = _plain(item.group(1)).rstrip()
+            if text:
+                sentences.append(text if text[-1] in ".!?:;" else text + ".")
+        elif not line.strip():
+            close()
+        else:
+            paragraph.append(line.strip())
+    close()
+    return _plain(" ".join(sentences))
+
+
+def _front_matter(lines: list[str]) -> tuple[list[str], str | None]:
+    """Lines after a YAML front matter block, and its ``title:`` if any."""
+    if not lines or lines[0].strip() != "---":
+        return lines, None
+    for i, line in enumerate(lines[1:], start=1):
+        if line.strip() in ("---", "..."):
+            title = next(
+                (
+                    m.group(1).strip().strip("\"'")
+                    for m in (re.match(r"^title:\s*(.+)$", x) for x in lines[1:i])
+                    if m
+                ),
+                None,
+            )
+            return lines[i + 1 :], title or None
+    return lines, None
+
+
+def _title_from_name(source: str) -> str:
+    stem = PurePosixPath(source).stem.replace("_", " ").replace("-", " ").strip()
+    return stem[:1].upper() + stem[1:] if stem else source
+
+
+def parse_markdown(text: str, source: str, *, kind: str = "") -> list[Entry]:
+    """Split Markdown into entries.
+
+    * each ``## `` heading starts an entry, the text under it is its body;
+    * a ``### `` heading starts an entry of its own, headed ``Section: Subsection`` (the
+      section's text before its first ``###`` stays the section's entry);
+    * text before the first ``##`` is the file's introduction and is ignored, unless the file
+      has no ``##`` or ``###`` heading at all: then the whole file is one entry, headed by its
+      ``#`` title (or the front matter's ``title:``, or the file name);
+    * list items (``-``, ``*``, ``+``, ``1.``) are read as sentences, one per item;
+    * YAML front matter is skipped, fenced code is read as text, ``####`` and deeper headings
+      are read as text, and entries without text are dropped.
+    """
+    lines, title = _front_matter(text.splitlines())
+    sections: list[tuple[int, str, list[str]]] = []  # (level, heading, body lines)
+    preamble: list[str] = []
+    parent: str | None = None
+    fenced = False
+    for line in lines:
+        if _FENCE_RE.match(line):
+            fenced = not fenced
+            continue
+        match = None if fenced else _HEADING_RE.match(line)
+        level = len(match.group(1)) if match else 0
+        if match is not None and level == 1 and title is None and not sections:
+            title = _plain(match.group(2))
+        elif match is not None and level in (2, 3):
+            heading = _plain(match.group(2))
+            if level == 2:
+                parent = heading
+            elif parent:
+                heading = f"{parent}: {heading}"
+            sections.append((level, heading, []))
+        elif sections:
+            sections[-1][2].append(_plain(match.group(2)) + "." if match and level > 3 else line)
+        elif match is None or level > 1:
+            preamble.append(line)
+    if not sections:
+        body = _spoken(preamble)
+        return [Entry(title or _title_from_name(source), body, source, kind)] if body else []
+    entries = [Entry(h, _spoken(body), source, kind) for _, h, body in sections if h]
     return [e for e in entries if e.body]
 
 
@@ -184,7 +273,10 @@ class KnowledgeBase:
 
     @classmethod
     def from_folder(cls, path: str | Path | Traversable, **kwargs: float) -> KnowledgeBase:
-        """Load every ``*.md`` file in ``path`` (sorted by name).
+        """Load every ``*.md`` file under ``path``, nested folders included (sorted by path).
+
+        An entry's source is its file's path below ``path``; its kind is the first folder of
+        that path (or the file's name for a file at the top).
 
         Raises:
             FileNotFoundError: ``path`` is not a directory.
@@ -192,14 +284,19 @@ class KnowledgeBase:
         folder: Traversable = Path(path) if isinstance(path, str) else path
         if not folder.is_dir():
             raise FileNotFoundError(f"knowledge folder not found: {folder}")
-        files = sorted(
-            (f for f in folder.iterdir() if f.name.endswith(".md")), key=lambda f: f.name
-        )
+        files = sorted(_markdown_files(folder), key=lambda pair: pair[0])
         entries: list[Entry] = []
-        for f in files:
-            entries.extend(parse_markdown(f.read_text(encoding="utf-8"), f.name))
+        for rel, f in files:
+            parts = PurePosixPath(rel).parts
+            kind = parts[0] if len(parts) > 1 else PurePosixPath(rel).stem
+            entries.extend(parse_markdown(f.read_text(encoding="utf-8"), rel, kind=kind.lower()))
         log.info("knowledge.loaded", files=len(files), entries=len(entries))
         return cls(entries, **kwargs)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds of entry the notes have, sorted."""
+        return sorted({e.kind for e in self._entries if e.kind})
 
     @classmethod
     def example(cls) -> KnowledgeBase:
@@ -281,6 +378,93 @@ class KnowledgeBase:
         )
         n = len(self._docs)
         return math.log(1 + (n - df + 0.5) / (df + 0.5))
+
+
+def _markdown_files(
+    folder: Traversable, prefix: str = "", depth: int = 0
+) -> list[tuple[str, Traversable]]:
+    """``(path below the root, file)`` of every ``*.md`` under ``folder`` (hidden names and
+    more than 8 levels skipped)."""
+    found: list[tuple[str, Traversable]] = []
+    for child in folder.iterdir():
+        if child.name.startswith("."):
+            continue
+        rel = f"{prefix}{child.name}"
+        if child.is_dir():
+            if depth < 8:
+                found.extend(_markdown_files(child, rel + "/", depth + 1))
+        elif child.name.endswith(".md"):
+            found.append((rel, child))
+    return found
+
+
+class KnowledgeLibrary:
+    """A folder of notes that reloads itself when its files change (issue 14).
+
+    :meth:`current` returns the :class:`KnowledgeBase`, rebuilt when a Markdown file below the
+    folder was added, removed or changed (names, sizes and modification times are compared at
+    most every ``check_interval_s``). A reload that fails (a file being written) keeps the
+    previous notes. Thread-safe: worker threads and the event loop may call it.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | Traversable,
+        *,
+        check_interval_s: float = 1.0,
+        min_score: float = DEFAULT_MIN_SCORE,
+    ) -> None:
+        self.path: Traversable = Path(path) if isinstance(path, str) else path
+        self.check_interval_s = check_interval_s
+        self._min_score = min_score
+        self._lock = threading.Lock()
+        self._signature = self._scan()
+        self._kb = KnowledgeBase.from_folder(self.path, min_score=min_score)
+        self._checked_at = time.monotonic()
+        self.reloads = 0
+
+    @classmethod
+    def example(cls) -> KnowledgeLibrary:
+        """The trading glossary and playbook shipped with voxgate (never changes)."""
+        return cls(resources.files("voxgate.tools").joinpath("kb_example"), check_interval_s=0)
+
+    def current(self) -> KnowledgeBase:
+        """The notes as they are now (reloaded first if a file changed)."""
+        if self.check_interval_s <= 0:
+            return self._kb  # never looked at again
+        now = time.monotonic()
+        if now - self._checked_at < self.check_interval_s:
+            return self._kb
+        with self._lock:
+            if now - self._checked_at < self.check_interval_s:
+                return self._kb
+            self._checked_at = now
+            signature = self._scan()
+            if signature != self._signature:
+                try:
+                    self._kb = KnowledgeBase.from_folder(self.path, min_score=self._min_score)
+                except (OSError, UnicodeDecodeError) as exc:
+                    log.warning("knowledge.reload_failed", error=type(exc).__name__)
+                else:
+                    self._signature = signature
+                    self.reloads += 1
+            return self._kb
+
+    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+        if not isinstance(self.path, Path):
+            return ()
+        seen: list[tuple[str, int, int]] = []
+        for root, dirs, files in os.walk(self.path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if name.endswith(".md") and not name.startswith("."):
+                    full = os.path.join(root, name)
+                    try:
+                        st = os.stat(full)
+                    except OSError:
+                        continue
+                    seen.append((full, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(seen))
 
 
 def _soft_count(tf: Counter[str], sims: dict[str, float]) -> float:

@@ -52,7 +52,7 @@ from voxgate.protocol.session_config import (
     default_session,
     input_format,
 )
-from voxgate.tools.knowledge import KnowledgeBase
+from voxgate.tools.knowledge import KnowledgeBase, KnowledgeLibrary
 
 log = structlog.get_logger(__name__)
 
@@ -135,15 +135,21 @@ class LocalBackend:
             self._warm = self.resources.executor.submit(_warm_up, self.resources)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalBackend:
-        """The backend ``voxgate serve`` uses: responder and knowledge from ``settings``."""
+    def from_settings(
+        cls, settings: Settings, *, knowledge: KnowledgeLibrary | None = None
+    ) -> LocalBackend:
+        """The backend ``voxgate serve`` uses: responder and knowledge from ``settings``.
+
+        ``knowledge``: the notes the app's ``search_knowledge`` tool reads (shared, so both
+        see the same reloads); default: ``knowledge_path`` or the shipped example.
+        """
         responder: Responder
         llm = ChatCompletionsResponder.from_settings(settings)
         if llm is not None:
             responder = llm
             name = "chat_completions"
         else:
-            kb = (
+            kb: KnowledgeBase | KnowledgeLibrary = knowledge or (
                 KnowledgeBase.from_folder(settings.knowledge_path)
                 if settings.knowledge_path
                 else KnowledgeBase.example()

@@ -8,6 +8,13 @@ OpenAI-compatible chat-completions server (Ollama, vLLM, llama.cpp) over SSE and
 answer sentence by sentence, with Realtime's flat function tools mapped to the nested
 chat-completions shape and streamed ``tool_calls`` mapped back.
 
+Tools (issue 14): when the session has function tools, :class:`KnowledgeResponder` calls them
+like a model would: a transcript that names a tool (:mod:`.tool_router`) calls it, any other
+question calls ``search_knowledge`` when the session has it (the server tool voxgate runs), and
+the response after a tool's output speaks that output (a knowledge result through the same
+"did you mean" verdict as before). A response whose instructions start with voxgate's
+``SAY_PREFIX`` (a proactive ``speak`` turn) says that text word for word.
+
 Errors: a failing or slow server raises a :class:`ResponderError` subclass (an
 ``UpstreamError``), never hangs: every wait is bounded by a timeout parameter. Must not: log
 prompts or keys, keep state between calls, or touch audio.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -32,18 +40,25 @@ from voxgate.backends.local.verdict import (
     DEFAULT_MARGIN,
     Verdict,
     judge,
+    judge_hits,
     suggested_heading,
     suggestion,
 )
 from voxgate.config import Settings
 from voxgate.protocol.errors import UpstreamError
-from voxgate.tools.knowledge import KnowledgeBase
+from voxgate.protocol.ids import call_id as new_call_id
+from voxgate.session.injector import SAY_PREFIX
+from voxgate.tools.knowledge import Entry, KnowledgeBase, KnowledgeLibrary, SearchHit
 
 log = structlog.get_logger(__name__)
 
 NO_ANSWER: Final = "I heard: '{heard}'. I don't have an answer for that in my notes."
 NOTHING_HEARD: Final = "Sorry, I didn't catch that. Could you say it again?"
+TOOL_FAILED: Final = "Sorry, that did not work: {message}"
 MAX_TOOL_ARGUMENT_CHARS: Final = 64_000
+#: The server tool the knowledge responder asks when no other tool fits (tools/knowledge_tool).
+KNOWLEDGE_TOOL: Final = "search_knowledge"
+_SPOKEN_KEYS: Final = ("say", "summary", "answer", "text", "message", "result")
 
 
 # --------------------------------------------------------------------------- pieces
@@ -204,13 +219,14 @@ class KnowledgeResponder:
 
     def __init__(
         self,
-        knowledge: KnowledgeBase,
+        knowledge: KnowledgeBase | KnowledgeLibrary,
         *,
         memo_size: int = 256,
         answer_score: float = DEFAULT_ANSWER_SCORE,
         margin: float = DEFAULT_MARGIN,
     ) -> None:
-        self._kb = knowledge
+        self._source = knowledge
+        self._memo_kb: KnowledgeBase | None = None
         self._memo: OrderedDict[str, tuple[bool, list[str]]] = OrderedDict()
         self._memo_size = memo_size
         self._answer_score = answer_score
@@ -220,7 +236,12 @@ class KnowledgeResponder:
     @property
     def knowledge(self) -> KnowledgeBase:
         """The notes answered from (their headings also prompt the speech recogniser)."""
-        return self._kb
+        source = self._source
+        return source.current() if isinstance(source, KnowledgeLibrary) else source
+
+    @property
+    def _kb(self) -> KnowledgeBase:
+        return self.knowledge
 
     def judge(self, heard: str) -> Verdict:
         """How this responder would reply to ``heard`` (answer, did you mean, don't know)."""
@@ -239,34 +260,74 @@ class KnowledgeResponder:
         heard = " ".join((user_text or "").split())
         if not heard:
             return True, [NOTHING_HEARD]
+        kb = self._kb
         with self._lock:
+            if self._memo_kb is not kb:  # the notes were reloaded: answers may differ
+                self._memo.clear()
+                self._memo_kb = kb
             found = self._memo.get(heard)
             if found is not None:
                 self._memo.move_to_end(heard)
                 return found
-        verdict = self.judge(heard)
-        log.debug("responder.knowledge", verdict=verdict.kind, score=round(verdict.score, 3))
-        if verdict.kind == "answer" and verdict.entry is not None:
-            result = (True, split_sentences(verdict.entry.body))
-        elif verdict.kind == "did_you_mean":
-            result = (True, [suggestion(verdict.candidates)])
-        else:
-            result = (False, split_sentences(NO_ANSWER.format(heard=heard)))
+        result = _verdict_sentences(self.judge(heard), heard)
         with self._lock:
             self._memo[heard] = result
             while len(self._memo) > self._memo_size:
                 self._memo.popitem(last=False)
         return result
 
-    def _confirmed(self, history: Sequence[HistoryItem], user_text: str) -> list[str] | None:
-        """The suggested entry's answer when the user says "yes" to "Did you mean …?"."""
+    def _confirmed_entry(self, history: Sequence[HistoryItem], user_text: str) -> Entry | None:
+        """The suggested entry when the user says "yes" to "Did you mean …?"."""
         earlier = [h for h in history if isinstance(h, Message)]
         if earlier and earlier[-1].role == "user" and earlier[-1].text == user_text:
             earlier = earlier[:-1]
         if not earlier or earlier[-1].role != "assistant":
             return None
-        entry = suggested_heading(self._kb, earlier[-1].text, user_text)
+        return suggested_heading(self._kb, earlier[-1].text, user_text)
+
+    def _confirmed(self, history: Sequence[HistoryItem], user_text: str) -> list[str] | None:
+        entry = self._confirmed_entry(history, user_text)
         return split_sentences(entry.body) if entry is not None else None
+
+    def _tool_call(
+        self, history: Sequence[HistoryItem], tools: Sequence[Tool], user_text: str
+    ) -> FunctionCall | None:
+        """The call a model would make for ``user_text`` with these tools (or None)."""
+        from voxgate.backends.local.tool_router import route
+
+        names = {t.name for t in tools}
+        if KNOWLEDGE_TOOL in names:
+            entry = self._confirmed_entry(history, user_text)
+            if entry is not None:
+                query = json.dumps({"query": entry.heading})
+                return FunctionCall(new_call_id(), KNOWLEDGE_TOOL, query)
+        routed = route(user_text, [t for t in tools if t.name != KNOWLEDGE_TOOL])
+        if routed is not None:
+            return FunctionCall(new_call_id(), routed.name, routed.arguments)
+        if KNOWLEDGE_TOOL in names:
+            return FunctionCall(new_call_id(), KNOWLEDGE_TOOL, json.dumps({"query": user_text}))
+        return None
+
+    def _spoken_output(
+        self, history: Sequence[HistoryItem], output: FunctionCallOutput
+    ) -> tuple[bool, list[str]]:
+        """What to say about a tool's output: knowledge through the verdict, else its text."""
+        call = next(
+            (h for h in history if isinstance(h, FunctionCall) and h.call_id == output.call_id),
+            None,
+        )
+        parsed = _json_or_none(output.output)
+        knowledge = call is not None and call.name == KNOWLEDGE_TOOL
+        if knowledge and isinstance(parsed, dict) and "results" in parsed:
+            query = str(parsed.get("query") or "")
+            verdict = judge_hits(
+                _hits(parsed["results"]),
+                query,
+                answer_score=self._answer_score,
+                margin=self._margin,
+            )
+            return _verdict_sentences(verdict, query)
+        return False, split_sentences(spoken_text(output.output, parsed))
 
     async def respond(
         self,
@@ -277,6 +338,21 @@ class KnowledgeResponder:
         user_text: str | None,
     ) -> AsyncIterator[ReplyPiece]:
         """Yield the answer sentence by sentence (see :class:`Responder`)."""
+        if instructions.startswith(SAY_PREFIX):
+            for sentence in split_sentences(instructions[len(SAY_PREFIX) :]):
+                yield TextPiece(sentence)
+            return
+        last = history[-1] if history else None
+        if isinstance(last, FunctionCallOutput):
+            static, spoken = self._spoken_output(history, last)
+            for sentence in spoken:
+                yield TextPiece(sentence, static=static)
+            return
+        if tools and user_text and " ".join(user_text.split()):
+            call = self._tool_call(history, tools, " ".join(user_text.split()))
+            if call is not None:
+                yield call
+                return
         if user_text is None:
             user_text = next(
                 (h.text for h in reversed(history) if isinstance(h, Message) and h.role == "user"),
@@ -286,6 +362,66 @@ class KnowledgeResponder:
         static, sentences = (True, confirmed) if confirmed else self._answer(user_text)
         for sentence in sentences:
             yield TextPiece(sentence, static=static)
+
+
+def _verdict_sentences(verdict: Verdict, heard: str) -> tuple[bool, list[str]]:
+    """``(static, sentences)`` for a verdict: the entry, "Did you mean …?", or "I heard …"."""
+    log.debug("responder.knowledge", verdict=verdict.kind, score=round(verdict.score, 3))
+    if verdict.kind == "answer" and verdict.entry is not None:
+        return True, split_sentences(verdict.entry.body)
+    if verdict.kind == "did_you_mean":
+        return True, [suggestion(verdict.candidates)]
+    return False, split_sentences(NO_ANSWER.format(heard=heard))
+
+
+def _hits(results: Any) -> list[SearchHit]:
+    hits: list[SearchHit] = []
+    for r in results if isinstance(results, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("heading"), str):
+            entry = Entry(
+                r["heading"], str(r.get("text") or ""), str(r.get("source")), str(r.get("kind"))
+            )
+            score = r.get("score")
+            hits.append(SearchHit(entry, float(score) if isinstance(score, int | float) else 0.0))
+    return hits
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return None
+
+
+def spoken_text(output: str, parsed: Any = None) -> str:
+    """A tool output as something to say: its ``say``/``summary``/… text, an error's message,
+    a JSON string, plain text, or (last resort) ``key: value`` pairs."""
+    if parsed is None:
+        parsed = _json_or_none(output)
+    if parsed is None:
+        return output.strip() or "Done."
+    if isinstance(parsed, str):
+        return parsed
+    if isinstance(parsed, dict):
+        if isinstance(parsed.get("error"), str):
+            message = parsed.get("message") or parsed["error"]
+            return TOOL_FAILED.format(message=message)
+        for key in _SPOKEN_KEYS:
+            if isinstance(parsed.get(key), str) and parsed[key].strip():
+                return str(parsed[key])
+        pairs = [
+            f"{_words(str(k))}: {v}"
+            for k, v in parsed.items()
+            if isinstance(v, str | int | float) and not isinstance(v, bool)
+        ]
+        return ". ".join(pairs[:8]) + "." if pairs else "Done."
+    if isinstance(parsed, list):
+        return f"{len(parsed)} results." if parsed else "Nothing found."
+    return str(parsed)
+
+
+def _words(key: str) -> str:
+    return re.sub(r"[_-]+", " ", key)
 
 
 # --------------------------------------------------------------------------- chat completions

@@ -16,10 +16,11 @@ no state.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from voxgate.tools.knowledge import DEFAULT_MIN_SCORE, Entry, KnowledgeBase, tokens
+from voxgate.tools.knowledge import DEFAULT_MIN_SCORE, Entry, KnowledgeBase, SearchHit, tokens
 
 #: Calibrated (bench/kb_threshold.py): the best entry is read out at or above this score…
 DEFAULT_ANSWER_SCORE: Final = 0.5
@@ -71,6 +72,18 @@ def judge(
 ) -> Verdict:
     """Decide how to reply to ``heard`` (see the module docstring)."""
     hits = kb.search(heard, k=5, min_score=suggest_score)
+    return judge_hits(hits, heard, answer_score=answer_score, margin=margin)
+
+
+def judge_hits(
+    hits: Sequence[SearchHit],
+    heard: str,
+    *,
+    answer_score: float = DEFAULT_ANSWER_SCORE,
+    margin: float = DEFAULT_MARGIN,
+) -> Verdict:
+    """:func:`judge` over hits already found, best first (e.g. the ``search_knowledge``
+    tool's results, issue 14)."""
     if not hits:
         return Verdict("dont_know")
     # the question names exactly one heading ("what is margin": Margin, not Margin call;

@@ -1,0 +1,280 @@
+"""Proactive messages: find a user's live sessions and push something into them (issue 14).
+
+HTTP, authenticated with a server key (``Authorization: Bearer <key>``):
+
+* ``GET /v1/sessions?subject=user-42`` — the live sessions (of one subject, or all):
+  ``{"object": "list", "data": [{"id", "subject", "node", "started_at", "resumable"}]}``.
+* ``POST /v1/sessions/{id}/messages`` — ``{"text", "mode": "speak"|"context", "priority":
+  "low"|"normal"|"high", "expires_in": seconds, "idempotency_key"}`` (or an
+  ``Idempotency-Key`` header): 202 with the message record; 200 with the first record when
+  the key was used before in that session.
+* ``GET /v1/sessions/{id}/messages/{message_id}`` — the record: ``status`` ``queued`` →
+  ``injecting`` → ``delivered``, or ``expired`` / ``dropped`` / ``failed`` with a ``reason``.
+
+The same from Python: ``app[MESSAGES]`` is a :class:`ProactiveMessages` (``sessions``,
+``send``, ``get``). Where and when a message is injected is the session's
+:class:`~voxgate.session.injector.Injector`'s to decide; this module only validates, finds the
+session and keeps a bounded table of records. A session on another node is found through
+:func:`locate`, the one place that knows about the owning node (issue 17 adds forwarding).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from voxgate.auth.bearer import bearer_token
+from voxgate.auth.requests import RequestError, parse, read_body
+from voxgate.auth.server_keys import ServerKeys
+from voxgate.protocol.ids import new_id
+from voxgate.session.injector import MessageRecord
+from voxgate.session.runner import SessionRunner
+from voxgate.store.base import SessionRecord
+from voxgate.transports.hub import SessionHub
+
+MAX_TEXT_CHARS = 4096
+
+
+class MessageRequest(BaseModel):
+    """``POST /v1/sessions/{id}/messages``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    mode: Literal["speak", "context"] = "speak"
+    priority: Literal["low", "normal", "high"] = "normal"
+    expires_in: float = Field(default=60.0, gt=0)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class SessionNotFound(LookupError):
+    """No live session with this id (it ended, or never existed)."""
+
+
+class SessionElsewhere(LookupError):
+    """The session lives on another node of the deployment."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.node = node
+
+
+async def locate(hub: SessionHub, session_id: str) -> SessionRunner | SessionRecord | None:
+    """The session's runner on this node, its record when another node owns it, or None."""
+    runner = hub.live(session_id)
+    if runner is not None:
+        return runner
+    return await hub.store.session(session_id)
+
+
+class ProactiveMessages:
+    """The proactive API's core (HTTP routes and the Python API share it)."""
+
+    def __init__(
+        self,
+        hub: SessionHub,
+        *,
+        max_expires_s: float = 3600.0,
+        max_records: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hub = hub
+        self.max_expires_s = max_expires_s
+        self._records: OrderedDict[str, MessageRecord] = OrderedDict()
+        self._max_records = max_records
+        self._clock = clock
+
+    async def sessions(self, subject: str | None = None) -> list[dict[str, Any]]:
+        """Live sessions of ``subject`` (all when None), oldest first."""
+        return [
+            {
+                "object": "voxgate.session",
+                "id": r.session_id,
+                "subject": r.subject,
+                "node": r.node,
+                "started_at": r.started_at,
+                "resumable": r.resumable,
+            }
+            for r in await self.hub.store.sessions(subject)
+        ]
+
+    async def send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        mode: Literal["speak", "context"] = "speak",
+        priority: Literal["low", "normal", "high"] = "normal",
+        expires_in: float = 60.0,
+        idempotency_key: str | None = None,
+    ) -> MessageRecord:
+        """Queue a message in a live session of this node; returns its record (the first
+        one when ``idempotency_key`` was used before in that session).
+
+        Raises:
+            SessionNotFound: no such live session.
+            SessionElsewhere: another node owns it.
+            ValueError: ``expires_in`` over the limit, or an empty text.
+        """
+        record, _ = await self._send(
+            session_id,
+            text,
+            mode=mode,
+            priority=priority,
+            expires_in=expires_in,
+            idempotency_key=idempotency_key,
+        )
+        return record
+
+    async def _send(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        mode: Literal["speak", "context"],
+        priority: Literal["low", "normal", "high"],
+        expires_in: float,
+        idempotency_key: str | None,
+    ) -> tuple[MessageRecord, bool]:
+        if not text.strip():
+            raise ValueError("text is empty")
+        if not 0 < expires_in <= self.max_expires_s:
+            raise ValueError(f"expires_in must be in (0, {self.max_expires_s:g}]")
+        found = await locate(self.hub, session_id)
+        if found is None:
+            raise SessionNotFound(session_id)
+        if isinstance(found, SessionRecord):
+            raise SessionElsewhere(found.node)
+        now = self._clock()
+        record = MessageRecord(
+            message_id=new_id("msg", 20),
+            session_id=session_id,
+            mode=mode,
+            text=text.strip(),
+            priority=priority,
+            created_at=now,
+            expires_at=now + expires_in,
+            idempotency_key=idempotency_key,
+        )
+        side = found.side
+        if side is None:  # a session that takes no turns of voxgate's (transcription)
+            record.status, record.reason = "dropped", "session_takes_no_messages"
+            kept = record
+        else:
+            kept = side.submit(record)
+        self._keep(kept)
+        return kept, kept is record
+
+    def get(self, message_id: str) -> MessageRecord | None:
+        return self._records.get(message_id)
+
+    def _keep(self, record: MessageRecord) -> None:
+        self._records[record.message_id] = record
+        self._records.move_to_end(record.message_id)
+        while len(self._records) > self._max_records:
+            self._records.popitem(last=False)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def add_routes(self, app: web.Application, server_keys: ServerKeys) -> None:
+        def authorised(request: web.Request) -> None:
+            token = bearer_token(request.headers.get("Authorization"))
+            if not server_keys.check(token):
+                raise RequestError(
+                    "Incorrect API key provided."
+                    if token
+                    else "Missing bearer authentication in header.",
+                    param=None,
+                    code="invalid_api_key",
+                    status=401,
+                )
+
+        async def list_sessions(request: web.Request) -> web.Response:
+            try:
+                authorised(request)
+            except RequestError as exc:
+                return exc.response()
+            subject = request.query.get("subject") or None
+            return _json({"object": "list", "data": await self.sessions(subject)})
+
+        async def post_message(request: web.Request) -> web.Response:
+            session_id = request.match_info["session_id"]
+            try:
+                authorised(request)
+                body = parse(MessageRequest, await read_body(request))
+                if body.expires_in > self.max_expires_s:
+                    raise RequestError(
+                        f"Invalid 'expires_in': value above maximum value. Expected a value <= "
+                        f"{self.max_expires_s:g}, but got {body.expires_in:g} instead.",
+                        param="expires_in",
+                        code="decimal_above_max_value",
+                    )
+                key = body.idempotency_key or request.headers.get("Idempotency-Key") or None
+                if key is not None and len(key) > 256:
+                    raise RequestError(
+                        "Invalid 'Idempotency-Key': at most 256 characters.",
+                        param="idempotency_key",
+                        code="string_above_max_length",
+                    )
+                record, fresh = await self._send(
+                    session_id,
+                    body.text,
+                    mode=body.mode,
+                    priority=body.priority,
+                    expires_in=body.expires_in,
+                    idempotency_key=key,
+                )
+            except RequestError as exc:
+                return exc.response()
+            except SessionNotFound:
+                return _not_found(session_id)
+            except SessionElsewhere as exc:
+                return RequestError(
+                    f"Session {session_id} is on node {exc.node}; send the message there.",
+                    param=None,
+                    code="session_on_another_node",
+                    status=409,
+                ).response()
+            except ValueError as exc:
+                return RequestError(str(exc), param="text", code="invalid_value").response()
+            return _json(record.public(), status=202 if fresh else 200)
+
+        async def get_message(request: web.Request) -> web.Response:
+            try:
+                authorised(request)
+            except RequestError as exc:
+                return exc.response()
+            record = self.get(request.match_info["message_id"])
+            if record is None or record.session_id != request.match_info["session_id"]:
+                return RequestError(
+                    "No such message.", param=None, code="message_not_found", status=404
+                ).response()
+            return _json(record.public())
+
+        app.router.add_get("/v1/sessions", list_sessions)
+        app.router.add_post("/v1/sessions/{session_id}/messages", post_message)
+        app.router.add_get("/v1/sessions/{session_id}/messages/{message_id}", get_message)
+
+
+def _not_found(session_id: str) -> web.Response:
+    return RequestError(
+        f"No live session {session_id!r} (it ended, or never existed).",
+        param=None,
+        code="session_not_found",
+        status=404,
+    ).response()
+
+
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
