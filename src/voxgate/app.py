@@ -28,6 +28,7 @@ from voxgate.backends.base import Backend
 from voxgate.config import Settings
 from voxgate.observability.health import DETAILS, BackendHealth
 from voxgate.observability.metrics import Metrics
+from voxgate.protocol.ids import new_id
 from voxgate.protocol.redaction import redact
 from voxgate.session.ports import UpstreamTarget
 from voxgate.session.server_side import ServerSide, ServerSideLimits
@@ -37,11 +38,14 @@ from voxgate.tools.knowledge import KnowledgeLibrary
 from voxgate.tools.knowledge_tool import knowledge_tool
 from voxgate.tools.mcp import McpServers, parse_servers
 from voxgate.tools.registry import ToolConfigError, ToolRegistry, load_modules
+from voxgate.transports.admin import SessionAdmin
 from voxgate.transports.forwarded import forwarded_middleware, parse_networks
+from voxgate.transports.handoff import Handoff
 from voxgate.transports.hub import ServerSideFactory, SessionHub
 from voxgate.transports.media.phone_endpoint import PhoneEndpoint, PhoneLines
 from voxgate.transports.media.webrtc_endpoint import IceServer, WebRTCEndpoint, WebRTCOptions
 from voxgate.transports.messages import ProactiveMessages
+from voxgate.transports.routing import NodeRouter
 from voxgate.transports.sse import SseEndpoint
 from voxgate.transports.websocket import RealtimeEndpoint
 
@@ -57,6 +61,9 @@ STORE = web.AppKey("voxgate.store", Store)
 #: Called with the drain timeout (s) when draining starts (SIGTERM, Ctrl+C): the place to tell
 #: opted-in (``voxgate.v1``) clients to reconnect elsewhere. ``serve`` calls them once.
 DRAIN_HOOKS = web.AppKey("voxgate.drain_hooks", list[Callable[[float], None]])
+#: Node-to-node calls (issue 17): ``app[ROUTER].handle(kind, handler)`` on every node,
+#: ``app[ROUTER].call(record.node, kind, body, timeout_s=…)`` to reach a session's owner.
+ROUTER = web.AppKey("voxgate.router", NodeRouter)
 TOOLS = web.AppKey("voxgate.tools", ToolRegistry)
 MESSAGES = web.AppKey("voxgate.messages", ProactiveMessages)
 MCP = web.AppKey("voxgate.mcp", McpServers)
@@ -140,8 +147,24 @@ def server_side_factory(
     return make
 
 
-def build_store(settings: Settings) -> Store:
+def session_ttl_s(settings: Settings) -> float:
+    """How long a session's shared keys outlive their last refresh: long enough for a client
+    whose node died to come back within its grace period (issue 17)."""
+    return max(settings.resume_grace_s, settings.node_heartbeat_s * 3) + 30.0
+
+
+def build_store(settings: Settings, node_id: str = "node") -> Store:
     """The shared-state store: in memory unless ``VOXGATE_REDIS_URL`` is set."""
+    if settings.redis_url:
+        from voxgate.store.redis import RedisStore
+
+        return RedisStore(
+            settings.redis_url,
+            node=node_id,
+            prefix=settings.redis_prefix,
+            session_ttl_s=session_ttl_s(settings),
+            node_ttl_s=settings.node_heartbeat_s * 3,
+        )
     return MemoryStore()
 
 
@@ -183,8 +206,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     metrics = Metrics()
     secrets_known = known_secrets(settings, secret)
     health = BackendHealth(getattr(backend, "probe", None))
-    store = build_store(settings)
+    node_id = settings.node_id or new_id("node", 8)
+    store = build_store(settings, node_id)
     hub = SessionHub(
+        node_id=node_id,
         backend=backend,
         authenticator=Authenticator(server_keys, secret, settings.max_session_s),
         store=store,
@@ -202,6 +227,10 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     )
     endpoint = RealtimeEndpoint(hub)
     sse = SseEndpoint(hub)
+    router = NodeRouter(store, node_id)  # node-to-node calls (issue 17)
+    admin = SessionAdmin(hub, router)
+    if store.shared:  # several nodes: snapshots, hand-offs, adoption
+        hub.handoff = Handoff(hub, store, router, session_ttl_s=session_ttl_s(settings))
 
     middlewares: list[Middleware] = []
     if settings.forwarded_allow_ips:  # behind a reverse proxy (docs/ways-in.md)
@@ -216,6 +245,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app[HUB] = hub
     app[STORE] = store
     app[DRAIN_HOOKS] = []
+    app[ROUTER] = router
+    if hub.handoff is not None:
+        app[DRAIN_HOOKS].append(hub.handoff.migrate_all)
     app[TOOLS] = registry
     app[MESSAGES] = messages
     app[MCP] = mcp
@@ -234,6 +266,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     WebRTCEndpoint(hub, webrtc_options(settings)).add_routes(app)
     PhoneEndpoint(hub, PhoneLines(settings.phone_lines)).add_routes(app)
     messages.add_routes(app, server_keys)
+    admin.add_routes(app, server_keys)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -262,6 +295,19 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     async def _end_sessions(app: web.Application) -> None:
         app[ENDPOINT].stop_all()
         app[SSE].stop_all()
+
+    async def _join(app: web.Application) -> None:
+        await app[ROUTER].start()
+        if hub.handoff is not None:
+            await hub.handoff.start()
+
+    async def _leave(app: web.Application) -> None:
+        if hub.handoff is not None:
+            await hub.handoff.aclose()
+        await app[ROUTER].aclose()
+
+    app.on_startup.append(_join)
+    app.on_cleanup.insert(0, _leave)  # before the store closes
 
     app.on_startup.append(_start_mcp)
     app.on_shutdown.append(_end_sessions)

@@ -109,6 +109,35 @@ class Settings(BaseSettings):
     resume_max_pending: int = Field(default=256, ge=1)
     resume_max_pending_per_address: int = Field(default=8, ge=1)
 
+    # several nodes on one Redis (issue 17, docs/operations.md)
+    #: Key prefix in ``VOXGATE_REDIS_URL``'s database (several deployments may share one Redis).
+    redis_prefix: str = Field(default="vg", min_length=1, max_length=64)
+    #: This process's node id in the deployment (random per process when unset).
+    node_id: str | None = Field(default=None, min_length=1, max_length=64)
+    #: Snapshots of resumable sessions (what another node needs to rebuild one): written this
+    #: long after the conversation changes, and at least this often while anything changes;
+    #: what a node that dies loses is bounded by it (docs/operations.md, "What a node death
+    #: loses").
+    snapshot_debounce_s: float = Field(default=0.05, ge=0, le=5)
+    snapshot_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: Events a snapshot keeps for a client that missed them (non-audio events after the
+    #: client's last ack; a hand-off from a live node keeps the whole replay log instead).
+    snapshot_replay_bytes: int = Field(default=64 * 1024, ge=0, le=16 * MIB)
+    #: Largest snapshot (items + turn audio kept for untranscribed turns); oldest items first.
+    snapshot_max_bytes: int = Field(default=2 * MIB, ge=64 * 1024, le=64 * MIB)
+    #: Node heartbeat period (a node is dead after three missed beats) and how long a resume
+    #: landing on another node waits for the owning node to hand the session over.
+    node_heartbeat_s: float = Field(default=2.0, gt=0, le=60)
+    handoff_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: Draining hands opted-in sessions off at a quiet point (no response running, nobody
+    #: speaking), or regardless once this share of the drain timeout has passed.
+    migrate_quiet_share: float = Field(default=0.5, ge=0, le=1)
+
+    # tracing (issue 17): OpenTelemetry spans per session (connect, turns, tool calls,
+    # reconnects, resumes). ``off`` (default), ``otlp`` (OTLP/HTTP to
+    # ``OTEL_EXPORTER_OTLP_ENDPOINT``, the standard variable), or ``console`` (stderr).
+    traces: Literal["off", "otlp", "console"] = "off"
+
     # more ways in (issue 15)
     #: Serve clients that speak the retired beta protocol (``OpenAI-Beta: realtime=v1``)
     #: through a translating adapter; false refuses them as OpenAI does now.

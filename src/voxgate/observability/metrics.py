@@ -99,6 +99,13 @@ class Metrics:
             "What the live sessions' bounded buffers hold now (mirror, replay logs, pre-ready)",
             registry=r,
         )
+        # several nodes (issue 17)
+        self.adoptions = Counter(
+            "voxgate_sessions_adopted_total",
+            "Sessions this node rebuilt from another node's snapshot, by why they moved",
+            ["cause"],
+            registry=r,
+        )
         self.gc = GcPauses(r)
 
     def measure_buffers(self, fn: Callable[[], float]) -> None:

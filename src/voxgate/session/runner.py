@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -66,7 +67,7 @@ from voxgate.session.ports import (
 )
 from voxgate.session.ratelimit import ClientPacer
 from voxgate.session.replay import ReplayLog
-from voxgate.session.runner_types import ClientLink, RunnerConfig, SessionStats
+from voxgate.session.runner_types import ClientLink, Restored, RunnerConfig, SessionStats
 from voxgate.session.server_side import ServerSide
 from voxgate.session.upstream import UpstreamSide
 
@@ -103,8 +104,14 @@ class SessionRunner:
         log: Any,
         resume: ResumeIssuer | None = None,
         side: ServerSide | None = None,
+        restored: Restored | None = None,
     ) -> None:
         self._link: ClientLink | None = client
+        #: rebuilt from another node's snapshot (issue 17): replay, then rebuild the upstream
+        self._restored = restored
+        #: called with every upstream frame on the slow path (never on the audio hot path):
+        #: snapshot writers, live metrics and spans watch the conversation through it
+        self.upstream_observers: list[Callable[[str], None]] = []
         #: server tools and proactive turns (issue 14): slow-path hooks, never audio
         self.side = side
         self._machine = machine
@@ -151,6 +158,14 @@ class SessionRunner:
         return self._target.session_id
 
     @property
+    def target(self) -> UpstreamTarget:
+        return self._target
+
+    @property
+    def max_session_s(self) -> float:
+        return self._cfg.max_session_s
+
+    @property
     def attached(self) -> bool:
         return self._link is not None
 
@@ -189,8 +204,11 @@ class SessionRunner:
                 link = self._link
                 if link is None:
                     raise InvalidState("a session starts attached")
-                tg.create_task(self._client_pump(link), name="client_pump")
-                tg.create_task(self._up.pump(), name="upstream_pump")
+                if self._restored is not None:
+                    tg.create_task(self._start_restored(link, self._restored), name="restore")
+                else:
+                    tg.create_task(self._client_pump(link), name="client_pump")
+                    tg.create_task(self._up.pump(), name="upstream_pump")
                 tg.create_task(self._timers(), name="timers")
                 if self.side is not None:
                     tg.create_task(self.side.run(self), name="server_side")
@@ -444,6 +462,8 @@ class SessionRunner:
             self._formats_seen = machine.formats_seen
             if self._replay is not None:
                 self._replay.limit_bytes = self._replay_limit()
+        for observe in self.upstream_observers:  # snapshots, metrics, spans (issue 17)
+            observe(text)
         if outcome is FORWARD:
             await self.send_client(text)  # waits while the client's socket buffer is full
         elif outcome:
@@ -507,6 +527,67 @@ class SessionRunner:
         )
         tg.create_task(self._client_pump(link), name="client_pump")
         return None
+
+    async def _start_restored(self, link: ClientLink, restored: Restored) -> None:
+        """A session rebuilt from a snapshot (issue 17): the client first gets
+        ``voxgate.session.resumed`` and the events it missed that the snapshot still has,
+        numbered on from what it has; then the upstream is rebuilt through the ordinary
+        reconnect path (:meth:`SessionMachine.rebuild`)."""
+        replay = self._replay
+        if replay is None:
+            raise InvalidState("a restored session is resumable")
+        replay.continue_from(restored.received)
+        self.stats.client_audio_bytes = restored.input_audio_bytes
+        self.stats.ready_at = time.monotonic()  # the client has its token: no second one
+        self.stats.resumes += 1
+        for text in restored.missed:
+            replay.append(text)
+        conn = link.conn
+        try:
+            await conn.send_text(
+                gateway_event(
+                    "voxgate.session.resumed",
+                    resume_token=restored.token,
+                    replayed_events=len(restored.missed),
+                    lost_events=restored.lost,
+                    session_id=self.session_id,
+                    input_audio_bytes=restored.input_audio_bytes,
+                    moved=restored.cause,
+                )
+            )
+            for text in restored.missed:
+                await conn.send_text(text)
+        except PeerGone:
+            self._detach(link, "client_lost")  # it may come back again, here
+        self._log.info(
+            "client.resumed",
+            replayed_events=len(restored.missed),
+            lost_events=restored.lost,
+            moved=restored.cause,
+        )
+        tg = self._tg
+        if tg is None:
+            raise InvalidState("restore outside the task group")
+        if self._link is link:
+            tg.create_task(self._client_pump(link), name="client_pump")
+        tg.create_task(self._up.pump(self._machine.rebuild(restored.cause)), name="upstream_pump")
+
+    async def send_control(self, text: str) -> None:
+        """Send an unnumbered ``voxgate.session.*`` event to the attached client now (the
+        drain's ``voxgate.session.migrate``); nothing happens when no client is attached."""
+        await self._send_unnumbered(text)
+
+    @property
+    def replay_log(self) -> ReplayLog | None:
+        """The resume log (None: not resumable); read by snapshots, never written outside."""
+        return self._replay
+
+    def live_stats(self) -> SessionStats:
+        """:attr:`stats` with the upstream's reconnect counters brought up to date (metrics
+        read it at scrape time, so counters move while the session runs)."""
+        counters = self._up.counters
+        self.stats.reconnects, self.stats.recycles = counters.reconnects, counters.recycles
+        return self.stats
 
     # ------------------------------------------------------------------ clock
 

@@ -72,6 +72,24 @@ class SessionStats:
     client_audio_bytes: int = 0  # raw audio received in binary frames (voxgate.v1)
 
 
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """A session rebuilt from another node's snapshot (issue 17, transports/handoff.py)."""
+
+    #: events the client says it has (it may be ahead of the snapshot)
+    received: int
+    #: the events after ``received`` the snapshot still has, in order (replayed first)
+    missed: tuple[str, ...]
+    #: events the client missed that the snapshot no longer had (reported, not replayed)
+    lost: int
+    #: its next resume token (the one it presented was consumed)
+    token: str
+    #: the client's binary audio the snapshot covers (it re-sends what came after)
+    input_audio_bytes: int
+    #: why it moved: ``node_lost`` (its node died) or ``migrated`` (handed over)
+    cause: str
+
+
 @dataclass(eq=False)
 class ClientLink:
     """One client connection attached to a session; ``done`` is set when it leaves."""

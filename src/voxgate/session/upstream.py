@@ -114,9 +114,19 @@ class UpstreamSide:
 
     # ------------------------------------------------------------------ the pump
 
-    async def pump(self) -> None:
-        """Open, gate, then read until the session ends (one task for the session's life)."""
-        if not await self._open_initial():
+    async def pump(self, rebuild: Outcome | None = None) -> None:
+        """Open, gate, then read until the session ends (one task for the session's life).
+
+        ``rebuild``: the session comes from a snapshot (issue 17): run these actions (the
+        machine's :meth:`~voxgate.session.machine.SessionMachine.rebuild`) and reconnect,
+        instead of opening a first upstream.
+        """
+        if rebuild is not None:
+            reconnect = await self._hooks.execute(rebuild)
+            if reconnect is None:
+                raise InvalidState("a rebuild must reconnect")
+            await self.reconnect(reconnect)
+        elif not await self._open_initial():
             return
         machine = self._machine
         on_text = self._hooks.on_upstream_text

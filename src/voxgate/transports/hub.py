@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -36,9 +36,13 @@ from voxgate.session.ports import Backend, ClientConnection, UpstreamTarget
 from voxgate.session.reconnect import ReconnectPolicy
 from voxgate.session.recovery import Recovery
 from voxgate.session.runner import SessionRunner
-from voxgate.session.runner_types import ClientLink, RunnerConfig
+from voxgate.session.runner_types import ClientLink, Restored, RunnerConfig
 from voxgate.session.server_side import ServerSide
 from voxgate.store.base import SessionRecord, SlotRefused, Store
+
+if TYPE_CHECKING:  # issue 17: the node's part in a deployment (it imports this module)
+    from voxgate.session.snapshot import SessionMeta
+    from voxgate.transports.handoff import Handoff
 
 log = structlog.get_logger("voxgate.session")
 
@@ -109,6 +113,8 @@ class SessionHub:
         self._on_auth_failed = on_upstream_auth_failed
         self._auth_failed_logged = False
         self._runners: dict[str, SessionRunner] = {}
+        #: snapshots, hand-offs and adoption when the store is shared (set by the app)
+        self.handoff: Handoff | None = None
         self._calls: dict[str, CallAttachment] = {}
         self._resume_states: dict[str, ResumeState] = {}
         self._policy = ReconnectPolicy(
@@ -133,6 +139,10 @@ class SessionHub:
     def buffered_bytes(self) -> int:
         """What the live sessions' bounded buffers hold now (for the metrics scrape)."""
         return sum(runner.buffered_bytes() for runner in self._runners.values())
+
+    def live_ids(self) -> list[str]:
+        """Ids of the sessions running on this node now."""
+        return list(self._runners)
 
     def live(self, session_id: str) -> SessionRunner | None:
         return self._runners.get(session_id)
@@ -277,8 +287,64 @@ class SessionHub:
         )
         return await self._run_counted(runner, record, resume)
 
+    async def run_restored(
+        self,
+        conn: ClientConnection,
+        meta: SessionMeta,
+        restore: Callable[[Recovery], None],
+        written: dict[str, str | bytes],
+        restored: Restored,
+        resume: ResumeState,
+        slog: Any,
+    ) -> EndSession:
+        """Run a session rebuilt from another node's snapshot (issue 17): the caller
+        (:meth:`Handoff.adopt`) consumed the client's token, took the session over and read
+        the snapshot; ``restore`` fills the fresh recovery from it."""
+        left_s = meta.max_session_s - max(0.0, self.clock() - meta.started_at)
+        grant = Grant(
+            kind="client_key" if meta.grant_kind == "client_key" else "server_key",
+            max_session_s=max(1.0, left_s),
+            subject=meta.subject,
+            key_id=meta.key_id,
+        )
+        target = UpstreamTarget(
+            model=meta.model, intent=meta.intent, session_id=meta.session_id, subject=meta.subject
+        )
+        machine = self._machine(None, True)
+        if machine.recovery is None:
+            raise FatalSessionError(
+                "This gateway cannot rebuild sessions (its backend cannot be reconnected).",
+                code="voxgate_resume_refused",
+                close_code=CloseCode.BAD_REQUEST,
+                error_type=INVALID_REQUEST,
+            )
+        restore(machine.recovery)
+        side = self.server_side(grant, target, True, slog) if self.server_side else None
+        runner = SessionRunner(
+            client=ClientLink(conn),
+            backend=self.backend,
+            machine=machine,
+            target=target,
+            config=self._runner_config(grant),
+            log=slog,
+            resume=resume,
+            side=side,
+            restored=restored,
+        )
+        # it was counted in on its first node; it counts here now, above any limit
+        await self.store.acquire_slot(meta.subject, max_total=1 << 62, max_per_subject=1 << 62)
+        record = SessionRecord(
+            meta.session_id, self.node_id, meta.subject, meta.started_at, True, meta.key_id
+        )
+        return await self._run_counted(runner, record, resume, meta, written)
+
     async def _run_counted(
-        self, runner: SessionRunner, record: SessionRecord, resume: ResumeState | None
+        self,
+        runner: SessionRunner,
+        record: SessionRecord,
+        resume: ResumeState | None,
+        meta: SessionMeta | None = None,
+        written: dict[str, str | bytes] | None = None,
     ) -> EndSession:
         session_id = record.session_id
         self.metrics.sessions_active.inc()
@@ -289,11 +355,18 @@ class SessionHub:
             self._resume_states[session_id] = resume
         try:
             await self.store.register(record)
-            end = await runner.run()
+            if self.handoff is not None and resume is not None:
+                async with self.handoff.track(
+                    runner, record, meta or self._meta(runner, record), written
+                ):
+                    end = await runner.run()
+            else:
+                end = await runner.run()
         finally:
             self._runners.pop(session_id, None)
             self._resume_states.pop(session_id, None)
-            await self.store.unregister(session_id)
+            # only while this node owns it: a handed-off or parked session lives on
+            await self.store.unregister(session_id, node=record.node)
             await self.store.release_slot(record.subject)
             self._active -= 1
             if self._active == 0:
@@ -304,6 +377,21 @@ class SessionHub:
             self._upstream_auth_failed()
         self.metrics.sessions_total.labels(cause=end.cause.split(":")[0]).inc()
         return end
+
+    def _meta(self, runner: SessionRunner, record: SessionRecord) -> SessionMeta:
+        from voxgate.session.snapshot import SessionMeta
+
+        target = runner.target
+        return SessionMeta(
+            session_id=record.session_id,
+            subject=record.subject,
+            key_id=record.key_id,
+            grant_kind="client_key" if record.key_id else "server_key",
+            model=target.model,
+            intent=target.intent,
+            started_at=record.started_at,
+            max_session_s=runner.max_session_s,
+        )
 
     def _upstream_auth_failed(self) -> None:
         """The upstream refused voxgate's own key: tell the operator (once at error level)."""

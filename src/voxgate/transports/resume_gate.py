@@ -113,6 +113,8 @@ async def resume_session(
     state = hub.resume_state(claims.session_id)
     runner = hub.live(claims.session_id)
     if state is None or runner is None:
+        if hub.handoff is not None:  # another node runs it, or ran it (issue 17)
+            return await hub.handoff.adopt(conn, claims, received, credential)
         return "no_session"
     presented: str | None = None
     if credential:
