@@ -28,7 +28,8 @@ Delivery is readable back through :class:`MessageRecord` (the proactive API keep
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import orjson
@@ -78,6 +79,20 @@ class MessageRecord:
     delivered_at: float | None = None
     response_id: str | None = None
     item_id: str | None = None
+    #: called after every change of status (the API wakes its waiters with it)
+    on_change: Callable[[MessageRecord], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def move(self, status: Status, reason: str | None = None, **fields: Any) -> None:
+        """Set the status (and ``response_id`` / ``item_id`` / ``delivered_at``), then tell."""
+        self.status = status
+        if reason is not None:
+            self.reason = reason
+        for name, value in fields.items():
+            setattr(self, name, value)
+        if self.on_change is not None:
+            self.on_change(self)
 
     def public(self) -> dict[str, Any]:
         """The record as the API shows it (the text is the caller's own)."""
@@ -201,7 +216,7 @@ class Injector:
                 del self._by_key[next(iter(self._by_key))]
             self._by_key[key] = record
         if len(self._jobs) >= MAX_JOBS:
-            record.status, record.reason = "dropped", "queue_full"
+            record.move("dropped", "queue_full")
             return record
         kind: Literal["say", "context"] = "say" if record.mode == "speak" else "context"
         self._add(
@@ -246,7 +261,7 @@ class Injector:
         jobs.extend(r.job for r in self._running.values() if r.job is not None)
         for job in jobs:
             if job.record is not None and not job.record.final:
-                job.record.status, job.record.reason = "dropped", reason
+                job.record.move("dropped", reason)
         self._jobs.clear()
         self._inflight = None
 
@@ -285,7 +300,7 @@ class Injector:
             self._inflight = None
             self._running[response_id] = _Running(job.priority, job)
             if job.record is not None:
-                job.record.status, job.record.response_id = "injecting", response_id
+                job.record.move("injecting", response_id=response_id)
             return
         self._client_request_at = None
         self._running[response_id] = _Running(_MODEL_PRIORITY, None)
@@ -304,9 +319,8 @@ class Injector:
             return self._delivered(record, now)
         details = response.get("status_details")
         reason = details.get("reason") if isinstance(details, dict) else None
-        record.status, record.reason = (
-            "failed",
-            f"response_{status}" + (f":{reason}" if isinstance(reason, str) else ""),
+        record.move(
+            "failed", f"response_{status}" + (f":{reason}" if isinstance(reason, str) else "")
         )
         return []
 
@@ -326,13 +340,13 @@ class Injector:
             if job.tries < MAX_TRIES:
                 self._add(job)
             elif job.record is not None:
-                job.record.status, job.record.reason = "failed", f"refused:{code}"
+                job.record.move("failed", f"refused:{code}")
             return
         for item_id, sent in list(self._context_sent.items()):
             if event_id == EVENT_PREFIX + sent.job_id:
                 del self._context_sent[item_id]
                 if sent.record is not None:
-                    sent.record.status, sent.record.reason = "failed", f"refused:{code}"
+                    sent.record.move("failed", f"refused:{code}")
 
     def on_client_error(self) -> None:
         """An error for the client: its pending ``response.create`` may be what failed."""
@@ -386,7 +400,7 @@ class Injector:
         for job in self._jobs:
             if job.expires_at is not None and now >= job.expires_at:
                 if job.record is not None:
-                    job.record.status, job.record.reason = "expired", "expired"
+                    job.record.move("expired", "expired")
             else:
                 keep.append(job)
         self._jobs = keep
@@ -424,7 +438,7 @@ class Injector:
         if len(self._context_sent) > MAX_JOBS:
             del self._context_sent[next(iter(self._context_sent))]
         if job.record is not None:
-            job.record.status, job.record.item_id = "injecting", item_id
+            job.record.move("injecting", item_id=item_id)
         event = {
             "type": "conversation.item.create",
             "event_id": EVENT_PREFIX + job.job_id,
@@ -438,7 +452,7 @@ class Injector:
         return orjson.dumps(event).decode()
 
     def _delivered(self, record: MessageRecord, now: float) -> list[str]:
-        record.status, record.delivered_at = "delivered", now
+        record.move("delivered", delivered_at=now)
         if not self.extensions:
             return []
         return [

@@ -147,7 +147,7 @@ class ServerSide:
     def submit(self, record: MessageRecord) -> MessageRecord:
         """Queue a proactive message (see :class:`~voxgate.session.injector.Injector`)."""
         if self.closed:
-            record.status, record.reason = "dropped", "session_ended"
+            record.move("dropped", "session_ended")
             return record
         record = self.injector.submit(record)
         self._wake.set()

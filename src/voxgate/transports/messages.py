@@ -9,10 +9,11 @@ HTTP, authenticated with a server key (``Authorization: Bearer <key>``):
   ``Idempotency-Key`` header): 202 with the message record; 200 with the first record when
   the key was used before in that session.
 * ``GET /v1/sessions/{id}/messages/{message_id}`` — the record: ``status`` ``queued`` →
-  ``injecting`` → ``delivered``, or ``expired`` / ``dropped`` / ``failed`` with a ``reason``.
+  ``injecting`` → ``delivered``, or ``expired`` / ``dropped`` / ``failed`` with a ``reason``;
+  ``?wait=S`` waits up to S seconds (at most 30) for a final status first.
 
 The same from Python: ``app[MESSAGES]`` is a :class:`ProactiveMessages` (``sessions``,
-``send``, ``get``). Where and when a message is injected is the session's
+``send``, ``get``, ``wait``). Where and when a message is injected is the session's
 :class:`~voxgate.session.injector.Injector`'s to decide; this module only validates, finds the
 session and keeps a bounded table of records. A session on another node is found through
 :func:`locate`, the one place that knows about the owning node (issue 17 adds forwarding).
@@ -20,6 +21,8 @@ session and keeps a bounded table of records. A session on another node is found
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,6 +42,7 @@ from voxgate.store.base import SessionRecord
 from voxgate.transports.hub import SessionHub
 
 MAX_TEXT_CHARS = 4096
+MAX_WAIT_S = 30.0
 
 
 class MessageRequest(BaseModel):
@@ -89,6 +93,7 @@ class ProactiveMessages:
         self._records: OrderedDict[str, MessageRecord] = OrderedDict()
         self._max_records = max_records
         self._clock = clock
+        self._waiters: dict[str, asyncio.Event] = {}
 
     async def sessions(self, subject: str | None = None) -> list[dict[str, Any]]:
         """Live sessions of ``subject`` (all when None), oldest first."""
@@ -161,10 +166,11 @@ class ProactiveMessages:
             created_at=now,
             expires_at=now + expires_in,
             idempotency_key=idempotency_key,
+            on_change=self._changed,
         )
         side = found.side
         if side is None:  # a session that takes no turns of voxgate's (transcription)
-            record.status, record.reason = "dropped", "session_takes_no_messages"
+            record.move("dropped", "session_takes_no_messages")
             kept = record
         else:
             kept = side.submit(record)
@@ -173,6 +179,24 @@ class ProactiveMessages:
 
     def get(self, message_id: str) -> MessageRecord | None:
         return self._records.get(message_id)
+
+    async def wait(self, message_id: str, timeout_s: float) -> MessageRecord | None:
+        """The record once its status is final (delivered, expired, dropped, failed), or as it
+        is after ``timeout_s``; None for an unknown id."""
+        record = self._records.get(message_id)
+        if record is None or record.final:
+            return record
+        event = self._waiters.setdefault(message_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        return record
+
+    def _changed(self, record: MessageRecord) -> None:
+        if record.final:
+            event = self._waiters.pop(record.message_id, None)
+            if event is not None:
+                event.set()
 
     def _keep(self, record: MessageRecord) -> None:
         self._records[record.message_id] = record
@@ -250,7 +274,12 @@ class ProactiveMessages:
                 authorised(request)
             except RequestError as exc:
                 return exc.response()
-            record = self.get(request.match_info["message_id"])
+            message_id = request.match_info["message_id"]
+            try:
+                wait_s = min(float(request.query.get("wait", "0")), MAX_WAIT_S)
+            except ValueError:
+                wait_s = 0.0
+            record = await self.wait(message_id, wait_s) if wait_s > 0 else self.get(message_id)
             if record is None or record.session_id != request.match_info["session_id"]:
                 return RequestError(
                     "No such message.", param=None, code="message_not_found", status=404
