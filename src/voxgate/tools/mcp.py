@@ -239,14 +239,16 @@ class McpServer:
                     "tool_unavailable", f"The {self.config.label} tool server is not reachable."
                 )
         from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED
 
         try:
             result = await client.call_tool(name, arguments)
-        except MCPError as exc:  # the server answered with a protocol error
-            return error_output("tool_failed", f"The tool failed: {exc}"[:300])
-        except Exception as exc:  # the connection broke: the next call reconnects
+        except Exception as exc:
+            closed = not isinstance(exc, MCPError) or exc.code == CONNECTION_CLOSED
+            if not closed:  # the server answered with an error of the protocol
+                return error_output("tool_failed", f"The tool failed: {exc}"[:300])
             log.warning("mcp.call_failed", server=self.config.label, error=type(exc).__name__)
-            if self._client is client:
+            if self._client is client:  # the connection broke: the next call reconnects
                 self._client = None
                 self._stop.set()
             return error_output("tool_failed", f"The {self.config.label} tool server failed.")
