@@ -36,6 +36,12 @@ class Resumed:
 class V1Client:
     url: str
     key: str
+    #: where to resume (default: ``url``); a test may point it at one node
+    resume_url: str | None = None
+    #: subprotocols of the first connection (without ``voxgate.v1``: a stock client)
+    extensions: bool = True
+    #: when set, a resume waits for it (a test lets the session run on without the client)
+    hold_resume: asyncio.Event | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     received: int = 0
     token: str | None = None
@@ -57,7 +63,8 @@ class V1Client:
         self._http = aiohttp.ClientSession()
         self._ws = await self._http.ws_connect(
             self.url,
-            protocols=("realtime", "voxgate.v1", f"openai-insecure-api-key.{self.key}"),
+            protocols=(("realtime", "voxgate.v1") if self.extensions else ("realtime",))
+            + (f"openai-insecure-api-key.{self.key}",),
             autoping=True,
             heartbeat=None,
         )
@@ -185,11 +192,15 @@ class V1Client:
 
     async def _resume(self, why: str, dropped: float) -> bool:
         assert self._http is not None
+        if self.hold_resume is not None:
+            await self.hold_resume.wait()
         for attempt, delay in enumerate(RESUME_DELAYS_S, 1):
             await asyncio.sleep(delay)  # the client's backoff, as voxgate-client.js
             try:
                 ws = await self._http.ws_connect(
-                    self.url, protocols=("voxgate.v1", "voxgate.resume"), heartbeat=None
+                    self.resume_url or self.url,
+                    protocols=("voxgate.v1", "voxgate.resume"),
+                    heartbeat=None,
                 )
             except (aiohttp.ClientError, OSError):
                 continue

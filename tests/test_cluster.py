@@ -9,18 +9,21 @@ process line) or bounded polls of the store for a condition; never fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
 from cluster_client import V1Client
 from cluster_helpers import Cluster, cluster, mint_key, wait_for_owner
-from gateway_helpers import UPSTREAM_KEY
+from gateway_helpers import SERVER_KEY, UPSTREAM_KEY
 from voxgate.session.snapshot import SessionSnapshot, decode
-from voxgate.testing import FakeRealtimeServer
+from voxgate.testing import FakeRealtimeServer, FaultProxy
 from voxgate.testing.responder import ResponseContext, Say
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -154,5 +157,179 @@ async def test_kill_9_mid_answer_the_client_resumes_on_another_node_and_goes_on(
             # every numbered event exactly once (V1Client fails on a duplicate id), in order
             ids = [e.get("event_id") for e in client.events]
             assert len(ids) == len(set(ids)) == client.received - client.binary_frames
+        finally:
+            await client.close()
+
+
+async def test_a_client_that_resumes_on_another_node_while_its_node_lives_misses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A network cut mid-answer; the client comes back on another node: the live owner hands
+    the session over (a final snapshot with its whole replay log), every event it sent while
+    the client was away arrives once, and the session goes on there."""
+    async with deployment(tmp_path) as (fake, c):
+        key = await mint_key(c.http, "trader-2")
+        async with FaultProxy("127.0.0.1", c.nodes[0].port) as proxy:
+            client = V1Client(f"ws://127.0.0.1:{proxy.port}/v1/realtime?model=gpt-realtime", key)
+            client.resume_url = c.node_url(1)
+            client.hold_resume = asyncio.Event()
+            await client.start()
+            try:
+                await turn(client, "Hello there.")
+                sid = client.session_id
+                assert sid is not None
+                assert (await wait_for_owner(c, sid)).node == "node-0"
+                start = len(client.events)
+                await client.send(user_text("Tell me about margin."))
+                await client.send({"type": "response.create"})
+                await client.wait_type("response.output_audio.delta", start)
+                upstream = fake.connections[-1]
+                assert proxy.cut() >= 1
+                # the answer goes on while the client is away: node-0 keeps it for replay
+                sent = len(upstream.sent_of("response.output_audio.delta"))
+                await upstream.wait_for_sent("response.output_audio.delta", sent + 5)
+                client.hold_resume.set()
+                resumed = await client.wait_resumes(1)
+                assert resumed.event["moved"] == "migrated"  # handed over by a live node
+                assert resumed.event["lost_events"] == 0
+                assert resumed.event["replayed_events"] > 0  # sent while the client was away
+                assert (await wait_for_owner(c, sid, not_node="node-0")).node == "node-1"
+                # what node-0 sent before the hand-off, then the cut answer's end, once each
+                await client.wait_for(
+                    lambda e: (
+                        e.get("type") == "response.done" and e["response"]["status"] == "failed"
+                    ),
+                    start=start,
+                )
+                after = await turn(client, "Go on.")
+                assert after["response"]["status"] == "completed"
+                ids = [e.get("event_id") for e in client.events]
+                assert len(ids) == len(set(ids)) == client.received - client.binary_frames
+                # node-0 let the session go: it runs nowhere else
+                assert [r.session_id for r in await c.store.sessions()] == [sid]
+            finally:
+                await client.close()
+
+
+async def test_sigterm_migrates_opted_in_calls_and_lets_stock_calls_finish(tmp_path: Path) -> None:
+    async with deployment(tmp_path, DRAIN_TIMEOUT="30") as (_fake, c):
+        key = await mint_key(c.http, "trader-3")
+        v1 = V1Client(c.node_url(0), key, resume_url=c.url)
+        stock = V1Client(c.node_url(0), key, extensions=False)
+        await v1.start()
+        await stock.start()
+        try:
+            await turn(v1, "First question.")
+            await turn(stock, "A stock client's question.")
+            sid = v1.session_id
+            assert sid is not None
+            c.nodes[0].proc.signal(signal.SIGTERM)  # type: ignore[union-attr]
+            resumed = await v1.wait_resumes(1)
+            assert resumed.why == "migrate"
+            assert resumed.event["moved"] == "migrated"
+            assert resumed.event["lost_events"] == 0
+            after = await turn(v1, "Still there?")
+            assert after["response"]["status"] == "completed"
+            transcript = [
+                e["transcript"]
+                for e in v1.events
+                if e.get("type") == "response.output_audio_transcript.done"
+            ]
+            assert transcript[-1].startswith("Turn 2:")  # the context moved with it
+            # the stock client is not told anything and may go on while the node drains
+            done = await turn(stock, "Another one?")
+            assert done["response"]["status"] == "completed"
+            assert not [e for e in stock.events if e["type"].startswith("voxgate.")]
+            await stock.close()  # it leaves: the node has nothing left and exits
+            assert await c.nodes[0].proc.wait(timeout_s=30) == 0  # type: ignore[union-attr]
+            owner = await wait_for_owner(c, sid, not_node="node-0")
+            assert owner.node in ("node-1", "node-2")
+        finally:
+            await v1.close()
+            await stock.close()
+
+
+async def test_per_subject_limits_count_sessions_on_every_node(tmp_path: Path) -> None:
+    async with deployment(tmp_path, VOXGATE_MAX_SESSIONS_PER_SUBJECT="2") as (_fake, c):
+        key = await mint_key(c.http, "trader-4")
+        first = V1Client(c.node_url(0), key)
+        second = V1Client(c.node_url(1), key)
+        await first.start()
+        await second.start()
+        try:
+            await turn(first, "one")
+            await turn(second, "two")
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(
+                    c.node_url(2), protocols=("realtime", f"openai-insecure-api-key.{key}")
+                )
+                refusal = orjson.loads((await ws.receive()).data)
+                closing = await ws.receive()
+                assert refusal["error"]["code"] == "voxgate_subject_limit"
+                assert closing.type == aiohttp.WSMsgType.CLOSE
+                assert ws.close_code == 1013
+                other = await mint_key(c.http, "someone-else")
+                ws2 = await http.ws_connect(
+                    c.node_url(2), protocols=("realtime", f"openai-insecure-api-key.{other}")
+                )
+                created = orjson.loads((await ws2.receive()).data)
+                assert created["type"] == "session.created"  # other subjects are not limited
+                await ws2.close()
+            await first.close()
+            await wait_for_count(c, "trader-4", 1)
+            third = V1Client(c.node_url(2), key)
+            await third.start()
+            await turn(third, "three")
+            await third.close()
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def wait_for_count(c: Cluster, subject: str, n: int) -> None:
+    """A bounded poll of the shared registry for a condition."""
+    async with asyncio.timeout(20):
+        while True:
+            if len(await c.store.sessions(subject)) == n:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_an_admin_action_on_any_node_reaches_the_node_that_runs_the_session(
+    tmp_path: Path,
+) -> None:
+    async with deployment(tmp_path) as (_fake, c):
+        key = await mint_key(c.http, "trader-5")
+        client = V1Client(c.node_url(0), key)
+        await client.start()
+        try:
+            await turn(client, "hello")
+            sid = client.session_id
+            async with aiohttp.ClientSession() as http:
+                listed = await (
+                    await http.get(
+                        f"{c.node_http(2)}/v1/sessions?subject=trader-5",
+                        headers={"Authorization": f"Bearer {SERVER_KEY}"},
+                    )
+                ).json()
+                assert [s["id"] for s in listed["data"]] == [sid]
+                assert listed["data"][0]["node"] == "node-0"
+                resp = await http.delete(
+                    f"{c.node_http(2)}/v1/sessions/{sid}",
+                    headers={"Authorization": f"Bearer {SERVER_KEY}"},
+                )
+                body = await resp.json()
+                assert resp.status == 200, body
+                assert body["node"] == "node-0"
+            async with asyncio.timeout(10), client._changed:
+                await client._changed.wait_for(lambda: client.ended is not None)
+            assert client.ended is not None
+            assert client.ended[0] == 1000
+            async with aiohttp.ClientSession() as http:
+                again = await http.delete(
+                    f"{c.node_http(1)}/v1/sessions/{sid}",
+                    headers={"Authorization": f"Bearer {SERVER_KEY}"},
+                )
+                assert again.status == 404
         finally:
             await client.close()
