@@ -9,12 +9,14 @@ from the JSON Schema:
   property's description gives as ``VALUE (alias, other alias)`` — e.g. ``"AAPL (Apple)"``;
 * ``integer`` / ``number``: the first number said (digits, or number words up to thousands);
 * a free ``string`` named ``text``, ``note``, ``query``, ``message`` or ``content``: the
-  transcript itself;
+  transcript itself; any other free ``string``: the words after the request's last ``in`` /
+  ``for`` / ``of`` / ``about`` / ``on`` / ``at`` ("the weather in Oslo" → ``Oslo``);
 * anything else only when it has a default.
 
-A tool whose required arguments cannot all be filled is not chosen; the best remaining tool
-wins when it scores at least :data:`MIN_SCORE` (one name word, or two description words) and
-clearly beats the runner-up. Pure functions; no I/O, no state.
+A tool whose required arguments cannot all be filled is not chosen; an ``enum`` argument the
+transcript names counts as one more matching word; the best remaining tool wins when it scores
+at least :data:`MIN_SCORE` (one name word, or two description words) and clearly beats the
+runner-up. Pure functions; no I/O, no state.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MIN_SCORE: Final = 2.0
 _MARGIN: Final = 0.5
 _NAME_WEIGHT: Final = 2.0
 _FREE_TEXT: Final = frozenset({"text", "note", "query", "message", "content", "question"})
+_NAMING: Final = frozenset({"in", "for", "of", "about", "on", "at"})
 _NUMBER_RE: Final = re.compile(r"-?\d+(?:[.,]\d+)?")
 _ALIAS_RE: Final = re.compile(r"\b([A-Za-z0-9_.-]+)\s*\(([^)]*)\)")
 _UNITS: Final = (
@@ -84,7 +87,8 @@ def route(text: str, tools: Sequence[Tool]) -> Routed | None:
             continue
         arguments = fill_arguments(text, tool.parameters)
         if arguments is not None:
-            scored.append((score, tool, arguments))
+            named = sum(1 for k in arguments if _options(_prop(tool.parameters, k)))
+            scored.append((score + named, tool, arguments))
     if not scored:
         return None
     scored.sort(key=lambda s: s[0], reverse=True)
@@ -110,6 +114,12 @@ def _best(word: str, vocabulary: set[str]) -> float:
         return 1.0
     soft = max((similarity(word, v) for v in vocabulary), default=0.0)
     return soft * 0.5 if soft >= 0.7 else 0.0
+
+
+def _prop(schema: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    props = schema.get("properties") if isinstance(schema, Mapping) else None
+    prop = props.get(name) if isinstance(props, Mapping) else None
+    return prop if isinstance(prop, Mapping) else {}
 
 
 def fill_arguments(text: str, schema: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -142,6 +152,19 @@ def _value(name: str, prop: Mapping[str, Any], text: str) -> Any:
         return int(number) if "integer" in kinds and "number" not in kinds else number
     if "string" in kinds and name.lower() in _FREE_TEXT:
         return text.strip()
+    if "string" in kinds:
+        return _named_thing(text)
+    return None
+
+
+def _named_thing(text: str) -> str | None:
+    """What a short request names last: the words after its last ``in``/``for``/``of``/
+    ``about``/``on`` ("the weather in Oslo" → "Oslo"), or None."""
+    words = re.findall(r"[A-Za-z0-9][A-Za-z0-9'&.-]*", text)
+    for i in range(len(words) - 2, -1, -1):
+        if words[i].lower() in _NAMING:
+            named = " ".join(w.strip(".") for w in words[i + 1 :])
+            return named or None
     return None
 
 
