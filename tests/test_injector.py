@@ -192,3 +192,27 @@ def test_closing_drops_everything_not_delivered() -> None:
     inj.close("session_ended")
     assert (queued.status, queued.reason) == ("dropped", "session_ended")
     assert inj.pump(0.0) == []
+
+
+def test_the_answer_to_a_tool_goes_before_a_normal_message_and_after_a_high_one() -> None:
+    inj = Injector()
+    inj.submit(record(text="normal news"))
+    inj.follow_up()
+    [first] = inj.pump(0.0)
+    assert "instructions" not in j(first)["response"]  # the follow-up: no speak instructions
+    inj.on_response_created("r1", tag_of(first))
+    inj.on_response_done({"id": "r1", "status": "completed"}, 1.0)
+    [second] = inj.pump(1.0)
+    assert j(second)["response"]["instructions"] == SAY_PREFIX + "normal news"
+    high = Injector()
+    high.follow_up()
+    high.submit(record(priority="high", text="urgent"))
+    [urgent] = high.pump(0.0)
+    assert j(urgent)["response"]["instructions"] == SAY_PREFIX + "urgent"
+
+
+def test_a_tools_say_never_interrupts_an_answer() -> None:
+    inj = Injector()
+    inj.on_response_created("resp_1", None)
+    assert inj.say("One moment.")
+    assert inj.pump(0.0) == []

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from voxgate.protocol import server_events as ev
-from voxgate.session.injector import EVENT_PREFIX, METADATA_KEY, Injector
+from voxgate.session.injector import EVENT_PREFIX, METADATA_KEY, Injector, MessageRecord
 from voxgate.session.server_tools import MAX_HELD, ToolInterceptor
 
 QUOTE = {
@@ -319,3 +319,16 @@ def test_a_call_cut_before_its_arguments_finished_is_never_run_nor_followed_up()
     shown, (calls, upstream) = feed(tools, [done("resp_1", [], status="cancelled")])
     assert shown == calls == upstream == []
     assert tools.from_client(t({"type": "response.create"}), 0.0) is not None
+
+
+def test_a_proactive_message_waits_for_the_answer_of_a_running_tool() -> None:
+    tools = make()
+    feed(tools, [created("resp_1"), *call_events("resp_1", "item_f", "call_1", "get_quote", None)])
+    message = MessageRecord("msg_1", "vg_1", "speak", "Alert!", "normal", 0.0, 100.0)
+    tools.injector.submit(message)
+    _, (_, upstream) = feed(tools, [done("resp_1", [])])
+    assert upstream == []  # the tool is still running: its answer comes first
+    sent = tools.output_ready("call_1", "1", 0.0)
+    assert [j(s)["type"] for s in sent] == ["conversation.item.create", "response.create"]
+    assert "instructions" not in j(sent[1])["response"]  # the follow-up, not the message
+    assert message.status == "queued"

@@ -201,3 +201,30 @@ async def test_a_proactive_message_is_spoken_by_the_local_engine() -> None:
     assert transcript == "Tesla just crossed two hundred fifty dollars."
     assert events.of("response.created")[0].response.id == record.response_id
     assert not events.of("error")
+
+
+async def test_a_speak_message_waits_while_the_user_speaks_on_the_local_engine() -> None:
+    async with local_gateway() as gw:
+        client = AsyncOpenAI(api_key=KEY, websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events(conn)
+            await events.wait("session.created")
+            [session] = await gw.app[MESSAGES].sessions()
+            pcm = synth_pcm24k("What is a limit order?", lead_ms=400, trail_ms=1200)
+            streaming = asyncio.create_task(stream_realtime(conn, pcm))
+            await events.wait("input_audio_buffer.speech_started", 1, TIMEOUT_S)
+            record = await gw.app[MESSAGES].send(session["id"], "Your Tesla alert fired.")
+            assert record.status == "queued"
+            await streaming
+            await gw.app[MESSAGES].wait(record.message_id, TIMEOUT_S)
+            await events.wait("response.done", 2, TIMEOUT_S)
+            await events.close()
+        await client.close()
+    assert record.status == "delivered"
+    types = [e.type for e in events.seen]
+    stopped = types.index("input_audio_buffer.speech_stopped")
+    said = [e.transcript for e in events.of("response.output_audio_transcript.done")]
+    assert said[1] == "Your Tesla alert fired."
+    assert "limit order" in said[0].lower()  # the user's question was answered first
+    second = [i for i, t in enumerate(types) if t == "response.created"][1]
+    assert stopped < types.index("response.done") < second

@@ -15,7 +15,9 @@ now. A job goes out only at a *safe point*:
 * a ``speak`` job of a higher priority than the running response may cancel it first (never
   the user: speech is never interrupted).
 
-Jobs are ordered by priority, then age. A message that expires before its safe point is
+Jobs are ordered by priority, then age; what belongs to the exchange in progress (a tool's
+say, the follow-up that reads the tool's output) goes before a ``normal`` message and after a
+``high`` one. A message that expires before its safe point is
 dropped with the reason ``expired``; a refused ``response.create`` (the upstream's
 ``conversation_already_has_active_response`` when a VAD turn won a race) is retried up to
 :data:`MAX_TRIES` times. voxgate's responses carry ``metadata.voxgate = <job id>`` so their
@@ -49,9 +51,12 @@ CONTEXT_ITEM_PREFIX: Final = "item_vgctx_"
 SAY_PREFIX: Final = "Say exactly the following to the user, word for word, and nothing else: "
 #: How a ``context`` message reads in the conversation (a system item).
 CONTEXT_PREFIX: Final = "[Context added by the application] "
-PRIORITIES: Final = {"low": 1, "normal": 2, "high": 3}
+PRIORITIES: Final = {"low": 10, "normal": 20, "high": 30}
 #: The priority of a response voxgate did not ask for (the model's own answers).
 _MODEL_PRIORITY: Final = PRIORITIES["normal"]
+#: What belongs to the exchange in progress (a tool's say, the answer that reads the tool's
+#: output) goes before a normal message, after a high one.
+_IN_TURN_PRIORITY: Final = 25
 MAX_TRIES: Final = 3
 MAX_JOBS: Final = 32
 _MAX_KEYS: Final = 256
@@ -232,20 +237,19 @@ class Injector:
         )
         return record
 
-    def say(self, text: str, *, priority: str = "normal") -> bool:
+    def say(self, text: str) -> bool:
         """A tool says something while it works; False when the queue is full."""
         if len(self._jobs) >= MAX_JOBS or not text.strip():
             return False
         job_id = new_id("vgjob", 12)
-        priority_n = PRIORITIES.get(priority, _MODEL_PRIORITY)
-        self._add(Job("say", priority_n, next(self._seq), job_id, text=text.strip()))
+        self._add(Job("say", _IN_TURN_PRIORITY, next(self._seq), job_id, text=text.strip()))
         return True
 
     def follow_up(self) -> None:
         """Server tool outputs are all in: ask the model to read them (once per batch)."""
         if any(j.kind == "follow_up" for j in self._jobs):
             return
-        job = Job("follow_up", _MODEL_PRIORITY, next(self._seq), new_id("vgjob", 12))
+        job = Job("follow_up", _IN_TURN_PRIORITY, next(self._seq), new_id("vgjob", 12))
         job.ready_seq = self._created
         self._add(job)
 
@@ -354,13 +358,15 @@ class Injector:
 
     # ------------------------------------------------------------------ deciding
 
-    def pump(self, now: float, *, blocked: bool = False) -> list[str]:
+    def pump(self, now: float, *, blocked: bool = False, tools_pending: bool = False) -> list[str]:
         """The upstream events to send now, in order (each is recorded as sent).
 
         Args:
             now: unix seconds.
-            blocked: the caller knows of something else that must finish first (a hidden
-                response, a tool output not sent yet).
+            blocked: the caller knows of something else that must finish first (a response
+                the client has not seen yet).
+            tools_pending: a server tool call is still running: its answer comes first, so
+                a proactive message waits (a tool's own say does not).
         """
         self._expire(now)
         if self._inflight is not None:
@@ -386,6 +392,8 @@ class Injector:
             if self._running or blocked:
                 out.extend(self._maybe_interrupt(job))
                 return out
+            if tools_pending and job.record is not None:
+                return out
             self._jobs.pop(0)
             if job.kind == "context":
                 out.append(self._context(job))
@@ -407,7 +415,9 @@ class Injector:
 
     def _maybe_interrupt(self, job: Job) -> list[str]:
         """A higher-priority ``speak`` may cancel the running response (once)."""
-        if job.kind != "say" or self._cancelled is not None or len(self._running) != 1:
+        if job.record is None or job.kind != "say":
+            return []  # only a proactive speak message may interrupt
+        if self._cancelled is not None or len(self._running) != 1:
             return []
         response_id, running = next(iter(self._running.items()))
         if job.priority <= running.priority:

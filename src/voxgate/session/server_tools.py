@@ -512,7 +512,8 @@ class ToolInterceptor:
         if self._held:
             return out
         blocked = any(not r.visible and not r.done for r in self._responses.values())
-        return out + self.injector.pump(now, blocked=blocked)
+        pending = any(c.started and not c.output_sent for c in self._calls.values())
+        return out + self.injector.pump(now, blocked=blocked, tools_pending=pending)
 
 
 def _parse(text: str) -> dict[str, Any] | None:
