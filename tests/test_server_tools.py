@@ -332,3 +332,14 @@ def test_a_proactive_message_waits_for_the_answer_of_a_running_tool() -> None:
     assert [j(s)["type"] for s in sent] == ["conversation.item.create", "response.create"]
     assert "instructions" not in j(sent[1])["response"]  # the follow-up, not the message
     assert message.status == "queued"
+
+
+def test_without_hidden_tools_nothing_is_held_and_voxgates_tag_is_still_removed() -> None:
+    tools = ToolInterceptor([], Injector())
+    tag = {METADATA_KEY: "vgjob_1"}
+    shown, _ = feed(tools, [created("resp_1", tag)])
+    assert j(shown[0])["response"]["metadata"] is None
+    shown, _ = feed(tools, [done("resp_1", [], meta=tag)])
+    assert j(shown[0])["response"]["metadata"] is None
+    plain = created("resp_2")
+    assert feed(tools, [plain])[0] == [plain]

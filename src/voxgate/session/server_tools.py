@@ -9,11 +9,12 @@ time, on the slow path only (audio deltas never reach it):
   (a client tool of the same name wins); :meth:`initial_config` does the same for the config
   a session starts with;
 * ``session.created`` / ``session.updated`` to the client: server tools removed;
-* a response's ``response.created`` is held until its first output item: a server tool call
-  stays hidden (with its argument deltas, item events and output item), anything else
-  releases the held ``response.created`` first; a response that ends without a visible item
-  is dropped whole, and a visible one's ``response.done`` lists only visible items (their
-  ``output_index`` is left as the upstream numbered it: audio deltas carry it on the hot path);
+* with server tools the client cannot see, a response's ``response.created`` is held until
+  its first output item: a server tool call stays hidden (with its argument deltas, item
+  events and output item), anything else releases the held ``response.created`` first; a
+  response that carried only server calls is dropped whole, and a visible one's
+  ``response.done`` lists only visible items (their ``output_index`` is left as the upstream
+  numbered it: audio deltas carry it on the hot path). Without such tools nothing is held;
 * ``previous_item_id`` naming a hidden item is replaced by the nearest visible item before it
   (null at the start), so retrieve, truncate and insertion keep working on the client's ids;
 * a completed server call (``function_call_arguments.done``, or its ``output_item.done``) is
@@ -258,6 +259,8 @@ class ToolInterceptor:
         self.injector.on_response_created(body["id"], tag)
         if tag is not None:
             text = orjson.dumps({**event, "response": _untagged(body)}).decode()
+        if not self.hidden_names:  # nothing of voxgate's can be in it: show it at once
+            return Verdict([text])
         self._responses[body["id"]] = _Response(text)
         while len(self._responses) > _MAX_RESPONSES:
             self._responses.popitem(last=False)
@@ -398,6 +401,8 @@ class ToolInterceptor:
         shown = self.injector.on_response_done(body, now)
         response = self._responses.get(str(body.get("id")))
         if response is None:
+            if _tag(body) is not None:
+                text = orjson.dumps({**event, "response": _untagged(body)}).decode()
             return Verdict([text, *shown], to_upstream=self.pump(now))
         response.done = True
         out: list[str] = []
