@@ -470,6 +470,7 @@ class Injector:
                 "voxgate.message.delivered",
                 message_id=record.message_id,
                 mode=record.mode,
+                text=record.text,
                 response_id=record.response_id,
                 item_id=record.item_id,
             )

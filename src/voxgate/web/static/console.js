@@ -29,6 +29,8 @@ let csrfToken = null;
 let wasSignedIn = false; // a later 401 means the server restarted or the sign-in expired
 let newSessionWhy = null; // why the call was lost, until a new session is ready (or none comes)
 const transcriptItems = new Map(); // item id → <li>
+const responseItems = new Map(); // response id → its assistant item ids (proactive turns)
+const RESPONSES_KEPT = 64;
 const SIGNED_OUT_AGAIN = "You are no longer signed in: the voxgate server restarted or your sign-in "
   + "expired. Open the new console link printed by `voxgate serve`, or paste it below.";
 
@@ -217,6 +219,8 @@ function syncMode() {
   if (client) setStatus(client.state);
 }
 
+const WHO = { user: "You", assistant: "Assistant", context: "Context" };
+
 function transcriptLine(role, itemId) {
   let li = transcriptItems.get(itemId);
   if (!li) {
@@ -225,7 +229,7 @@ function transcriptLine(role, itemId) {
     li.dataset.item = itemId;
     const who = document.createElement("span");
     who.className = "who";
-    who.textContent = role === "user" ? "You" : "Assistant";
+    who.textContent = WHO[role] || role;
     const text = document.createElement("span");
     text.className = "text";
     li.append(who, text);
@@ -245,8 +249,33 @@ function onTranscript({ role, itemId, text, final }) {
   list.scrollTop = list.scrollHeight;
 }
 
+/** A turn voxgate started on its own (a proactive message): labelled in the transcript. */
+function onMessageDelivered(ev) {
+  if (ev.mode === "context") {
+    const li = transcriptLine("context", ev.item_id || ev.message_id);
+    li.classList.remove("partial");
+    li.querySelector(".text").textContent = ev.text || "";
+    return;
+  }
+  for (const itemId of responseItems.get(ev.response_id) || []) {
+    const li = transcriptLine("assistant", itemId);
+    li.classList.add("proactive");
+    li.dataset.message = ev.message_id;
+    li.querySelector(".who").textContent = "Assistant · proactive";
+  }
+}
+
+function rememberOutput(ev) {
+  if (ev.item?.type !== "message" || !ev.response_id) return;
+  const ids = responseItems.get(ev.response_id) || [];
+  ids.push(ev.item.id);
+  responseItems.set(ev.response_id, ids);
+  while (responseItems.size > RESPONSES_KEPT) responseItems.delete(responseItems.keys().next().value);
+}
+
 function summarize(ev) {
   switch (ev.type) {
+    case "voxgate.message.delivered": return `${ev.type} ${ev.mode} ${ev.message_id}`;
     case "voxgate.session.resumable": return `${ev.type} (grace ${ev.grace_s} s)`;
     case "voxgate.session.resume": return `${ev.type} received_events=${ev.received_events}`;
     case "voxgate.session.resumed": return `${ev.type} replayed_events=${ev.replayed_events}`;
@@ -366,6 +395,8 @@ function makeClient() {
   c.on("event", (ev) => {
     log("in", ev);
     if (ev.type === "input_audio_buffer.committed" && ev.item_id) transcriptLine("user", ev.item_id);
+    if (ev.type === "response.output_item.added") rememberOutput(ev);
+    if (ev.type === "voxgate.message.delivered") onMessageDelivered(ev);
   });
   c.on("sent", (ev) => log("out", ev));
   c.on("bargein", ({ why }) => log("out", { type: `(playback stopped: ${why})` }));
