@@ -27,8 +27,6 @@ Must not: do I/O, read the clock, or import asyncio.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -37,8 +35,8 @@ from typing import Any, Final
 
 import orjson
 
+from voxgate.protocol import b64, ids
 from voxgate.protocol import conversation as cv
-from voxgate.protocol import ids
 from voxgate.protocol import response_builder as rb
 from voxgate.protocol import server_events as ev
 from voxgate.protocol.close import CloseCode, close_reason
@@ -346,8 +344,8 @@ class RealtimeCore:
         if not isinstance(data, str):
             raise _missing("audio", event_id)
         try:
-            chunk = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
+            chunk = b64.decode(data)
+        except ValueError:
             raise ClientEventError(
                 "Invalid 'audio'. Expected base64-encoded audio bytes.",
                 code="invalid_value",

@@ -28,12 +28,12 @@ a retryable upstream loss becomes :class:`StartReconnect` instead of the end.
 
 from __future__ import annotations
 
-import base64
 import enum
 from typing import Any
 
 import orjson
 
+from voxgate.protocol import b64
 from voxgate.protocol.close import CloseCode, close_reason
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, InvalidState, error_event
 from voxgate.protocol.events import APPEND, CLIENT_EVENT_TYPES, unsupported_type_message
@@ -252,7 +252,7 @@ class SessionMachine:
                 None,
                 now,
             )
-        audio_b64 = base64.b64encode(data).decode("ascii")
+        audio_b64 = b64.encode(data)
         text = append_b64(audio_b64)
         if self.phase is Phase.READY:
             if self.recovery is not None:

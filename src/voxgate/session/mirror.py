@@ -42,11 +42,11 @@ what was appended before the client sent it.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 import orjson
 
+from voxgate.protocol import b64
 from voxgate.protocol.formats import PCM, input_info
 from voxgate.session.audio_ring import AudioRing
 
@@ -114,8 +114,8 @@ class Mirror:
     def on_client_append(self, audio_b64: str) -> None:
         """The client appended base64 audio (about to be sent upstream)."""
         try:
-            raw = binascii.a2b_base64(audio_b64, strict_mode=True)
-        except (binascii.Error, ValueError):
+            raw = b64.decode(audio_b64)
+        except ValueError:
             return  # not base64: the upstream rejects it, so it never enters its buffer
         self.on_client_audio(raw)
 
@@ -220,7 +220,7 @@ class Mirror:
 
     def pending_frames(self) -> list[tuple[int, str]]:
         """:meth:`pending_chunks` as base64 (what a replay appends)."""
-        return [(at, base64.b64encode(raw).decode("ascii")) for at, raw in self.pending_chunks()]
+        return [(at, b64.encode(raw)) for at, raw in self.pending_chunks()]
 
     def memory_bytes(self) -> int:
         """What the mirror holds: items JSON + turn audio + pending audio."""

@@ -12,12 +12,12 @@ control events, interleaved at their audio positions → done. It reads the mirr
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from voxgate.protocol import b64
 from voxgate.protocol.extensions import append_b64
 from voxgate.session.reconnect import NEVER_RETRIED_CODES
 from voxgate.session.recovery import Recovery, loads
@@ -146,12 +146,12 @@ class ReplayDriver:
             while ci < len(controls) and controls[ci].offset < end:
                 cut = max(controls[ci].offset - start, 0)
                 if cut:  # the audio before the control goes first, exactly as it was sent
-                    out.append(append_b64(base64.b64encode(chunk[:cut]).decode("ascii")))
+                    out.append(append_b64(b64.encode(chunk[:cut])))
                     chunk, start = chunk[cut:], start + cut
                 out.append(rec.resend(controls[ci]))
                 ci += 1
             if chunk:
-                out.append(append_b64(base64.b64encode(chunk).decode("ascii")))
+                out.append(append_b64(b64.encode(chunk)))
         out.extend(rec.resend(c) for c in controls[ci:])
         self.stats.resent_events = len(controls)
         self._state = "done"

@@ -24,13 +24,13 @@ period. Timers are decided by the pure :class:`~voxgate.session.clock.SessionClo
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from voxgate.protocol import b64
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import SERVER_ERROR, InvalidState, error_event
 from voxgate.protocol.extensions import append_b64, gateway_event
@@ -255,7 +255,7 @@ class SessionRunner:
             if up.accepts_audio_bytes:
                 if not up.write_audio(data):
                     return False
-            elif not up.write_text(append_b64(base64.b64encode(data).decode("ascii"))):
+            elif not up.write_text(append_b64(b64.encode(data))):
                 return False
             machine.record_client_audio_bytes(data)
             stats.client_audio_bytes += len(data)
