@@ -51,12 +51,15 @@ class V1Client:
     audio_sent: bytearray = field(default_factory=bytearray)
     ended: tuple[int | None, str] | None = None
     refused: str | None = None
+    #: why resume attempts failed (connection errors, a node gone mid-handshake)
+    attempt_errors: list[str] = field(default_factory=list)
     _ws: aiohttp.ClientWebSocketResponse | None = None
     _http: aiohttp.ClientSession | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _task: asyncio.Task[None] | None = None
     _seen: set[str] = field(default_factory=set)
     _old: list[aiohttp.ClientWebSocketResponse] = field(default_factory=list)
+    _drains: list[asyncio.Task[None]] = field(default_factory=list)
     _resuming: bool = False
 
     async def start(self) -> None:
@@ -82,6 +85,8 @@ class V1Client:
         for old in self._old:
             with contextlib.suppress(Exception):
                 await old.close()
+        for task in self._drains:
+            task.cancel()
         if self._http is not None:
             await self._http.close()
 
@@ -162,7 +167,10 @@ class V1Client:
                         self.token = ev["resume_token"]
                         self.session_id = ev["session_id"]
                     elif etype == "voxgate.session.migrate":
-                        self._old.append(ws)  # left open: the old node ends it after the move
+                        # left open (a close would end the session there); the old node
+                        # closes it after the move: its frames are read and dropped meanwhile
+                        self._old.append(ws)
+                        self._drains.append(asyncio.create_task(_drain(ws)))
                         return "migrate"
                     continue
                 await self._count(ev)
@@ -202,7 +210,8 @@ class V1Client:
                     protocols=("voxgate.v1", "voxgate.resume"),
                     heartbeat=None,
                 )
-            except (aiohttp.ClientError, OSError):
+            except (aiohttp.ClientError, OSError) as exc:
+                self.attempt_errors.append(f"{time.monotonic():.2f} connect {exc!r}")
                 continue
             await ws.send_str(
                 orjson.dumps(
@@ -215,6 +224,7 @@ class V1Client:
             )
             msg = await ws.receive()
             if msg.type != aiohttp.WSMsgType.TEXT:
+                self.attempt_errors.append(f"{time.monotonic():.2f} handshake {msg.type!r}")
                 continue  # the node went away mid-handshake: try again
             ev = orjson.loads(msg.data)
             if ev.get("type") != "voxgate.session.resumed":
@@ -238,3 +248,12 @@ class V1Client:
         self.refused = "gave_up"
         await self._notify()
         return False
+
+
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Read (and drop) an abandoned connection's frames until it closes."""
+    with contextlib.suppress(Exception):
+        while not ws.closed:
+            msg = await ws.receive()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                return

@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     #: Draining hands opted-in sessions off at a quiet point (no response running, nobody
     #: speaking), or regardless once this share of the drain timeout has passed.
     migrate_quiet_share: float = Field(default=0.5, ge=0, le=1)
+    #: Clients told to move per second while draining (the other nodes adopt at this rate).
+    migrate_rate_per_s: float = Field(default=50.0, gt=0)
 
     # tracing (issue 17): OpenTelemetry spans per session (connect, turns, tool calls,
     # reconnects, resumes). ``off`` (default), ``otlp`` (OTLP/HTTP to

@@ -441,15 +441,25 @@ class Handoff:
         """Draining: tell every opted-in client to resume elsewhere at its next quiet point."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s * self.settings.migrate_quiet_share
-        for sid in list(self.hub.live_ids()):
-            runner = self.hub.live(sid)
-            if runner is not None and runner.replay_log is not None and runner.attached:
-                task = asyncio.create_task(self._migrate(runner, deadline), name="migrate")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        moving = [
+            runner
+            for sid in self.hub.live_ids()
+            if (runner := self.hub.live(sid)) is not None
+            and runner.replay_log is not None
+            and runner.attached
+        ]
+        # spread over time: every client resumes elsewhere, the other nodes adopt at a rate
+        rate = self.settings.migrate_rate_per_s
+        for n, runner in enumerate(moving):
+            not_before = loop.time() + n / rate
+            task = asyncio.create_task(self._migrate(runner, not_before, deadline), name="migrate")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _migrate(self, runner: SessionRunner, deadline: float) -> None:
+    async def _migrate(self, runner: SessionRunner, not_before: float, deadline: float) -> None:
         loop = asyncio.get_running_loop()
+        if not_before > loop.time():
+            await asyncio.sleep(not_before - loop.time())  # the drain's pacing
         while True:  # a drain-time poll for a quiet point (the session has no event for it)
             now = loop.time()
             if runner.end is not None or now >= deadline or _quiet(runner, now):
