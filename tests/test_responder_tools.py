@@ -172,3 +172,21 @@ def test_what_is_said_about_outputs() -> None:
     )
     assert spoken_text('{"symbol": "AAPL", "price": 189.5}') == "symbol: AAPL. price: 189.5."
     assert spoken_text("[]") == "Nothing found."
+
+
+def test_each_number_said_fills_one_parameter_required_ones_first() -> None:
+    schema = {
+        "properties": {
+            "limit_price": {"type": "number"},
+            "quantity": {"type": "integer"},
+            "symbol": SYMBOL,
+        },
+        "required": ["quantity", "symbol"],
+    }
+    assert fill_arguments("buy 10 shares of Tesla", schema) == {"symbol": "TSLA", "quantity": 10}
+    assert fill_arguments("buy 10 Tesla at 250.5", schema) == {
+        "symbol": "TSLA",
+        "quantity": 10,
+        "limit_price": 250.5,
+    }
+    assert fill_arguments("buy some Tesla", schema) is None

@@ -11,6 +11,7 @@ registry here; every session gets a server side built from it (:func:`server_sid
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,7 @@ from voxgate.store.memory import MemoryStore
 from voxgate.tools.knowledge import KnowledgeLibrary
 from voxgate.tools.knowledge_tool import knowledge_tool
 from voxgate.tools.mcp import McpServers, parse_servers
-from voxgate.tools.registry import ToolConfigError, ToolRegistry, load_modules
+from voxgate.tools.registry import ToolConfigError, ToolRegistry, load_lifespans, load_modules
 from voxgate.transports.admin import SessionAdmin
 from voxgate.transports.forwarded import forwarded_middleware, parse_networks
 from voxgate.transports.handoff import Handoff
@@ -310,9 +311,21 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app.on_cleanup.insert(0, _leave)  # before the store closes
 
     app.on_startup.append(_start_mcp)
+    for hook in load_lifespans(settings.tools) if settings.tools else []:
+        app.cleanup_ctx.append(_lifespan(hook))
     app.on_shutdown.append(_end_sessions)
     app.on_cleanup.append(_close_backend)
     return app
+
+
+def _lifespan(hook: Any) -> Callable[[web.Application], Any]:
+    """A tools module's ``voxgate_lifespan(messages)`` as an aiohttp cleanup context."""
+
+    async def context(app: web.Application) -> Any:
+        async with contextlib.asynccontextmanager(hook)(app[MESSAGES]):
+            yield
+
+    return context
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -26,7 +26,7 @@ import importlib
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -366,6 +366,25 @@ class ToolSet:
             _say=context.say,
         )
         return await found.handler(parsed, ctx)
+
+
+#: A tools module may define ``async def voxgate_lifespan(messages)`` as an async generator:
+#: the code before its ``yield`` runs when voxgate starts serving (``messages`` is the proactive
+#: API, ``ProactiveMessages``), the code after it when voxgate stops. It is where a module
+#: starts what feeds it (an alert feed, a database pool).
+LIFESPAN_NAME: Final = "voxgate_lifespan"
+Lifespan = Callable[[Any], AsyncIterator[None]]
+
+
+def load_lifespans(spec: str | Sequence[str]) -> list[Lifespan]:
+    """The ``voxgate_lifespan`` hooks of the modules in ``spec`` (modules without one: none)."""
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    hooks: list[Lifespan] = []
+    for module_name in (n for n in names if n):
+        hook = getattr(importlib.import_module(module_name), LIFESPAN_NAME, None)
+        if callable(hook):
+            hooks.append(hook)
+    return hooks
 
 
 def load_modules(spec: str | Sequence[str]) -> list[Tool]:

@@ -129,14 +129,28 @@ def fill_arguments(text: str, schema: Mapping[str, Any]) -> dict[str, Any] | Non
         return {}
     required = set(schema.get("required") or ())
     out: dict[str, Any] = {}
+    numeric: list[str] = []
     for name, prop in props.items():
         if not isinstance(prop, Mapping):
+            continue
+        if not _options(prop) and _types(prop) & {"integer", "number"}:
+            numeric.append(str(name))
             continue
         value = _value(str(name), prop, text)
         if value is not None:
             out[str(name)] = value
         elif name in required:
             return None
+    # each number said is used once: required parameters first, then optional ones
+    said = numbers(text)
+    for name in sorted(numeric, key=lambda n: n not in required):
+        if not said:
+            if name in required:
+                return None
+            continue
+        number = said.pop(0)
+        kinds = _types(props[name])
+        out[name] = int(number) if "integer" in kinds and "number" not in kinds else number
     return out
 
 
@@ -145,11 +159,6 @@ def _value(name: str, prop: Mapping[str, Any], text: str) -> Any:
     kinds = _types(prop)
     if options:
         return _enum_value(options, str(prop.get("description") or ""), text)
-    if kinds & {"integer", "number"}:
-        number = first_number(text)
-        if number is None:
-            return None
-        return int(number) if "integer" in kinds and "number" not in kinds else number
     if "string" in kinds and name.lower() in _FREE_TEXT:
         return text.strip()
     if "string" in kinds:
@@ -202,21 +211,23 @@ def _enum_value(options: list[str], description: str, text: str) -> str | None:
 
 def first_number(text: str) -> float | int | None:
     """The first number in ``text``: digits ("10", "2.5") or words ("ten", "twenty five")."""
-    found = _NUMBER_RE.search(text)
-    digits: float | int | None = None
-    if found is not None:
-        raw = found.group(0).replace(",", ".")
-        digits = float(raw) if "." in raw else int(raw)
-    spoken = _spoken_number(text)
-    if spoken is None:
-        return digits
-    if digits is None:
-        return spoken[0]
-    return digits if found is not None and found.start() <= spoken[1] else spoken[0]
+    said = numbers(text)
+    return said[0] if said else None
 
 
-def _spoken_number(text: str) -> tuple[int, int] | None:
-    """``(value, position)`` of the first run of number words."""
+def numbers(text: str) -> list[float | int]:
+    """Every number in ``text``, in order: digits ("10", "2.5") and runs of number words."""
+    found: list[tuple[int, float | int]] = []
+    for match in _NUMBER_RE.finditer(text):
+        raw = match.group(0).replace(",", ".")
+        found.append((match.start(), float(raw) if "." in raw else int(raw)))
+    found.extend(_spoken_numbers(text))
+    return [value for _, value in sorted(found, key=lambda pair: pair[0])]
+
+
+def _spoken_numbers(text: str) -> list[tuple[int, int]]:
+    """``(position, value)`` of each run of number words ("twenty five", "one hundred")."""
+    runs: list[tuple[int, int]] = []
     value, start, current, seen = 0, -1, 0, False
     for match in re.finditer(r"[a-z]+", text.lower()):
         word = match.group(0)
@@ -226,17 +237,19 @@ def _spoken_number(text: str) -> tuple[int, int] | None:
             current += _TENS[word]
         elif word == "hundred" and seen:
             current *= 100
+            continue
         elif word == "thousand" and seen:
-            value += current * 1000
-            current = 0
+            value, current = value + current * 1000, 0
+            continue
         elif word == "and" and seen:
             continue
-        elif seen:
-            break
         else:
+            if seen:
+                runs.append((start, value + current))
+                value, start, current, seen = 0, -1, 0, False
             continue
         if not seen:
             start, seen = match.start(), True
-    if not seen:
-        return None
-    return value + current, start
+    if seen:
+        runs.append((start, value + current))
+    return runs

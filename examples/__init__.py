@@ -1,0 +1,1 @@
+"""Examples that run on voxgate (``python -m examples.<name>`` from the repository root)."""
