@@ -28,7 +28,7 @@ import re
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, overload
 
 import orjson
 import pydantic_core
@@ -126,13 +126,24 @@ class PythonTool(Tool):
         return self.fn(*args, **kwargs)
 
 
+@overload
+def tool(fn: Callable[..., Any], /) -> PythonTool: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
+) -> Callable[[Callable[..., Any]], PythonTool]: ...
+
+
 def tool(
     fn: Callable[..., Any] | None = None,
+    /,
     *,
     name: str | None = None,
     description: str | None = None,
     timeout_s: float | None = None,
-) -> Any:
+) -> PythonTool | Callable[[Callable[..., Any]], PythonTool]:
     """Declare a server tool: ``@tool`` or ``@tool(timeout_s=2)`` on a typed function.
 
     Raises:
