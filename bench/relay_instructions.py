@@ -78,7 +78,7 @@ async def _echoes(ws: aiohttp.ClientWebSocketResponse, want: int, v1: bool) -> i
             got += 1
         if not msg.data.startswith('{"type":"voxgate.session.'):
             numbered += 1
-        if v1 and numbered % 10 == 0:
+        if v1 and numbered % 50 == 0:  # like the console client: about once a second
             await ws.send_str(f'{{"type":"voxgate.session.ack","received_events":{numbered}}}')
     return got
 

@@ -22,6 +22,7 @@ import hashlib
 import os
 import random
 import ssl
+import struct
 from collections import deque
 from collections.abc import Mapping
 from typing import Final
@@ -49,14 +50,15 @@ try:  # aiohttp's C masking helper is ~4x faster than big-int XOR; same result
         _websocket_mask_cython as _c_mask,
     )
 
-    def _mask(key: bytes, payload: bytes) -> bytes:
+    def _mask(key: bytes, payload: bytes) -> bytes | bytearray:
         buf = bytearray(payload)
         _c_mask(key, buf)
-        return bytes(buf)
+        return buf  # a bytearray: concatenated into the frame, never kept
 
     MASKER: Masker = _mask
 except ImportError:  # pragma: no cover - aiohttp without its extensions
     MASKER = xor_mask
+_LEN16_MASKED = struct.Struct("!BBH4s").pack  # FIN+text, mask bit + 126, length, masking key
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD_BYTES: Final = 64 * 1024
@@ -144,11 +146,14 @@ class WSClientConnection(asyncio.Protocol):
         if self._paused_writing or self._close_sent or transport is None:
             return False
         payload = text.encode()
+        n = len(payload)
         key = _rand.getrandbits(32).to_bytes(4, "little")
+        if 125 < n < 65536:  # the audio frames: header packed in one call
+            head = _LEN16_MASKED(0x81, 0xFE, n, key)
+        else:
+            head = frame_header(OP_TEXT, n, mask_bit=0x80) + key
         # one write, one syscall: asyncio sends each write at once while its buffer is empty
-        transport.write(
-            frame_header(OP_TEXT, len(payload), mask_bit=0x80) + key + MASKER(key, payload)
-        )
+        transport.write(head + MASKER(key, payload))
         return True
 
     async def send_text(self, text: str) -> None:
@@ -189,6 +194,24 @@ class WSClientConnection(asyncio.Protocol):
             data = self._read_head(data)
             if not data:
                 return
+        # The common case, one whole unfragmented text frame of 126..65535 bytes in this read
+        # and nothing held from before, skips the general parser.
+        if (
+            len(data) > 4
+            and data[0] == 0x81
+            and data[1] == 126
+            and (data[2] << 8 | data[3]) == len(data) - 4
+            and self._parser.idle
+        ):
+            try:
+                text = data[4:].decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(1007, "text frame is not UTF-8")
+                return
+            sink = self._sink
+            if sink is None or not self._parked or self._queue or not sink(text):
+                self._enqueue(text)
+            return
         try:
             messages = self._parser.feed(data)
         except FrameError as exc:

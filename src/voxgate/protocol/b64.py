@@ -11,6 +11,7 @@ anything that is not canonical, padded base64.
 from __future__ import annotations
 
 import binascii
+import functools
 from collections.abc import Callable
 from types import ModuleType
 
@@ -29,21 +30,12 @@ def _std_encode(data: bytes | bytearray | memoryview) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
-def _fast_decode(text: str | bytes) -> bytes:
-    assert _fast is not None  # noqa: S101 (chosen only when present)
-    out: bytes = _fast.b64decode(text, validate=True)
-    return out
-
-
-def _fast_encode(data: bytes | bytearray | memoryview) -> str:
-    assert _fast is not None  # noqa: S101 (chosen only when present)
-    out: str = _fast.b64encode_as_string(data)
-    return out
-
-
 #: Strict decode: canonical padded base64 only (raises ``binascii.Error``/``ValueError``).
-decode: Callable[[str | bytes], bytes] = _fast_decode if _fast is not None else _std_decode
+#: (C callables all the way down: a partial, not a Python wrapper frame, per audio frame.)
+decode: Callable[[str | bytes], bytes] = (
+    functools.partial(_fast.b64decode, validate=True) if _fast is not None else _std_decode
+)
 #: Encode to an ASCII ``str``.
 encode: Callable[[bytes | bytearray | memoryview], str] = (
-    _fast_encode if _fast is not None else _std_encode
+    _fast.b64encode_as_string if _fast is not None else _std_encode
 )

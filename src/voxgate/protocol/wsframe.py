@@ -29,7 +29,7 @@ _LEN3 = struct.Struct("!BBQ").pack
 _UNPACK2 = struct.Struct("!H").unpack_from
 _UNPACK8 = struct.Struct("!Q").unpack_from
 
-Masker = Callable[[bytes, bytes], bytes]
+Masker = Callable[[bytes, bytes], bytes | bytearray]
 """``masker(key4, payload) -> masked payload``."""
 
 
@@ -63,7 +63,7 @@ def xor_mask(key: bytes, payload: bytes) -> bytes:
 
 def masked_frame(opcode: int, payload: bytes, key: bytes, masker: Masker = xor_mask) -> bytes:
     """A complete masked client frame (RFC 6455 §5.3)."""
-    return frame_header(opcode, len(payload), mask_bit=0x80) + key + masker(key, payload)
+    return bytes(frame_header(opcode, len(payload), mask_bit=0x80) + key + masker(key, payload))
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
@@ -112,6 +112,11 @@ class FrameParser:
         self._need = 0  # bytes the incomplete frame at the head of _buf needs in total
         self._frag_opcode = 0
         self._frag = bytearray()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing held: no partial frame, no unfinished fragmented message."""
+        return not self._buf and not self._frag_opcode
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Parse ``data``; return the messages it completes, in order.

@@ -29,6 +29,7 @@ a retryable upstream loss becomes :class:`StartReconnect` instead of the end.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -157,6 +158,17 @@ class SessionMachine:
             return False
         self.record_client_audio(text, start)
         return True
+
+    @property
+    def audio_recorders(
+        self,
+    ) -> tuple[Callable[[str], None] | None, Callable[[bytes], None] | None]:
+        """What records forwarded audio for recovery (base64, raw), or Nones: the hot path
+        calls them directly instead of :meth:`record_client_audio` and its siblings."""
+        recovery = self.recovery
+        if recovery is None:
+            return None, None
+        return recovery.record_b64, recovery.record_pcm
 
     @property
     def binary_audio_ok(self) -> bool:

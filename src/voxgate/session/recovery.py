@@ -88,6 +88,9 @@ class Recovery:
 
     def __init__(self, mirror: Mirror, *, ack_ttl_s: float = 10.0) -> None:
         self.mirror = mirror
+        #: the hot path records audio with these (the mirror's own methods: no wrapper frames)
+        self.record_b64 = mirror.on_client_append
+        self.record_pcm = mirror.on_client_audio
         self.ack_ttl_s = ack_ttl_s
         self._pending: deque[Sent] = deque()
         self._responses: dict[str, _Response] = {}

@@ -145,6 +145,7 @@ class SessionRunner:
             else None
         )
         self._paced_until = 0.0  # the client pump reads nothing before this (pacing)
+        self._record_b64, self._record_pcm = machine.audio_recorders
         self._tg: asyncio.TaskGroup | None = None
         self.stats = SessionStats()
         self.end: EndSession | None = None
@@ -246,7 +247,8 @@ class SessionRunner:
             start = machine.client_audio_start(frame)
             if start < 0 or not up.write_text(frame):
                 return False
-            machine.record_client_audio(frame, start)
+            if self._record_b64 is not None:
+                self._record_b64(frame[start:-2])
             audio_bytes = (len(frame) - start) * 3 // 4
         else:
             data: bytes = frame  # type: ignore[assignment,unused-ignore]
@@ -257,7 +259,8 @@ class SessionRunner:
                     return False
             elif not up.write_text(append_b64(b64.encode(data))):
                 return False
-            machine.record_client_audio_bytes(data)
+            if self._record_pcm is not None:
+                self._record_pcm(data)
             stats.client_audio_bytes += len(data)
             audio_bytes = len(data)
         stats.client_frames += 1

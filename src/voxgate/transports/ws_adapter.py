@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from typing import Any, Final
 
 import orjson
@@ -44,6 +45,7 @@ _BINARY: Final = WSMsgType.BINARY
 _PING: Final = WSMsgType.PING
 _PONG: Final = WSMsgType.PONG
 _CLOSE: Final = WSMsgType.CLOSE
+_LEN16 = struct.Struct("!BBH").pack
 #: Socket buffer above which ``write_text`` refuses (the transport's own high-water mark).
 WRITE_HIGH_BYTES: Final = 64 * 1024
 _READER_CHUNK = 2**16  # aiohttp's DEFAULT_CHUNK_SIZE for the reader queue
@@ -213,7 +215,10 @@ class AiohttpClientConnection:
         ):
             return False
         payload = text.encode()
-        transport.write(frame_header(OP_TEXT, len(payload)) + payload)
+        n = len(payload)
+        # the audio deltas: a 16-bit length, the header packed in one call
+        head = _LEN16(0x81, 126, n) if 125 < n < 65536 else frame_header(OP_TEXT, n)
+        transport.write(head + payload)
         return True
 
     async def ping(self) -> None:

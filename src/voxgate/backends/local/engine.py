@@ -127,9 +127,7 @@ class EngineSession(RealtimeCore):
         self._item_audio: deque[ItemAudio] = deque()
         self._cancelled: list[str] = []
         self._partial_sent: dict[str, str] = {}
-        super().__init__(
-            session, max_buffer_bytes=max_buffer_bytes, check_audio=True
-        )
+        super().__init__(session, max_buffer_bytes=max_buffer_bytes, check_audio=True)
 
     # ---------------------------------------------------------------- hooks
 

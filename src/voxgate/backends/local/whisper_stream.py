@@ -15,6 +15,11 @@ partial decode costs about as much as a final, so they are off by default (docs)
 A stream with less than :data:`~.asr.MIN_VOICED_MS` of voiced audio is not decoded at all,
 and a decode Whisper judges to be silence or noise gives an empty final (no words).
 
+Audio is resampled to 16 kHz in float32 (:class:`FloatResampler`), not through the
+engine's PCM16 resampler: soxr dithers whenever it writes int16, with a fresh random seed
+per stream, so the same audio gave a different decode from one session to the next (10 of
+60 espeak questions changed words between two runs in one process).
+
 Threading: blocking CPU work for a worker thread; a stream belongs to one session. Must
 not: keep audio beyond its bound, or share a stream.
 """
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import soxr
 
 from voxgate.backends.local.asr import (
     ASR_RATE_HZ,
@@ -35,7 +41,8 @@ from voxgate.backends.local.asr import (
 )
 from voxgate.backends.local.mel import Float32Array
 from voxgate.backends.local.whisper import Recognition, WhisperModel, WhisperOptions
-from voxgate.protocol.audio import Resampler
+
+_EMPTY: Float32Array = np.zeros(0, dtype=np.float32)
 
 
 def pcm16_to_float(pcm16: bytes | bytearray) -> Float32Array:
@@ -43,6 +50,47 @@ def pcm16_to_float(pcm16: bytes | bytearray) -> Float32Array:
     samples = np.frombuffer(bytes(pcm16), dtype="<i2").astype(np.float32)
     out: Float32Array = samples / 32768.0
     return out
+
+
+def float_to_pcm16(samples: Float32Array) -> bytes:
+    """float32 samples → PCM16 little-endian (clipped; rounded, no dither)."""
+    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+
+
+class FloatResampler:
+    """PCM16 chunks at ``in_rate_hz`` → float32 at 16 kHz, deterministically (no dither).
+
+    An odd trailing byte is carried to the next chunk; :meth:`flush` drains the filter and
+    starts over.
+    """
+
+    def __init__(self, in_rate_hz: int) -> None:
+        self._in_rate_hz = in_rate_hz
+        self._carry = b""
+        self._stream = self._new_stream()
+
+    def _new_stream(self) -> soxr.ResampleStream | None:
+        if self._in_rate_hz == ASR_RATE_HZ:
+            return None
+        return soxr.ResampleStream(self._in_rate_hz, ASR_RATE_HZ, 1, dtype="float32")
+
+    def process(self, pcm16: bytes) -> Float32Array:
+        data = self._carry + pcm16
+        usable = len(data) - len(data) % 2
+        self._carry = data[usable:]
+        samples = pcm16_to_float(data[:usable])
+        if self._stream is None or not len(samples):
+            return samples
+        out: Float32Array = self._stream.resample_chunk(samples, last=False)
+        return out
+
+    def flush(self) -> Float32Array:
+        self._carry = b""
+        if self._stream is None:
+            return _EMPTY
+        out: Float32Array = self._stream.resample_chunk(_EMPTY, last=True)
+        self._stream = self._new_stream()
+        return out
 
 
 class WhisperStream:
@@ -58,16 +106,17 @@ class WhisperStream:
     ) -> None:
         self._model = model
         self._input_rate_hz = input_rate_hz
-        self._resampler = Resampler(input_rate_hz, ASR_RATE_HZ)
-        self._max_bytes = int(max_utterance_s * ASR_RATE_HZ) * 2
+        self._resampler = FloatResampler(input_rate_hz)
+        self._max_samples = int(max_utterance_s * ASR_RATE_HZ)
         self._partial_interval_ms = partial_interval_ms
-        self._audio = bytearray()
-        self._fed_bytes = 0
+        self._chunks: list[Float32Array] = []
+        self._kept = 0  # samples in ``_chunks``
+        self._fed = 0  # samples fed (kept or not)
         self._active = False
         self._next_partial_ms = float(partial_interval_ms)
         self._agreed = ""
         self._last_words: list[str] = []
-        self._snapshot: tuple[int, str] | None = None  # (fed bytes, text) at the last pause
+        self._snapshot: tuple[int, str] | None = None  # (fed samples, text) at the last pause
         self.last: Recognition | None = None  # the newest decode (benchmarks read its scores)
 
     @property
@@ -76,7 +125,7 @@ class WhisperStream:
 
     @property
     def audio_ms(self) -> float:
-        return self._fed_bytes / (2 * ASR_RATE_HZ) * 1000
+        return self._fed / ASR_RATE_HZ * 1000
 
     def feed(self, pcm16: bytes) -> Transcript | None:
         """Buffer audio; with partials on, decode when one is due (returns a new partial)."""
@@ -98,7 +147,7 @@ class WhisperStream:
         second decode; if audio is fed (speech resumed), the final decodes it all.
         """
         text = self._final_text()
-        self._snapshot = (self._fed_bytes, text)
+        self._snapshot = (self._fed, text)
         return Transcript(text, False, self.audio_ms)
 
     def finish(self) -> Transcript:
@@ -106,7 +155,7 @@ class WhisperStream:
             return Transcript("", True, 0.0)
         audio_ms = self.audio_ms
         try:
-            if self._snapshot is not None and self._snapshot[0] == self._fed_bytes:
+            if self._snapshot is not None and self._snapshot[0] == self._fed:
                 text = self._snapshot[1]
             else:
                 self._keep(self._resampler.flush())
@@ -122,25 +171,34 @@ class WhisperStream:
 
     # ------------------------------------------------------------------ internals
 
-    def _keep(self, data: bytes) -> None:
-        self._fed_bytes += len(data)
-        room = self._max_bytes - len(self._audio)
-        if room > 0:
-            self._audio += data[:room]
+    def _keep(self, samples: Float32Array) -> None:
+        self._fed += len(samples)
+        room = self._max_samples - self._kept
+        if room > 0 and len(samples):
+            self._chunks.append(samples[:room])
+            self._kept += min(room, len(samples))
+
+    def _samples(self) -> Float32Array:
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0] if self._chunks else _EMPTY
+
+    def _voiced_ms(self) -> int:
+        return voiced_ms(float_to_pcm16(self._samples()))
 
     def _final_text(self) -> str:
-        if not self._agreed and voiced_ms(self._audio) < MIN_VOICED_MS:
+        if not self._agreed and self._voiced_ms() < MIN_VOICED_MS:
             return ""
         rec = self._decode()
         return rec.text if rec.text.startswith(self._agreed) else self._agreed
 
     def _decode(self) -> Recognition:
         prefix = " " + self._agreed if self._agreed else ""
-        self.last = self._model.recognize(pcm16_to_float(self._audio), prefix=prefix)
+        self.last = self._model.recognize(self._samples(), prefix=prefix)
         return self.last
 
     def _partial_decode(self) -> Transcript | None:
-        if not self._agreed and voiced_ms(self._audio) < MIN_VOICED_MS:
+        if not self._agreed and self._voiced_ms() < MIN_VOICED_MS:
             return None
         rec = self._decode()
         if not rec.speech:
@@ -160,13 +218,14 @@ class WhisperStream:
 
     def _reset(self) -> None:
         self._active = False
-        self._audio = bytearray()
-        self._fed_bytes = 0
+        self._chunks = []
+        self._kept = 0
+        self._fed = 0
         self._next_partial_ms = float(self._partial_interval_ms)
         self._agreed = ""
         self._last_words = []
         self._snapshot = None
-        self._resampler = Resampler(self._input_rate_hz, ASR_RATE_HZ)
+        self._resampler = FloatResampler(self._input_rate_hz)
 
 
 class WhisperRecognizer:

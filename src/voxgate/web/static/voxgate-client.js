@@ -28,6 +28,10 @@
 // dropped and counted) and goes out right after `voxgate.session.resumed`, before live audio;
 // frames the browser had not yet put on the wire when the socket died (`bufferedAmount`) go
 // first. A refused or expired resume falls back to a fresh session (new key, as a reconnect).
+// Several nodes: `voxgate.session.migrate` (the node is draining) starts the same resume at once,
+// through the same URL (the load balancer picks a live node, which takes the session over); the
+// old socket is left open (closing it would end the session there) and nothing more is read from
+// it; the old node closes it after the hand-off.
 //
 // HTTP fallback: when the WebSocket cannot open at all (a network or proxy that blocks
 // WebSockets), the client switches by itself to voxgate's HTTP/SSE fallback (`SseSocket`,
@@ -160,7 +164,8 @@ export class VoxgateClient {
                    sessions: 0, resumes: 0, resumeAttempts: 0, resumeFailures: 0, lastResumeMs: null,
                    resumeMs: [], resumeLog: [], replayedEvents: 0, duplicateEvents: 0, gapFrames: 0,
                    gapResentFrames: 0, gapDroppedFrames: 0, tailResentFrames: 0, inFlightResentFrames: 0, acks: 0,
-                   upstreamReconnects: 0, states: [], drops: [] };
+                   upstreamReconnects: 0, states: [], drops: [], migrations: 0, lostEvents: 0,
+                   movedResumes: 0 };
     this.socketFrames = 0; // frames sent on the current socket
     this.resetSession();
   }
@@ -402,6 +407,23 @@ export class VoxgateClient {
     return this.opts.resume !== false && e.code === 1006 && !!this.resumeToken && this.graceMs > 0;
   }
 
+  /** The node is going away: resume on another one now, leaving the old socket open. */
+  migrate(ev) {
+    if (this.opts.resume === false || !this.resumeToken || this.resuming || !this.ws) return;
+    const old = this.ws;
+    old.onmessage = null; // its remaining frames are replayed by the new node if we miss them
+    old.onclose = null;
+    this.ws = null;
+    this.ready = false;
+    this.stats.migrations++;
+    const now = performance.now();
+    // no requeueUnsent(): the old socket stays open, so what it still holds reaches the old node
+    this.resuming = { dropAt: now, deadline: now + Math.max(this.graceMs, 10000), attempt: 0,
+                      refused: false, lastWhy: "", timer: null, dropped: 0, migrating: true };
+    this.setState("resuming", `migrating (${ev.reason || "node going away"})`);
+    this.scheduleResume();
+  }
+
   beginResume(e, ws) {
     const now = performance.now();
     const drops = this.stats.drops;
@@ -537,6 +559,8 @@ export class VoxgateClient {
     this.resumeToken = ev.resume_token; // the old one is dead now
     this.sessionId = ev.session_id || this.sessionId;
     this.replayLeft = ev.replayed_events | 0;
+    this.stats.lostEvents += ev.lost_events | 0; // missed events the new node no longer had
+    if (ev.moved) this.stats.movedResumes++; // the session came back on another node
     // Frames that left this page but never reached voxgate (in flight at the cut) go out
     // again first: voxgate says how much binary audio it received in this session.
     if (Number.isInteger(ev.input_audio_bytes) && ev.input_audio_bytes < this.sessionAudioBytes) {
@@ -750,6 +774,10 @@ export class VoxgateClient {
 
   /** `voxgate.session.*`: resume bookkeeping; never counted, the token is never emitted. */
   onControl(ev) {
+    if (ev.type === "voxgate.session.migrate") {
+      this.emit("event", withoutToken(ev));
+      return this.migrate(ev);
+    }
     if (ev.type === "voxgate.session.resumable") {
       this.resumeToken = ev.resume_token || null;
       this.graceMs = Math.max(0, Number(ev.grace_s) || 0) * 1000;
