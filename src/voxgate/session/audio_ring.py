@@ -37,11 +37,17 @@ class ByteRing:
         """What the blocks take in memory (the contents plus at most one block of slack)."""
         return len(self._blocks) * self._block
 
-    def append(self, data: bytes | bytearray | memoryview) -> None:
-        """Add ``data`` at the back (copied into blocks; O(len(data)))."""
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        """Add ``data`` at the back (copied into blocks; O(len(data))); return the new size."""
         n = len(data)
+        fill = self._fill
+        if 0 < n <= self._block - fill:  # the common case: it fits the current block
+            self._blocks[-1][fill : fill + n] = data
+            self._fill = fill + n
+            self._size += n
+            return self._size
         if not n:
-            return
+            return self._size
         self._size += n
         block = self._block
         view = memoryview(data)
@@ -55,6 +61,7 @@ class ByteRing:
             self._blocks[-1][fill : fill + take] = view[pos : pos + take]
             self._fill = fill + take
             pos += take
+        return self._size
 
     def drop_front(self, n: int) -> None:
         """Forget the oldest ``n`` bytes (at most all of them)."""

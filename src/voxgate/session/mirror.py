@@ -122,9 +122,8 @@ class Mirror:
     def on_client_audio(self, raw: bytes) -> None:
         """The client appended raw audio (a binary frame). Amortised O(len(raw)), no objects."""
         ring = self._ring
-        ring.append(raw)
+        size = ring.append(raw)
         self.stream_bytes += len(raw)
-        size = len(ring)
         if size <= self._fast_bound:
             return
         idle = self._vad and not self.speaking and self._vad_cut is None

@@ -61,9 +61,11 @@ class ReplayLog:
     def append(self, frame: str) -> bool:
         """Log the next numbered frame. False: a frame sent after a detach had to be dropped."""
         data = frame.encode()
-        self._ring.append(data)
+        size = self._ring.append(data)
         self._lens.append(len(data))
         self.last_seq += 1
+        if size <= self.limit_bytes:
+            return not self.lost_while_detached
         while len(self._ring) > self.limit_bytes and len(self) > 1:
             self._drop_oldest()
             self.dropped_frames += 1
