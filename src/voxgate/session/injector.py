@@ -30,6 +30,7 @@ Delivery is readable back through :class:`MessageRecord` (the proactive API keep
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -37,7 +38,6 @@ from typing import Any, Final, Literal
 import orjson
 
 from voxgate.protocol.extensions import gateway_event
-from voxgate.protocol.ids import new_id
 
 #: ``response.metadata`` key marking a response voxgate asked for (value: the job id).
 METADATA_KEY: Final = "voxgate"
@@ -65,6 +65,11 @@ _CLIENT_REQUEST_TIMEOUT_S: Final = 5.0
 
 Mode = Literal["speak", "context"]
 Status = Literal["queued", "injecting", "delivered", "expired", "dropped", "failed"]
+
+
+def _job_id() -> str:
+    """``vgjob_`` + 12 hex digits (one ``urandom`` call: ids are minted per tool call)."""
+    return "vgjob_" + secrets.token_hex(6)
 
 
 @dataclass(slots=True)
@@ -229,7 +234,7 @@ class Injector:
                 kind,
                 PRIORITIES.get(record.priority, _MODEL_PRIORITY),
                 next(self._seq),
-                new_id("vgjob", 12),
+                _job_id(),
                 text=record.text,
                 record=record,
                 expires_at=record.expires_at,
@@ -241,7 +246,7 @@ class Injector:
         """A tool says something while it works; False when the queue is full."""
         if len(self._jobs) >= MAX_JOBS or not text.strip():
             return False
-        job_id = new_id("vgjob", 12)
+        job_id = _job_id()
         self._add(Job("say", _IN_TURN_PRIORITY, next(self._seq), job_id, text=text.strip()))
         return True
 
@@ -249,7 +254,7 @@ class Injector:
         """Server tool outputs are all in: ask the model to read them (once per batch)."""
         if any(j.kind == "follow_up" for j in self._jobs):
             return
-        job = Job("follow_up", _IN_TURN_PRIORITY, next(self._seq), new_id("vgjob", 12))
+        job = Job("follow_up", _IN_TURN_PRIORITY, next(self._seq), _job_id())
         job.ready_seq = self._created
         self._add(job)
 

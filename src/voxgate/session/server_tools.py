@@ -35,6 +35,7 @@ upstream reconnect. Everything is bounded; nothing does I/O or reads a clock.
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,6 @@ from typing import Any, Final
 
 import orjson
 
-from voxgate.protocol.ids import new_id
 from voxgate.protocol.sniff import NotAnEvent, event_type, parse_event
 from voxgate.session.injector import (
     CONTEXT_ITEM_PREFIX,
@@ -128,6 +128,8 @@ class ToolInterceptor:
         self._calls: OrderedDict[str, _Call] = OrderedDict()
         self._call_items: dict[str, str] = {}  # hidden call item id -> call id
         self._streaming = 0  # hidden calls whose arguments are still arriving
+        self._running = 0  # calls started whose output is not sent yet
+        self._unseen: set[str] = set()  # responses running that the client has not seen
         self._hidden: OrderedDict[str, str | None] = OrderedDict()  # item -> visible predecessor
         self._held: deque[tuple[str, bool]] = deque()  # (client frame, is response.create)
         self._handlers: dict[str, Callable[[str, str, float], Verdict]] = {
@@ -211,11 +213,7 @@ class ToolInterceptor:
         return orjson.dumps({**event, "session": merged}).decode()
 
     def _client_must_wait(self) -> bool:
-        if self.injector.voxgate_request_pending:
-            return True
-        if any(c.started and not c.output_sent for c in self._calls.values()):
-            return True
-        return any(not r.visible and not r.done for r in self._responses.values())
+        return self.injector.voxgate_request_pending or bool(self._running or self._unseen)
 
     # ------------------------------------------------------------------ upstream -> client
 
@@ -262,8 +260,9 @@ class ToolInterceptor:
         if not self.hidden_names:  # nothing of voxgate's can be in it: show it at once
             return Verdict([text])
         self._responses[body["id"]] = _Response(text)
+        self._unseen.add(body["id"])
         while len(self._responses) > _MAX_RESPONSES:
-            self._responses.popitem(last=False)
+            self._unseen.discard(self._responses.popitem(last=False)[0])
         return Verdict([])
 
     def _on_output_item_added(self, etype: str, text: str, now: float) -> Verdict:
@@ -281,7 +280,7 @@ class ToolInterceptor:
                 return Verdict([])
             if response is not None:
                 response.client_calls += 1
-        return Verdict([*self._reveal(response), text])
+        return Verdict([*self._reveal(rid, response), text])
 
     def _hide_call(self, item: dict[str, Any], response_id: str | None) -> _Call | None:
         item_id, call_id = item.get("id"), item.get("call_id")
@@ -297,6 +296,8 @@ class ToolInterceptor:
         while len(self._calls) > _MAX_CALLS:
             _, old = self._calls.popitem(last=False)
             self._call_items.pop(old.item_id, None)
+            if old.started and not old.output_sent:  # (never: the bound is far above the limit)
+                self._running -= 1
         return call
 
     def _hide(self, item_id: str, previous: Any) -> None:
@@ -312,10 +313,11 @@ class ToolInterceptor:
             return None
         return self._hidden.get(item_id, item_id)
 
-    def _reveal(self, response: _Response | None) -> list[str]:
+    def _reveal(self, response_id: Any, response: _Response | None) -> list[str]:
         if response is None or response.visible:
             return []
         response.visible = True
+        self._unseen.discard(response_id)
         created, response.created = response.created, None
         return [created] if created is not None else []
 
@@ -389,6 +391,7 @@ class ToolInterceptor:
         if call.started or call.output_sent:
             return []
         call.started = True
+        self._running += 1
         self._streaming = max(0, self._streaming - 1)
         call.arguments = arguments if isinstance(arguments, str) else ""
         return [ToolCall(call.call_id, call.name, call.arguments, call.item_id, call.response_id)]
@@ -405,9 +408,10 @@ class ToolInterceptor:
                 text = orjson.dumps({**event, "response": _untagged(body)}).decode()
             return Verdict([text, *shown], to_upstream=self.pump(now))
         response.done = True
+        self._unseen.discard(str(body.get("id")))
         out: list[str] = []
         if not response.visible and not response.calls:
-            out.extend(self._reveal(response))  # it carried nothing of voxgate's: show it
+            out.extend(self._reveal(body.get("id"), response))  # nothing of voxgate's: show it
         if response.visible:
             out.append(self._visible_done(event, body, text))
         for call_id in response.calls:  # a call cut short never runs: forget it
@@ -481,7 +485,8 @@ class ToolInterceptor:
         if call is None or call.output_sent:
             return self.pump(now)
         call.output_sent = True
-        item_id = OUTPUT_ITEM_PREFIX + new_id("o", 14)[2:]
+        self._running -= 1
+        item_id = OUTPUT_ITEM_PREFIX + secrets.token_hex(8)
         self._hide(item_id, None)
         create = {
             "type": "conversation.item.create",
@@ -496,7 +501,7 @@ class ToolInterceptor:
         response = self._responses.get(call.response_id) if call.response_id else None
         if response is not None:
             self._settle(str(call.response_id), response)
-        elif not any(c.started and not c.output_sent for c in self._calls.values()):
+        elif not self._running:
             self.injector.follow_up()  # its response is gone from view: follow up anyway
         return [orjson.dumps(create).decode(), *self.pump(now)]
 
@@ -516,9 +521,9 @@ class ToolInterceptor:
                     self.injector.on_client_request(now)
         if self._held:
             return out
-        blocked = any(not r.visible and not r.done for r in self._responses.values())
-        pending = any(c.started and not c.output_sent for c in self._calls.values())
-        return out + self.injector.pump(now, blocked=blocked, tools_pending=pending)
+        return out + self.injector.pump(
+            now, blocked=bool(self._unseen), tools_pending=bool(self._running)
+        )
 
 
 def _parse(text: str) -> dict[str, Any] | None:
