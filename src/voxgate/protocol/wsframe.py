@@ -112,11 +112,9 @@ class FrameParser:
         self._need = 0  # bytes the incomplete frame at the head of _buf needs in total
         self._frag_opcode = 0
         self._frag = bytearray()
-
-    @property
-    def idle(self) -> bool:
-        """Nothing held: no partial frame, no unfinished fragmented message."""
-        return not self._buf and not self._frag_opcode
+        #: nothing held (no partial frame, no unfinished fragmented message): a caller may
+        #: take a whole frame itself without going through :meth:`feed`
+        self.idle = True
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Parse ``data``; return the messages it completes, in order.
@@ -127,6 +125,7 @@ class FrameParser:
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
+                self.idle = False
                 return []
             data = bytes(self._buf)
             self._buf.clear()
@@ -163,6 +162,7 @@ class FrameParser:
         if pos < end:
             self._buf += data[pos:]
         self._need = need
+        self.idle = not self._buf and not self._frag_opcode
         return out
 
     def _frame(self, b0: int, payload: bytes, out: list[tuple[int, bytes]]) -> None:
