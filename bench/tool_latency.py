@@ -244,7 +244,7 @@ async def overhead(calls: int, pin: bool) -> dict[str, Any]:
 
 TOOL_QUESTIONS = [
     "What is the price of Apple?",
-    "What is my position in Nvidia?",
+    "What is my position in Microsoft?",
     "What is the price of Tesla?",
     "What is my portfolio risk?",
 ]

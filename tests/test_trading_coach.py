@@ -53,6 +53,9 @@ async def call(name: str, **arguments: Any) -> dict[str, Any]:
 
 async def test_the_ten_micro_tools(fresh_desk: Desk) -> None:
     assert len(load_modules("examples.trading_coach.tools")) == 10
+    words = ToolRegistry(load_modules("examples.trading_coach.tools")).vocabulary()
+    assert {"Apple", "Nvidia", "Tesla", "quote", "journal"} <= set(words)  # for the ASR prompt
+    assert "above or below today's price" not in words  # only the names enums are said by
     quote = await call("get_quote", symbol="AAPL")
     assert quote["summary"] == "Apple is at 189.50, up 0.0 percent today."
     position = await call("get_position", symbol="NVDA")

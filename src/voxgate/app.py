@@ -29,6 +29,7 @@ from voxgate.backends.base import Backend
 from voxgate.config import Settings
 from voxgate.observability.health import DETAILS, BackendHealth
 from voxgate.observability.metrics import Metrics
+from voxgate.observability.session_trace import Observability, TimedBackend, build_tracer
 from voxgate.protocol.ids import new_id
 from voxgate.protocol.redaction import redact
 from voxgate.session.ports import UpstreamTarget
@@ -70,7 +71,11 @@ MESSAGES = web.AppKey("voxgate.messages", ProactiveMessages)
 MCP = web.AppKey("voxgate.mcp", McpServers)
 
 
-def build_backend(settings: Settings, knowledge: KnowledgeLibrary | None = None) -> Backend:
+def build_backend(
+    settings: Settings,
+    knowledge: KnowledgeLibrary | None = None,
+    vocabulary: list[str] | None = None,
+) -> Backend:
     if settings.backend == "openai":
         from voxgate.backends.openai import OpenAIBackend
 
@@ -84,7 +89,9 @@ def build_backend(settings: Settings, knowledge: KnowledgeLibrary | None = None)
         return openai
     from voxgate.backends.local.backend import LocalBackend  # type: ignore[import-not-found,unused-ignore]
 
-    backend: Backend = LocalBackend.from_settings(settings, knowledge=knowledge)
+    backend: Backend = LocalBackend.from_settings(
+        settings, knowledge=knowledge, vocabulary=vocabulary or ()
+    )
     return backend
 
 
@@ -203,15 +210,16 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     knowledge = build_knowledge(settings)
     registry = build_tools(settings, knowledge)
     mcp = McpServers(parse_servers(settings.mcp_servers))
-    backend = backend or build_backend(settings, knowledge)
+    backend = backend or build_backend(settings, knowledge, registry.vocabulary())
     metrics = Metrics()
     secrets_known = known_secrets(settings, secret)
     health = BackendHealth(getattr(backend, "probe", None))
     node_id = settings.node_id or new_id("node", 8)
     store = build_store(settings, node_id)
+    observability = Observability(metrics, build_tracer(settings.traces))
     hub = SessionHub(
         node_id=node_id,
-        backend=backend,
+        backend=TimedBackend(backend, observability),
         authenticator=Authenticator(server_keys, secret, settings.max_session_s),
         store=store,
         metrics=metrics,
@@ -229,6 +237,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     endpoint = RealtimeEndpoint(hub)
     sse = SseEndpoint(hub)
     router = NodeRouter(store, node_id)  # node-to-node calls (issue 17)
+    hub.observability = observability
     admin = SessionAdmin(hub, router)
     if store.shared:  # several nodes: snapshots, hand-offs, adoption
         hub.handoff = Handoff(hub, store, router, session_ttl_s=session_ttl_s(settings))

@@ -332,6 +332,19 @@ class ToolRegistry:
             ]
         return ToolSet(chosen, default_timeout_s=self.default_timeout_s)
 
+    def vocabulary(self) -> list[str]:
+        """Words a speech recogniser should expect: tool names, ``enum`` values and the
+        aliases a parameter's description gives them as ``VALUE (alias, alias)``."""
+        words: dict[str, None] = {}
+        for found in self._tools.values():
+            words.update(dict.fromkeys(found.name.replace("_", " ").replace("-", " ").split()))
+            for prop in (found.parameters.get("properties") or {}).values():
+                if not isinstance(prop, dict) or "enum" not in orjson.dumps(prop).decode():
+                    continue
+                for m in re.finditer(r"\b[\w.-]+\s*\(([^)]*)\)", str(prop.get("description", ""))):
+                    words.update(dict.fromkeys(a.strip() for a in m.group(1).split(",")))
+        return [w for w in words if w]
+
     def unknown(self, patterns: Sequence[str]) -> list[str]:
         """The patterns that match no registered tool (a key naming a tool that is not here)."""
         return [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in self._tools)]

@@ -136,12 +136,18 @@ class LocalBackend:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, knowledge: KnowledgeLibrary | None = None
+        cls,
+        settings: Settings,
+        *,
+        knowledge: KnowledgeLibrary | None = None,
+        vocabulary: Sequence[str] = (),
     ) -> LocalBackend:
         """The backend ``voxgate serve`` uses: responder and knowledge from ``settings``.
 
         ``knowledge``: the notes the app's ``search_knowledge`` tool reads (shared, so both
         see the same reloads); default: ``knowledge_path`` or the shipped example.
+        ``vocabulary``: more words for the recogniser's prompt (the server tools' names and
+        the names their parameters accept, e.g. the symbols a trading tool knows).
         """
         responder: Responder
         llm = ChatCompletionsResponder.from_settings(settings)
@@ -157,9 +163,13 @@ class LocalBackend:
             responder = KnowledgeResponder(kb)
             name = "knowledge"
         final: FinalDecode = settings.local_asr_final
+        prompt = None
+        if vocabulary and isinstance(responder, KnowledgeResponder):
+            prompt = [e.heading for e in responder.knowledge.entries] + list(vocabulary)
         return cls(
             responder=responder,
             responder_name=name,
+            asr_prompt=prompt,
             asr_kind=settings.asr,
             asr_model_path=settings.local_asr_model_path,
             asr_decoders=settings.local_asr_decoders,
