@@ -129,6 +129,8 @@ class SessionMachine:
         self._fatal_error_seen: tuple[str, str | None] | None = None
         self.session_object: dict[str, Any] | None = None
         self.errors_sent = 0
+        #: errors sent to the client, by code (issue 17: counted live in the metrics)
+        self.error_codes: dict[str, int] = {}
         self._input_bps = PCM.bytes_per_s
         self._output_b64_per_s = PCM.b64_chars_per_s
         #: counts session.created/updated seen (a runner resizes format-based bounds on change)
@@ -448,6 +450,7 @@ class SessionMachine:
         if suppressed is None:
             return NOTHING
         self.errors_sent += 1
+        self._count_error(code or "upstream_error")
         if suppressed:
             clean = f"{clean} (repeated {suppressed} more times)"
         if clean == message:
@@ -664,6 +667,7 @@ class SessionMachine:
         if suppressed:
             message = f"{message} (repeated {suppressed} more times)"
         self.errors_sent += 1
+        self._count_error(code)
         event = error_event(message, code=code, param=param, event_id=client_eid)
         return (SendClient(orjson.dumps(event).decode()),)
 
@@ -678,9 +682,16 @@ class SessionMachine:
     ) -> Outcome:
         event = error_event(message, code=code, error_type=error_type)
         self.errors_sent += 1
+        self._count_error(code)
         return self._end(
             int(close_code), close_reason(error_type, code), orjson.dumps(event).decode(), cause
         )
+
+    def _count_error(self, code: str) -> None:
+        """Errors sent to the client by code (live metrics read it; bounded by the codes)."""
+        codes = self.error_codes
+        if code in codes or len(codes) < 64:
+            codes[code] = codes.get(code, 0) + 1
 
     def _end(self, close_code: int, reason: str, error_text: str | None, cause: str) -> Outcome:
         self.phase = Phase.CLOSED

@@ -589,8 +589,12 @@ class SessionRunner:
         """:attr:`stats` with the upstream's reconnect counters brought up to date (metrics
         read it at scrape time, so counters move while the session runs)."""
         counters = self._up.counters
-        self.stats.reconnects, self.stats.recycles = counters.reconnects, counters.recycles
-        return self.stats
+        stats = self.stats
+        stats.reconnects, stats.recycles = counters.reconnects, counters.recycles
+        stats.reconnect_gaps_ms = counters.gaps_ms  # read only (the newest 64)
+        if self._replay is not None:
+            stats.replay_dropped_frames = self._replay.dropped_frames
+        return stats
 
     # ------------------------------------------------------------------ clock
 

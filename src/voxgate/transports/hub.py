@@ -26,6 +26,7 @@ import structlog
 from voxgate.auth.grants import Authenticator, Grant
 from voxgate.auth.resume import ResumeState
 from voxgate.observability.metrics import Metrics
+from voxgate.observability.session_trace import Observability
 from voxgate.protocol.close import CloseCode
 from voxgate.protocol.errors import INVALID_REQUEST, SERVER_ERROR, AuthError, FatalSessionError
 from voxgate.protocol.ids import new_id
@@ -36,7 +37,7 @@ from voxgate.session.ports import Backend, ClientConnection, UpstreamTarget
 from voxgate.session.reconnect import ReconnectPolicy
 from voxgate.session.recovery import Recovery
 from voxgate.session.runner import SessionRunner
-from voxgate.session.runner_types import ClientLink, Restored, RunnerConfig
+from voxgate.session.runner_types import ClientLink, Restored, RunnerConfig, SessionStats
 from voxgate.session.server_side import ServerSide
 from voxgate.store.base import SessionRecord, SlotRefused, Store
 
@@ -129,6 +130,9 @@ class SessionHub:
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.measure_buffers(self.buffered_bytes)
+        metrics.measure_live(self._live_counters)  # counters move while sessions run
+        #: turn latency, connect times, tool calls and spans per session (set by the app)
+        self.observability: Observability | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -139,6 +143,10 @@ class SessionHub:
     def buffered_bytes(self) -> int:
         """What the live sessions' bounded buffers hold now (for the metrics scrape)."""
         return sum(runner.buffered_bytes() for runner in self._runners.values())
+
+    def _live_counters(self) -> list[tuple[SessionStats, dict[str, int]]]:
+        """The running sessions' counters, read at every metrics scrape."""
+        return [(r.live_stats(), r.machine.error_codes) for r in self._runners.values()]
 
     def live_ids(self) -> list[str]:
         """Ids of the sessions running on this node now."""
@@ -351,6 +359,12 @@ class SessionHub:
         self._active += 1
         self._idle.clear()
         self._runners[session_id] = runner
+        if self.observability is not None:
+            traced = self.observability.start(
+                session_id,
+                **{"voxgate.node": self.node_id, "voxgate.resumable": record.resumable},
+            )
+            runner.upstream_observers.append(traced.observe)
         if resume is not None:
             self._resume_states[session_id] = resume
         try:
@@ -372,7 +386,9 @@ class SessionHub:
             if self._active == 0:
                 self._idle.set()
             self.metrics.sessions_active.dec()
-            self.metrics.record_session(runner.stats)
+            self.metrics.record_session(runner.live_stats(), runner.machine.error_codes)
+            if self.observability is not None:
+                self.observability.finish(session_id, runner.end.cause if runner.end else "error")
         if runner.machine.upstream_auth_failed:
             self._upstream_auth_failed()
         self.metrics.sessions_total.labels(cause=end.cause.split(":")[0]).inc()
