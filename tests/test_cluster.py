@@ -333,3 +333,40 @@ async def test_an_admin_action_on_any_node_reaches_the_node_that_runs_the_sessio
                 assert again.status == 404
         finally:
             await client.close()
+
+
+async def test_a_proactive_message_posted_to_another_node_is_delivered(tmp_path: Path) -> None:
+    async with deployment(tmp_path) as (_fake, c):
+        key = await mint_key(c.http, "trader-6")
+        client = V1Client(c.node_url(0), key)
+        await client.start()
+        try:
+            await turn(client, "hello")
+            sid = client.session_id
+            headers = {"Authorization": f"Bearer {SERVER_KEY}"}
+            async with aiohttp.ClientSession() as http:
+                resp = await http.post(
+                    f"{c.node_http(2)}/v1/sessions/{sid}/messages",
+                    headers=headers,
+                    json={"text": "Your TSLA alert fired at 250.", "mode": "speak"},
+                )
+                posted = await resp.json()
+                assert resp.status == 202, posted
+                delivered = await client.wait_type("voxgate.message.delivered")
+                assert delivered["message_id"] == posted["id"]
+                # its record is read back from a third node, forwarded to the session's node
+                got = await http.get(
+                    f"{c.node_http(1)}/v1/sessions/{sid}/messages/{posted['id']}?wait=10",
+                    headers=headers,
+                )
+                record = await got.json()
+                assert got.status == 200, record
+                assert record["status"] == "delivered"
+                missing = await http.post(
+                    f"{c.node_http(1)}/v1/sessions/vg_nosuchsession/messages",
+                    headers=headers,
+                    json={"text": "anyone?"},
+                )
+                assert missing.status == 404
+        finally:
+            await client.close()

@@ -238,6 +238,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     sse = SseEndpoint(hub)
     router = NodeRouter(store, node_id)  # node-to-node calls (issue 17)
     hub.observability = observability
+    messages.use_router(router)  # proactive messages reach the session's node
     admin = SessionAdmin(hub, router)
     if store.shared:  # several nodes: snapshots, hand-offs, adoption
         hub.handoff = Handoff(hub, store, router, session_ttl_s=session_ttl_s(settings))

@@ -40,6 +40,7 @@ from voxgate.session.injector import MessageRecord
 from voxgate.session.runner import SessionRunner
 from voxgate.store.base import SessionRecord
 from voxgate.transports.hub import SessionHub
+from voxgate.transports.routing import NodeGone, NodeRouter
 
 MAX_TEXT_CHARS = 4096
 MAX_WAIT_S = 30.0
@@ -89,6 +90,8 @@ class ProactiveMessages:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
+        #: issue 17: messages for a session on another node are forwarded to it
+        self.router: NodeRouter | None = None
         self.max_expires_s = max_expires_s
         self._records: OrderedDict[str, MessageRecord] = OrderedDict()
         self._max_records = max_records
@@ -177,6 +180,47 @@ class ProactiveMessages:
         self._keep(kept)
         return kept, kept is record
 
+    # ------------------------------------------------------------------ other nodes (issue 17)
+
+    def use_router(self, router: NodeRouter) -> None:
+        """Forward messages (and reads of their records) to the node that runs the session."""
+        self.router = router
+        router.handle("message.send", self._on_forwarded_send)
+        router.handle("message.get", self._on_forwarded_get)
+
+    async def _on_forwarded_send(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            record, fresh = await self._send(
+                str(body["session_id"]),
+                str(body["text"]),
+                mode=body["mode"],
+                priority=body["priority"],
+                expires_in=float(body["expires_in"]),
+                idempotency_key=body.get("idempotency_key"),
+            )
+        except SessionNotFound:
+            return {"error": "session_not_found"}
+        except SessionElsewhere:
+            return {"error": "session_moving"}
+        except (ValueError, KeyError) as exc:
+            return {"error": "invalid_value", "message": str(exc)}
+        return {"record": record.public(), "fresh": fresh}
+
+    async def _on_forwarded_get(self, body: dict[str, Any]) -> dict[str, Any]:
+        message_id = str(body.get("message_id"))
+        wait_s = min(float(body.get("wait_s") or 0), MAX_WAIT_S)
+        record = await self.wait(message_id, wait_s) if wait_s > 0 else self.get(message_id)
+        return {"record": record.public() if record is not None else None}
+
+    async def _forward(self, node: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``kind`` on ``node``; ``{"error": "session_moving"}`` when it is gone."""
+        if self.router is None:
+            return {"error": "session_on_another_node"}
+        try:
+            return await self.router.call(node, kind, body, timeout_s=MAX_WAIT_S + 5.0)
+        except (NodeGone, TimeoutError):
+            return {"error": "session_moving"}
+
     def get(self, message_id: str) -> MessageRecord | None:
         return self._records.get(message_id)
 
@@ -258,13 +302,20 @@ class ProactiveMessages:
                 return exc.response()
             except SessionNotFound:
                 return _not_found(session_id)
-            except SessionElsewhere as exc:
-                return RequestError(
-                    f"Session {session_id} is on node {exc.node}; send the message there.",
-                    param=None,
-                    code="session_on_another_node",
-                    status=409,
-                ).response()
+            except SessionElsewhere as exc:  # issue 17: the node that runs it takes it
+                reply = await self._forward(
+                    exc.node,
+                    "message.send",
+                    {
+                        "session_id": session_id,
+                        "text": body.text,
+                        "mode": body.mode,
+                        "priority": body.priority,
+                        "expires_in": body.expires_in,
+                        "idempotency_key": key,
+                    },
+                )
+                return _forwarded(session_id, reply)
             except ValueError as exc:
                 return RequestError(str(exc), param="text", code="invalid_value").response()
             return _json(record.public(), status=202 if fresh else 200)
@@ -280,6 +331,18 @@ class ProactiveMessages:
             except ValueError:
                 wait_s = 0.0
             record = await self.wait(message_id, wait_s) if wait_s > 0 else self.get(message_id)
+            if record is None and self.router is not None:  # kept by the session's node
+                owner = await self.hub.store.session(request.match_info["session_id"])
+                if owner is not None and owner.node not in ("", self.hub.node_id):
+                    reply = await self._forward(
+                        owner.node, "message.get", {"message_id": message_id, "wait_s": wait_s}
+                    )
+                    public = reply.get("record")
+                    if (
+                        isinstance(public, dict)
+                        and public.get("session_id") == (request.match_info["session_id"])
+                    ):
+                        return _json(public)
             if record is None or record.session_id != request.match_info["session_id"]:
                 return RequestError(
                     "No such message.", param=None, code="message_not_found", status=404
@@ -289,6 +352,26 @@ class ProactiveMessages:
         app.router.add_get("/v1/sessions", list_sessions)
         app.router.add_post("/v1/sessions/{session_id}/messages", post_message)
         app.router.add_get("/v1/sessions/{session_id}/messages/{message_id}", get_message)
+
+
+def _forwarded(session_id: str, reply: dict[str, Any]) -> web.Response:
+    """The HTTP answer for a message another node took (or could not)."""
+    record = reply.get("record")
+    if isinstance(record, dict):
+        return _json(record, status=202 if reply.get("fresh") else 200)
+    error = reply.get("error")
+    if error == "session_not_found":
+        return _not_found(session_id)
+    if error == "invalid_value":
+        return RequestError(
+            str(reply.get("message")), param="text", code="invalid_value"
+        ).response()
+    return RequestError(
+        f"Session {session_id} is moving between nodes; try again in a moment.",
+        param=None,
+        code="session_moving",
+        status=503,
+    ).response()
 
 
 def _not_found(session_id: str) -> web.Response:
