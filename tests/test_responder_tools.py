@@ -18,8 +18,8 @@ from voxgate.backends.local.responder import (
     TextPiece,
     Tool,
     collect,
-    spoken_text,
 )
+from voxgate.backends.local.tool_output import spoken_text
 from voxgate.backends.local.tool_router import fill_arguments, first_number, route
 from voxgate.session.injector import SAY_PREFIX
 from voxgate.tools.knowledge import KnowledgeBase, KnowledgeLibrary

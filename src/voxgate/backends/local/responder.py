@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Final, Literal, Protocol
 import aiohttp
 import structlog
 
+from voxgate.backends.local.tool_output import hits_from_results, json_or_none, spoken_text
 from voxgate.backends.local.tts import SentenceSplitter, split_sentences
 from voxgate.backends.local.verdict import (
     DEFAULT_ANSWER_SCORE,
@@ -48,17 +48,15 @@ from voxgate.config import Settings
 from voxgate.protocol.errors import UpstreamError
 from voxgate.protocol.ids import call_id as new_call_id
 from voxgate.session.injector import SAY_PREFIX
-from voxgate.tools.knowledge import Entry, KnowledgeBase, KnowledgeLibrary, SearchHit
+from voxgate.tools.knowledge import Entry, KnowledgeBase, KnowledgeLibrary
 
 log = structlog.get_logger(__name__)
 
 NO_ANSWER: Final = "I heard: '{heard}'. I don't have an answer for that in my notes."
 NOTHING_HEARD: Final = "Sorry, I didn't catch that. Could you say it again?"
-TOOL_FAILED: Final = "Sorry, that did not work: {message}"
 MAX_TOOL_ARGUMENT_CHARS: Final = 64_000
 #: The server tool the knowledge responder asks when no other tool fits (tools/knowledge_tool).
 KNOWLEDGE_TOOL: Final = "search_knowledge"
-_SPOKEN_KEYS: Final = ("say", "summary", "answer", "text", "message", "result")
 
 
 # --------------------------------------------------------------------------- pieces
@@ -316,12 +314,12 @@ class KnowledgeResponder:
             (h for h in history if isinstance(h, FunctionCall) and h.call_id == output.call_id),
             None,
         )
-        parsed = _json_or_none(output.output)
+        parsed = json_or_none(output.output)
         knowledge = call is not None and call.name == KNOWLEDGE_TOOL
         if knowledge and isinstance(parsed, dict) and "results" in parsed:
             query = str(parsed.get("query") or "")
             verdict = judge_hits(
-                _hits(parsed["results"]),
+                hits_from_results(parsed["results"]),
                 query,
                 answer_score=self._answer_score,
                 margin=self._margin,
@@ -372,56 +370,6 @@ def _verdict_sentences(verdict: Verdict, heard: str) -> tuple[bool, list[str]]:
     if verdict.kind == "did_you_mean":
         return True, [suggestion(verdict.candidates)]
     return False, split_sentences(NO_ANSWER.format(heard=heard))
-
-
-def _hits(results: Any) -> list[SearchHit]:
-    hits: list[SearchHit] = []
-    for r in results if isinstance(results, list) else []:
-        if isinstance(r, dict) and isinstance(r.get("heading"), str):
-            entry = Entry(
-                r["heading"], str(r.get("text") or ""), str(r.get("source")), str(r.get("kind"))
-            )
-            score = r.get("score")
-            hits.append(SearchHit(entry, float(score) if isinstance(score, int | float) else 0.0))
-    return hits
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        return None
-
-
-def spoken_text(output: str, parsed: Any = None) -> str:
-    """A tool output as something to say: its ``say``/``summary``/… text, an error's message,
-    a JSON string, plain text, or (last resort) ``key: value`` pairs."""
-    if parsed is None:
-        parsed = _json_or_none(output)
-    if parsed is None:
-        return output.strip() or "Done."
-    if isinstance(parsed, str):
-        return parsed
-    if isinstance(parsed, dict):
-        if isinstance(parsed.get("error"), str):
-            message = parsed.get("message") or parsed["error"]
-            return TOOL_FAILED.format(message=message)
-        for key in _SPOKEN_KEYS:
-            if isinstance(parsed.get(key), str) and parsed[key].strip():
-                return str(parsed[key])
-        pairs = [
-            f"{_words(str(k))}: {v}"
-            for k, v in parsed.items()
-            if isinstance(v, str | int | float) and not isinstance(v, bool)
-        ]
-        return ". ".join(pairs[:8]) + "." if pairs else "Done."
-    if isinstance(parsed, list):
-        return f"{len(parsed)} results." if parsed else "Nothing found."
-    return str(parsed)
-
-
-def _words(key: str) -> str:
-    return re.sub(r"[_-]+", " ", key)
 
 
 # --------------------------------------------------------------------------- chat completions
