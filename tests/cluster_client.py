@@ -61,6 +61,8 @@ class V1Client:
     _old: list[aiohttp.ClientWebSocketResponse] = field(default_factory=list)
     _drains: list[asyncio.Task[None]] = field(default_factory=list)
     _resuming: bool = False
+    _acked: int = 0
+    _acked_at: float = 0.0
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession()
@@ -177,6 +179,7 @@ class V1Client:
             elif msg.type == aiohttp.WSMsgType.BINARY:
                 self.received += 1
                 self.binary_frames += 1
+                await self._ack()
             elif msg.type == aiohttp.WSMsgType.CLOSE:
                 self.ended = (ws.close_code, str(msg.extra or ""))
                 await self._notify()
@@ -190,6 +193,7 @@ class V1Client:
 
     async def _count(self, ev: dict[str, Any]) -> None:
         self.received += 1
+        await self._ack()
         eid = ev.get("event_id")
         if isinstance(eid, str):
             if eid in self._seen:
@@ -197,6 +201,21 @@ class V1Client:
             self._seen.add(eid)
         self.events.append(ev)
         await self._notify()
+
+    async def _ack(self) -> None:
+        """``voxgate.session.ack`` about once a second or every 200 events, as the JS client."""
+        now = time.monotonic()
+        ws = self._ws
+        if self.token is None or ws is None or ws.closed:
+            return
+        if now - self._acked_at >= 1.0 or self.received - self._acked >= 200:
+            self._acked, self._acked_at = self.received, now
+            with contextlib.suppress(Exception):
+                await ws.send_str(
+                    orjson.dumps(
+                        {"type": "voxgate.session.ack", "received_events": self.received}
+                    ).decode()
+                )
 
     async def _resume(self, why: str, dropped: float) -> bool:
         assert self._http is not None

@@ -302,3 +302,11 @@ async def test_at_most_max_revoked_are_kept_the_soonest_to_expire_going_first() 
     assert not await store.is_revoked("soon", 1.0)
     assert await store.is_revoked("middle", 1.0)
     assert await store.is_revoked("late", 1.0)
+
+
+async def test_a_node_started_again_under_its_name_counts_afresh(store: Store) -> None:
+    await store.acquire_slot("u", max_total=2, max_per_subject=1)
+    await store.node_started("node-1")  # the process holding it died and started again
+    if isinstance(store, RedisStore):  # the memory store dies with its process anyway
+        assert await active(store) == 0
+        await store.acquire_slot("u", max_total=2, max_per_subject=1)

@@ -156,6 +156,11 @@ class Store(Protocol):
         """``node`` is alive for ``ttl_s`` more."""
         ...
 
+    async def node_started(self, node: str) -> None:
+        """``node`` (re)starts with no sessions: forget the sessions an earlier process with the
+        same node id counted in (a node killed and started again under its name)."""
+        ...
+
     async def node_alive(self, node: str) -> bool: ...
 
     async def publish(self, node: str, message: bytes) -> int:

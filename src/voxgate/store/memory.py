@@ -152,6 +152,9 @@ class MemoryStore:
     async def heartbeat(self, node: str, ttl_s: float) -> None:
         self._nodes[node] = time.monotonic() + ttl_s
 
+    async def node_started(self, node: str) -> None:
+        """One process, one node: nothing was counted before it started."""
+
     async def node_alive(self, node: str) -> bool:
         return self._nodes.get(node, 0.0) > time.monotonic() or node in self._channels
 

@@ -375,6 +375,9 @@ class RedisStore:
     async def heartbeat(self, node: str, ttl_s: float) -> None:
         await self._heartbeat(keys=[self._nodes], args=[node, int(ttl_s * 1000)])
 
+    async def node_started(self, node: str) -> None:
+        await self.redis.delete(self._k("slots", node))
+
     async def node_alive(self, node: str) -> bool:
         if node == RELEASED:
             return False

@@ -81,6 +81,9 @@ CHANGES = frozenset(
 _AUDIO_HEAD = '{"type":"response.output_audio'
 #: Session endings after which a resumable session is parked for its client, not forgotten.
 PARK_CAUSES = frozenset({"migrated", "draining", "server_shutdown"})
+#: A snapshot whose only change is the client's audio position is rewritten every this many
+#: intervals (5 s by default: well inside the ~12 s the browser client keeps to re-send).
+_POSITION_EVERY = 5
 #: How often a draining node looks for quiet points.
 _QUIET_POLL_S = 0.1
 
@@ -100,8 +103,10 @@ class _Writer:
         self.meta = meta
         self.written = written
         self.changed = asyncio.Event()
+        self.events = 0  # non-audio upstream events seen (what a snapshot's tail can hold)
         self.lost = False  # another node owns the session now
         self._last: tuple[Any, ...] | None = None
+        self._position = -1  # the input audio position the last snapshot holds
         self._lock = asyncio.Lock()
 
     def observe(self, text: str) -> None:
@@ -112,13 +117,19 @@ class _Writer:
             etype = event_type(text)
         except NotAnEvent:
             return
+        self.events += 1
         if etype in CHANGES:
             self.changed.set()
 
     def _signature(self) -> tuple[Any, ...]:
+        """What makes a new snapshot worth writing: the conversation and the non-audio events.
+
+        Output audio (never in a periodic snapshot), acks (a stale ack only keeps more in the
+        tail) and the input audio position (a stale one only has the client re-send more of
+        its buffer; refreshed every ``_POSITION_EVERY`` intervals) do not count.
+        """
         recovery = self.runner.machine.recovery
-        replay = self.runner.replay_log
-        if recovery is None or replay is None:
+        if recovery is None:
             return ()
         mirror = recovery.mirror
         return (
@@ -127,21 +138,30 @@ class _Writer:
             recovery.response_active,
             recovery.turn,
             mirror.speaking,
-            mirror.pending_start,
-            replay.last_seq,
-            replay.acked,
+            self.events,
         )
 
     async def run(self) -> None:
         s = self.owner.settings
+        quiet = 0
         while not self.lost:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(s.snapshot_interval_s):
                     await self.changed.wait()
                     await asyncio.sleep(s.snapshot_debounce_s)  # coalesce a burst of events
             self.changed.clear()
-            if self.runner.machine.phase is Phase.READY and self._signature() != self._last:
+            if self.runner.machine.phase is not Phase.READY:
+                continue
+            quiet += 1
+            if self._signature() != self._last or (
+                quiet >= _POSITION_EVERY and self._position_moved()
+            ):
+                quiet = 0
                 await self.write(final=False)
+
+    def _position_moved(self) -> bool:
+        recovery = self.runner.machine.recovery
+        return recovery is not None and recovery.mirror.pending_start != self._position
 
     async def write(self, *, final: bool) -> bool:
         """Write a snapshot now; False when another node owns the session."""
@@ -182,6 +202,7 @@ class _Writer:
                 return False
             self.written = written_after(snap)
             self._last = signature
+            self._position = snap.stream_bytes
             return True
 
 
@@ -217,6 +238,7 @@ class Handoff:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        await self.store.node_started(self.node)  # a restart under the same name counts afresh
         await self.store.heartbeat(self.node, self._node_ttl_s)
         self._beat = asyncio.create_task(self._heartbeats(), name="node_heartbeat")
 
@@ -249,6 +271,8 @@ class Handoff:
         self.writes += 1
         self.written_bytes += size
         self.write_seconds += seconds
+        self.hub.metrics.snapshot_writes.inc()
+        self.hub.metrics.snapshot_bytes.inc(size)
 
     # ------------------------------------------------------------------ per session
 
