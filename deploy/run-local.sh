@@ -60,6 +60,10 @@ pathlib.Path(work, "nginx.conf").write_text(text.replace("${PREFIX}", work))
 PY
 "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 &
 pids+=($!)
+until grep -q "start worker processes" "$WORK/nginx.log" 2>/dev/null; do
+  kill -0 "${pids[-1]}" 2>/dev/null || { cat "$WORK/nginx.log" >&2; exit 1; }
+  sleep 0.1
+done
 
 echo "voxgate: ${#NODE_PORTS[@]} nodes behind nginx on http://127.0.0.1:${LB_PORT}"
 echo "  realtime: ws://127.0.0.1:${LB_PORT}/v1/realtime?model=gpt-realtime"
