@@ -370,3 +370,41 @@ async def test_a_proactive_message_posted_to_another_node_is_delivered(tmp_path:
                 assert missing.status == 404
         finally:
             await client.close()
+
+
+async def test_a_frozen_owner_is_taken_over_and_never_runs_the_session_again(
+    tmp_path: Path,
+) -> None:
+    """The owner is alive but frozen (SIGSTOP): after the hand-off timeout the new node takes
+    the session anyway; when the old node wakes up it finds the session is not its own any more
+    (its snapshot writes are refused) and ends its copy, upstream included."""
+    async with deployment(tmp_path, VOXGATE_HANDOFF_TIMEOUT_S="1") as (fake, c):
+        key = await mint_key(c.http, "trader-7")
+        async with FaultProxy("127.0.0.1", c.nodes[0].port) as proxy:
+            client = V1Client(f"ws://127.0.0.1:{proxy.port}/v1/realtime?model=gpt-realtime", key)
+            client.resume_url = c.node_url(1)
+            await client.start()
+            frozen = c.nodes[0].proc
+            assert frozen is not None
+            try:
+                await turn(client, "Hello.")
+                sid = client.session_id
+                assert sid is not None
+                old_upstream = fake.connections[-1]
+                frozen.signal(signal.SIGSTOP)
+                assert proxy.cut() >= 1
+                resumed = await client.wait_resumes(1)
+                assert resumed.event["moved"] == "node_lost"  # taken from its last snapshot
+                assert (await wait_for_owner(c, sid, not_node="node-0")).node == "node-1"
+                frozen.signal(signal.SIGCONT)
+                await old_upstream.wait_closed(timeout_s=20)  # node-0 let its copy go
+                after = await turn(client, "Still with me?")
+                assert after["response"]["status"] == "completed"
+                owner = await c.owner(sid)
+                assert owner is not None
+                assert owner.node == "node-1"
+                snap = await snapshot_where(c, sid, lambda s: s.node == "node-1")
+                assert [i for i, _ in snap.items]  # node-1's conversation, not overwritten
+            finally:
+                frozen.signal(signal.SIGCONT)
+                await client.close()
