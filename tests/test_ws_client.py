@@ -272,7 +272,7 @@ async def test_receive_queue_is_bounded_by_pausing_the_socket() -> None:
         conn = await open_ws(url)
         await until(lambda: conn._reading_paused)
         # one socket read (asyncio reads at most 256 KiB) may land past the limit, no more
-        assert conn._queued_bytes <= QUEUE_LIMIT_BYTES + 256 * 1024 + frame_bytes
+        assert conn._inbox.queued_bytes <= QUEUE_LIMIT_BYTES + 256 * 1024 + frame_bytes
         async with asyncio.timeout(30):
             got = [await conn.receive() for _ in range(total + 1)]
         assert [int(f[:8]) for f in got[:-1]] == list(range(total))

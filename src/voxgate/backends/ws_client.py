@@ -23,7 +23,6 @@ import os
 import random
 import ssl
 import struct
-from collections import deque
 from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit
@@ -43,6 +42,7 @@ from voxgate.protocol.wsframe import (
     parse_close,
     xor_mask,
 )
+from voxgate.session.delivery import Delivery
 from voxgate.session.ports import FrameSink, PeerGone
 
 try:  # aiohttp's C masking helper is ~4x faster than big-int XOR; same result
@@ -64,6 +64,8 @@ _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD_BYTES: Final = 64 * 1024
 #: Received frames held for ``receive()`` before reading pauses (bytes of payload).
 QUEUE_LIMIT_BYTES: Final = 1024 * 1024
+#: The inbox is bounded in bytes above (reading pauses), not in frames.
+_NO_FRAME_LIMIT: Final = 1 << 30
 # masking keys only hide payloads from intermediaries (RFC 6455 §10.3), not secrets
 _rand = random.Random()  # noqa: S311
 
@@ -91,12 +93,8 @@ class WSClientConnection(asyncio.Protocol):
         self._upgraded = False
         self.handshake: asyncio.Future[None] = self._loop.create_future()
         self._parser = FrameParser(max_message_bytes)
-        self._queue: deque[str | bytes] = deque()
-        self._queued_bytes = 0
+        self._inbox = Delivery(_NO_FRAME_LIMIT, on_taken=self._after_take)
         self._reading_paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._parked = False
-        self._sink: FrameSink | None = None
         self._heard = 0
         self._paused_writing = False
         self._drained: asyncio.Future[None] | None = None
@@ -116,26 +114,16 @@ class WSClientConnection(asyncio.Protocol):
         return self._close_code
 
     def set_sink(self, sink: FrameSink | None) -> None:
-        self._sink = sink
+        self._inbox.sink = sink
 
     async def receive(self) -> str | bytes:
-        while not self._queue:
-            if self._gone is not None:
-                raise self._gone
-            self._waiter = self._loop.create_future()
-            self._parked = True
-            try:
-                await self._waiter
-            finally:
-                self._parked = False
-                self._waiter = None
-        frame = self._queue.popleft()
-        self._queued_bytes -= len(frame)
-        if self._reading_paused and self._queued_bytes <= QUEUE_LIMIT_BYTES // 2:
+        return await self._inbox.receive()
+
+    def _after_take(self, queued_bytes: int) -> None:
+        if self._reading_paused and queued_bytes <= QUEUE_LIMIT_BYTES // 2:
             self._reading_paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
-        return frame
 
     @property
     def writable(self) -> bool:
@@ -208,8 +196,7 @@ class WSClientConnection(asyncio.Protocol):
             except UnicodeDecodeError:
                 self._fail(1007, "text frame is not UTF-8")
                 return
-            sink = self._sink
-            if sink is None or not self._parked or self._queue or not sink(text):
+            if not self._inbox.offer(text):
                 self._enqueue(text)
             return
         try:
@@ -235,7 +222,7 @@ class WSClientConnection(asyncio.Protocol):
         self._transport = None
         if not self._closed.done():
             self._closed.set_result(None)
-        self._wake_reader()
+        self._inbox.end(self._gone)
         self._wake_writers()
 
     # ------------------------------------------------------------------ internals
@@ -286,10 +273,8 @@ class WSClientConnection(asyncio.Protocol):
             except UnicodeDecodeError:
                 self._fail(1007, "text frame is not UTF-8")
                 return
-            sink = self._sink
-            if sink is not None and self._parked and not self._queue and sink(text):
-                return
-            self._enqueue(text)
+            if not self._inbox.offer(text):
+                self._enqueue(text)
         elif opcode == OP_BINARY:
             self._enqueue(payload)
         elif opcode == OP_PING:
@@ -311,24 +296,18 @@ class WSClientConnection(asyncio.Protocol):
             self._write_control(OP_CLOSE, payload[:2])
             self._close_sent = True
         self._gone = PeerGone(code, reason, clean=True)
-        self._wake_reader()
+        self._inbox.end(self._gone)
         self._wake_writers()
         if self._transport is not None:
             self._transport.close()  # the server closes TCP first; we do not wait for it
 
     def _enqueue(self, frame: str | bytes) -> None:
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        if self._queued_bytes > QUEUE_LIMIT_BYTES and not self._reading_paused:
+        inbox = self._inbox
+        inbox.push(frame)
+        if inbox.queued_bytes > QUEUE_LIMIT_BYTES and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
                 self._transport.pause_reading()
-        self._wake_reader()
-
-    def _wake_reader(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _wake_writers(self) -> None:
         drained, self._drained = self._drained, None
@@ -348,7 +327,7 @@ class WSClientConnection(asyncio.Protocol):
         self._close_sent = True
         self._close_code = code
         self._gone = PeerGone(None, reason, clean=False)
-        self._wake_reader()
+        self._inbox.end(self._gone)
         if self._transport is not None:
             self._transport.abort()
 

@@ -5,21 +5,30 @@ WebRTC data channels, phone media and HTTP fallbacks) implement the receive side
 :class:`~voxgate.session.ports.Connection` with one :class:`Delivery`: ``put`` a frame, and it
 goes to the session's sink at once when the session is waiting in :meth:`receive` with nothing
 queued, else into the queue, in order. The queue is bounded in frames; ``put`` waits while it
-is full (backpressure on the producer), ``put_nowait`` refuses. :meth:`end` makes
-:meth:`receive` raise :class:`~voxgate.session.ports.PeerGone` once the queue is drained.
+is full (backpressure on the producer), ``put_nowait`` refuses. A socket reader, which cannot
+refuse what arrived, uses :meth:`push` instead and applies its own flow control from
+``queued_bytes`` and the ``on_taken`` callback (voxgate's upstream WebSocket client pauses
+reading its socket). :meth:`end` makes :meth:`receive` raise
+:class:`~voxgate.session.ports.PeerGone` once the queue is drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from voxgate.session.ports import FrameSink, PeerGone
 
 
 class Delivery:
-    def __init__(self, limit_frames: int) -> None:
+    def __init__(
+        self, limit_frames: int, *, on_taken: Callable[[int], None] | None = None
+    ) -> None:
+        """``on_taken(queued_bytes)`` is called after :meth:`receive` takes a frame."""
         self.limit_frames = limit_frames
+        self.queued_bytes = 0
+        self._on_taken = on_taken
         self._queue: deque[str | bytes] = deque()
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
@@ -30,6 +39,11 @@ class Delivery:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def parked(self) -> bool:
+        """The reader waits in :meth:`receive` (frames may go to the sink if none are queued)."""
+        return self._parked
 
     def offer(self, frame: str | bytes) -> bool:
         """Hand ``frame`` to the sink if the consumer is idle; False: it was not taken."""
@@ -44,9 +58,14 @@ class Delivery:
             return True
         if len(self._queue) >= self.limit_frames:
             return False
-        self._queue.append(frame)
-        self._wake()
+        self.push(frame)
         return True
+
+    def push(self, frame: str | bytes) -> None:
+        """Queue ``frame`` behind the rest, whatever the bound (the caller flow-controls)."""
+        self._queue.append(frame)
+        self.queued_bytes += len(frame)
+        self._wake()
 
     async def put(self, frame: str | bytes) -> None:
         """Deliver or queue ``frame``, waiting while the queue is full."""
@@ -58,6 +77,7 @@ class Delivery:
     def push_front(self, frame: str | bytes) -> None:
         """Queue ``frame`` ahead of everything (over the bound by one at most: a control)."""
         self._queue.appendleft(frame)
+        self.queued_bytes += len(frame)
         self._wake()
 
     def take_queued(self) -> list[str | bytes]:
@@ -65,6 +85,7 @@ class Delivery:
         of the same session, e.g. an HTTP fallback whose event stream is replaced)."""
         frames = list(self._queue)
         self._queue.clear()
+        self.queued_bytes = 0
         self._free()
         return frames
 
@@ -74,6 +95,7 @@ class Delivery:
             self.gone = gone
         if drop_queued:
             self._queue.clear()
+            self.queued_bytes = 0
         self._wake()
         self._free()
 
@@ -89,7 +111,10 @@ class Delivery:
                 self._parked = False
                 self._waiter = None
         frame = self._queue.popleft()
+        self.queued_bytes -= len(frame)
         self._free()
+        if self._on_taken is not None:
+            self._on_taken(self.queued_bytes)
         return frame
 
     def _wake(self) -> None:
