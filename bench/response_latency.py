@@ -8,7 +8,11 @@ the stream to the first ``response.output_audio.delta``. End of speech is the en
 20 ms frame above -40 dBFS in the clip (espeak appends a few hundred ms of near-silence,
 which does not count as speech). Word error rate comes from the engine's input transcripts.
 Also reported: end of speech -> ``speech_stopped`` (the turn-end decision, which must wait
-``silence_duration_ms`` = 200), and the server's CPU seconds per second of session audio.
+``silence_duration_ms`` = 200), split into where the engine put the end of speech
+(``audio_end_ms`` of ``speech_stopped``, against the clip's) and how late the event came after
+``audio_end_ms`` + 200 ms of stream time; ``speech_stopped`` -> first audio; the server's
+CPU seconds per second of session audio; the machine's load average (1 min) before and
+after each level (other processes share the cores).
 espeak-ng is not bit-exact run to run, so the clips (and their tails) vary a little per run.
 
 Then it runs 1, 2, 4, 8 sessions talking at once and reports p50/p95 for each, and how many
@@ -66,6 +70,7 @@ RATE_HZ = 24_000
 CHUNK_MS = 20
 LEAD_MS = 400
 TRAIL_MS = 1500
+SILENCE_MS = 200  # the default server_vad silence_duration_ms
 KEY = "vk-bench"
 
 
@@ -81,6 +86,12 @@ class Results:
     latencies_ms: list[float] = field(default_factory=list)
     #: end of speech -> ``speech_stopped`` (the turn-end decision, silence window included)
     stopped_ms: list[float] = field(default_factory=list)
+    #: the engine's end of speech (``audio_end_ms``) minus the clip's
+    engine_end_ms: list[float] = field(default_factory=list)
+    #: ``speech_stopped`` arrival minus the time its audio (``audio_end_ms`` + silence) was sent
+    stopped_late_ms: list[float] = field(default_factory=list)
+    #: ``speech_stopped`` -> first audio delta
+    after_stopped_ms: list[float] = field(default_factory=list)
     transcripts: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     audio_s: float = 0.0
@@ -131,16 +142,19 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
         }
         await ws.send_str(json.dumps(update))
         loop = asyncio.get_running_loop()
+        sent_ms = 0.0  # session audio time at the start of the clip
         for clip in clips:
             done = asyncio.Event()
             first_audio: list[float] = []
             stopped: list[float] = []
+            audio_end: list[float] = []
             transcript: list[str] = []
 
             async def reader(
                 done: asyncio.Event = done,
                 first_audio: list[float] = first_audio,
                 stopped: list[float] = stopped,
+                audio_end: list[float] = audio_end,
                 transcript: list[str] = transcript,
             ) -> None:
                 async for msg in ws:
@@ -150,6 +164,7 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
                         first_audio.append(loop.time())
                     elif kind == "input_audio_buffer.speech_stopped" and not stopped:
                         stopped.append(loop.time())
+                        audio_end.append(float(event["audio_end_ms"]))
                     elif kind == "conversation.item.input_audio_transcription.completed":
                         transcript.append(event["transcript"])
                     elif kind == "error":
@@ -161,6 +176,7 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
             task = asyncio.create_task(reader())
             start = loop.time()
             step = RATE_HZ * 2 * CHUNK_MS // 1000
+            clip_sent_ms = 0.0
             for i in range(0, len(clip.pcm), step):
                 # a chunk is sent once its 20 ms have been "captured" (real-time pace)
                 await asyncio.sleep(max(0.0, start + (i + step) / (RATE_HZ * 2) - loop.time()))
@@ -169,6 +185,7 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
                 chunk = base64.b64encode(clip.pcm[i : i + step]).decode()
                 await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
                 results.audio_s += CHUNK_MS / 1000
+                clip_sent_ms = (i + step) / (RATE_HZ * 2) * 1000
             try:
                 async with asyncio.timeout(15):
                     await done.wait()
@@ -179,6 +196,14 @@ async def one_session(url: str, clips: list[Clip], results: Results) -> None:
                 results.latencies_ms.append((first_audio[0] - start) * 1000 - clip.speech_end_ms)
             if stopped:
                 results.stopped_ms.append((stopped[0] - start) * 1000 - clip.speech_end_ms)
+                end_in_clip = audio_end[0] - sent_ms
+                results.engine_end_ms.append(end_in_clip - clip.speech_end_ms)
+                # the chunk that completed the silence was sent when its 20 ms had passed
+                due = CHUNK_MS * -(-(end_in_clip + SILENCE_MS) // CHUNK_MS)
+                results.stopped_late_ms.append((stopped[0] - start) * 1000 - due)
+                if first_audio:
+                    results.after_stopped_ms.append((first_audio[0] - stopped[0]) * 1000)
+            sent_ms += clip_sent_ms
             results.transcripts.append((clip.text, transcript[0] if transcript else ""))
 
 
@@ -240,6 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         for n in levels:
             turns = clips[: 6 if args.quick else (20 if n == 1 else 8)]
             res = Results()
+            load_before = os.getloadavg()[0]
             cpu_before = cpu_s(proc.pid)
             await asyncio.gather(*(one_session(url, turns, res) for _ in range(n)))
             cpu = cpu_s(proc.pid) - cpu_before
@@ -251,9 +277,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 "mean_ms": round(statistics.fmean(lat)) if lat else None,
                 "speech_stopped_p50_ms": round(pct(res.stopped_ms, 50)),
                 "speech_stopped_p95_ms": round(pct(res.stopped_ms, 95)),
+                "engine_end_after_clip_end_p50_ms": round(pct(res.engine_end_ms, 50)),
+                "speech_stopped_late_p50_ms": round(pct(res.stopped_late_ms, 50)),
+                "speech_stopped_late_p95_ms": round(pct(res.stopped_late_ms, 95)),
+                "first_audio_after_stopped_p50_ms": round(pct(res.after_stopped_ms, 50)),
+                "first_audio_after_stopped_p95_ms": round(pct(res.after_stopped_ms, 95)),
                 "cpu_s_per_session_s": round(cpu / max(res.audio_s, 1e-9), 3),
                 "wer": round(wer(res.transcripts), 3),
                 "errors": res.errors,
+                "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             }
             print(f"sessions={n}: {per_level[n]}", flush=True)
         report["levels"] = per_level

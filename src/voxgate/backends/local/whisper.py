@@ -11,9 +11,12 @@ pool instead of each decode spreading over all of them.
 How an utterance is decoded (measured choices, see docs/local-engine.md):
 
 * the encoder window is the utterance plus ``pad_s`` of silence, not 30 s (6x cheaper);
-* the knowledge base's headings are the decoder prompt (``<|startofprev|>``), bounded to
+* the knowledge base's headings are the decoder prompt (``<|startofprev|>``), one sentence
+  each ("Stop loss order. Limit order."; a comma-separated list taught Whisper to put
+  commas into the user's words, :func:`prompt_sentences`), bounded to
   ``max_prompt_tokens``; CTranslate2's ``max_length`` counts the prompt, so the budget of
   new tokens is added to the prompt's length;
+* beam search of ``beam_size`` (3);
 * the budget of new tokens follows the audio's length (``tokens_per_s``), and repetitions
   (a short window makes the decoder loop: "What is a limit order? What is a limit…") are cut
   from the result (:func:`cut_repetition`);
@@ -75,18 +78,21 @@ class WhisperOptions:
     """Decoding settings of :class:`WhisperModel` (defaults measured in bench/asr_wer.py)."""
 
     compute_type: str = "int8"
-    beam_size: int = 1
-    #: Silence added after the utterance in the encoder window.
-    pad_s: float = 1.0
+    #: Beam search of 3: espeak WER 0.11 -> 0.08-0.10 for ~25 % more decode CPU.
+    beam_size: int = 3
+    #: Silence added after the utterance in the encoder window (2 s: espeak WER 0.13 -> 0.11
+    #: against 1 s, for ~5 ms more encoder time; 30 s, Whisper's own window, is 6x slower).
+    pad_s: float = 2.0
     #: New tokens allowed per second of audio (plus ``min_new_tokens``): dense speech runs
     #: at up to ~5.5 tokens/s (Asterisk's menus), a looping decoder at ~25.
     tokens_per_s: float = 6.5
     min_new_tokens: int = 4
-    max_prompt_tokens: int = 120
+    #: The example knowledge base's 38 headings take 145 tokens as sentences.
+    max_prompt_tokens: int = 160
     #: Unprompted no-speech probability at or above which a decode is noise if its text is
     #: also unlikely (mean log probability under ``logprob_threshold``), and above which
     #: it is noise whatever the text (calibrated in bench/asr_noise.py).
-    no_speech_threshold: float = 0.6
+    no_speech_threshold: float = 0.5
     logprob_threshold: float = -1.0
     no_speech_certain: float = 0.9
     #: A text with digits or symbols but no letters is noise at or above this.
@@ -164,10 +170,12 @@ def cut_repetition(text: str, *, truncated: bool) -> str:
     """Cut a decoder loop out of ``text`` (words compared without case and punctuation).
 
     A span of 3+ words repeated at once is a loop wherever it occurs (people rarely say a
-    whole phrase twice in one breath: "What is a limit order? What is a limit order?"). When
-    the decode ran out of its token budget (``truncated``: real speech never does), any
-    repeated span is ("Yes, Yes, Yes"), and failing that the text ends where the decoder
-    started over: where its first words come again ("What is a limit order, what").
+    whole phrase twice in one breath: "What is a limit order? What is a limit order?"), and
+    so is a sentence said again at once, however short ("Yes. Yes. Yes.": beam search
+    after a prompt of short sentences). When the decode ran out of its token budget
+    (``truncated``: real speech never does), any repeated span is ("Yes, Yes, Yes"), and
+    failing that the text ends where the decoder started over: where its first words come
+    again ("What is a limit order, what").
     """
     words = text.split()
     norm = [_NOT_WORD.sub("", w.lower()) for w in words]
@@ -180,6 +188,7 @@ def cut_repetition(text: str, *, truncated: bool) -> str:
                 break
         if keep < n:
             break
+    keep = min(keep, _repeated_sentence(words, norm))
     if keep == n and truncated:
         for j in range(1, n):
             if norm[j : j + 3] == norm[: min(3, n - j)]:
@@ -188,6 +197,36 @@ def cut_repetition(text: str, *, truncated: bool) -> str:
     if keep == n:
         return text
     return " ".join(words[:keep]).rstrip(",;:- ")
+
+
+def _repeated_sentence(words: Sequence[str], norm: Sequence[str]) -> int:
+    """Words up to the end of the first sentence that the next sentence repeats (else all)."""
+    ends = [i + 1 for i, w in enumerate(words) if w[-1] in ".?!"]
+    starts = [0, *ends]
+    for a, b, c in zip(starts, starts[1:], starts[2:], strict=False):
+        if norm[a:b] == norm[b:c]:
+            return b
+    return len(words)
+
+
+def prompt_sentences(phrases: Sequence[str]) -> list[str]:
+    """Each phrase as a sentence of its own: first letter capitalised, a full stop added.
+
+    The decoder prompt stands for the text said before the utterance, and Whisper writes
+    its transcript in that text's style. Headings joined by commas ("Stop loss order, Limit
+    order, ...") taught it to write lists: "What is a stop, loss order," (113 of 160 espeak
+    questions came back with commas) and, on a 20 s recording, to stop after "Dial 1."
+    (7 of 25 dithered copies). As sentences, 2 of 160 have a comma, none stopped early,
+    and the words are as good or better (bench/asr_wer.py; docs/local-engine.md). Case is
+    kept as written: all lower case cost real speech 0.05 -> 0.13 WER.
+    """
+    out = []
+    for phrase in (" ".join(p.split()) for p in phrases):
+        if not phrase:
+            continue
+        phrase = phrase[0].upper() + phrase[1:]
+        out.append(phrase if phrase[-1] in ".?!" else phrase + ".")
+    return out
 
 
 class WhisperModel:
@@ -328,20 +367,15 @@ class WhisperModel:
     # ------------------------------------------------------------------ helpers
 
     def _encode_prompt(self, tokenizer: Any) -> list[int]:
-        """Headings as ``" A, B, C."`` cut at whole phrases to ``max_prompt_tokens``."""
+        """The phrases as sentences, ``" Stop loss order. Limit order."``, cut at a whole
+        phrase to ``max_prompt_tokens`` (see :func:`prompt_sentences`)."""
         limit = min(self.options.max_prompt_tokens, _MAX_PROMPT_TOKENS)
         ids: list[int] = []
-        # as written: lower case cost real speech 0.05 -> 0.13 WER (a 31 s prompt lost its end)
-        for i, phrase in enumerate(p.strip() for p in self._prompt_words):
-            if not phrase:
-                continue
-            piece = (" " if i == 0 else ", ") + phrase
-            more = tokenizer.encode(piece, add_special_tokens=False).ids
-            if len(ids) + len(more) + 1 > limit:
+        for sentence in prompt_sentences(self._prompt_words):
+            more = tokenizer.encode(" " + sentence, add_special_tokens=False).ids
+            if len(ids) + len(more) > limit:
                 break
             ids.extend(more)
-        if ids:
-            ids.extend(tokenizer.encode(".", add_special_tokens=False).ids)
         return ids
 
     @staticmethod

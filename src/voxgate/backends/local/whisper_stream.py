@@ -54,7 +54,8 @@ def pcm16_to_float(pcm16: bytes | bytearray) -> Float32Array:
 
 def float_to_pcm16(samples: Float32Array) -> bytes:
     """float32 samples → PCM16 little-endian (clipped; rounded, no dither)."""
-    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+    pcm: bytes = np.clip(np.rint(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+    return pcm
 
 
 class FloatResampler:
