@@ -93,7 +93,14 @@ def _total_instructions(out_file: Path) -> int:
     return max(totals) if totals else 0
 
 
-async def measure(relay: str, echo_url: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def _window_instructions(work: Path, relay: str) -> int:
+    dumps = sorted(work.glob(f"{relay}.callgrind.*"))
+    return max((_total_instructions(p) for p in dumps), default=0)
+
+
+async def measure(
+    relay: str, echo_url: str, args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
     port = free_port()
     argv, env = RELAYS[relay].command(port, echo_url)
     out = work / f"{relay}.callgrind"
@@ -103,17 +110,20 @@ async def measure(relay: str, echo_url: str, args: argparse.Namespace, work: Pat
         await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, limit_s=600)
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            v1 = [args.clients == "mixed" and relay.startswith("voxgate") and i % 2 == 1
-                  for i in range(args.sessions)]
+            v1 = [
+                args.clients == "mixed" and relay.startswith("voxgate") and i % 2 == 1
+                for i in range(args.sessions)
+            ]
             socks = [await _open(http, url, v1[i]) for i in range(args.sessions)]
             # one untimed round: first-frame code paths are not what we measure
-            await asyncio.gather(*(_send(ws, 1, args.gap_s, v) for ws, v in zip(socks, v1, strict=True)))
-            await asyncio.gather(*(_echoes(ws, 1, v) for ws, v in zip(socks, v1, strict=True)))
+            pairs = list(zip(socks, v1, strict=True))
+            await asyncio.gather(*(_send(ws, 1, args.gap_s, v) for ws, v in pairs))
+            await asyncio.gather(*(_echoes(ws, 1, v) for ws, v in pairs))
             pid = proc.popen.pid
             _callgrind_control("-i", "on", str(pid))
             started = time.monotonic()
-            sends = [_send(ws, args.frames, args.gap_s, v) for ws, v in zip(socks, v1, strict=True)]
-            echoes = [_echoes(ws, args.frames, v) for ws, v in zip(socks, v1, strict=True)]
+            sends = [_send(ws, args.frames, args.gap_s, v) for ws, v in pairs]
+            echoes = [_echoes(ws, args.frames, v) for ws, v in pairs]
             results = await asyncio.gather(*sends, *echoes)
             elapsed = time.monotonic() - started
             _callgrind_control("-i", "off", str(pid))
@@ -125,8 +135,7 @@ async def measure(relay: str, echo_url: str, args: argparse.Namespace, work: Pat
         proc.stop()
     # ``callgrind_control -d`` wrote the window (counters start from zero when switched on)
     # to ``<out>.1``; the file written at exit holds only the shutdown.
-    dumps = sorted(work.glob(f"{relay}.callgrind.*"))
-    instructions = max((_total_instructions(p) for p in dumps), default=0)
+    instructions = await asyncio.to_thread(_window_instructions, work, relay)
     return {
         "relay": relay,
         "frames": frames,
@@ -151,8 +160,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     echo_port = free_port()
     echo = Proc(
         "echo",
-        [sys.executable, str(BENCH_DIR / "echo_upstream.py"), "--port", str(echo_port),
-         "--turn-detection", args.turn_detection],
+        [
+            sys.executable,
+            str(BENCH_DIR / "echo_upstream.py"),
+            "--port",
+            str(echo_port),
+            "--turn-detection",
+            args.turn_detection,
+        ],
         dict(os.environ),
         work,
     )
@@ -168,13 +183,17 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(OSError):
                 shutil.rmtree(work)
     base = next((r for r in rows if r["relay"] == "pipe"), None)
-    print(f"\nuser-space instructions per relayed frame ({args.sessions} sessions x "
-          f"{args.frames} frames, clients {args.clients}, turn detection {args.turn_detection})")
+    print(
+        f"\nuser-space instructions per relayed frame ({args.sessions} sessions x "
+        f"{args.frames} frames, clients {args.clients}, turn detection {args.turn_detection})"
+    )
     for row in rows:
         ratio = row["per_frame"] / base["per_frame"] if base else float("nan")
         row["ratio_vs_pipe"] = ratio
-        print(f"  {row['relay']:<18} {row['per_frame']:>12,.0f}  x{ratio:.2f}  "
-              f"({row['frames']} frames, window {row['window_s']} s)")
+        print(
+            f"  {row['relay']:<18} {row['per_frame']:>12,.0f}  x{ratio:.2f}  "
+            f"({row['frames']} frames, window {row['window_s']} s)"
+        )
     return {"rows": rows}
 
 
@@ -191,7 +210,10 @@ def main() -> int:
     args = p.parse_args()
     args.relays = [r.strip() for r in args.relays.split(",") if r.strip()]
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        print("relay_instructions: valgrind (with callgrind_control) is not installed", file=sys.stderr)
+        print(
+            "relay_instructions: valgrind (with callgrind_control) is not installed",
+            file=sys.stderr,
+        )
         return 2
     result = asyncio.run(amain(args))
     if args.json:

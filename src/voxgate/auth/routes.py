@@ -61,6 +61,7 @@ class KeyExtras:
     tools: tuple[str, ...] | None = None
     metadata: dict[str, str] | None = None
 
+
 #: Default lifetime of a beta-shape key, as the beta had (realtime-protocol.md §2.2).
 BETA_TTL_S = 60
 

@@ -22,9 +22,7 @@ from voxgate.session.ports import FrameSink, PeerGone
 
 
 class Delivery:
-    def __init__(
-        self, limit_frames: int, *, on_taken: Callable[[int], None] | None = None
-    ) -> None:
+    def __init__(self, limit_frames: int, *, on_taken: Callable[[int], None] | None = None) -> None:
         """``on_taken(queued_bytes)`` is called after :meth:`receive` takes a frame."""
         self.limit_frames = limit_frames
         self.queued_bytes = 0

@@ -211,7 +211,7 @@ class McpServer:
         if not NAME_RE.match(name):
             raise ToolConfigError(
                 f"MCP server {self.config.label!r}: tool name {name!r} is not a valid function "
-                "name (letters, digits, _ and -, at most 64); set \"prefix\": false or rename it"
+                'name (letters, digits, _ and -, at most 64); set "prefix": false or rename it'
             )
         schema = dict(listed.input_schema or {"type": "object", "properties": {}})
         schema.setdefault("type", "object")
