@@ -7,7 +7,9 @@ set as 8 kHz μ-law). Recognisers: ``whisper`` (tiny.en, knowledge-base headings
 prompt: the default), ``whisper-noprompt`` and ``pocketsphinx`` (stream final, as the engine
 ran it before issue 13). Each clip gets 300 ms of silence before and 300 ms after, is fed in
 20 ms chunks as a session would, and ``finish()`` is timed: that is the work left after
-the end of speech (the engine does it during the silence window). Run:
+the end of speech (the engine does it during the silence window). ``commas+`` counts
+transcripts with more commas than their reference (a sign the prompt's style leaked into
+them: "What is a stop, loss order,"). Run:
 
 ``.venv/bin/python bench/asr_wer.py [--sets real,espeak,ulaw] [--recognisers …] [--out F]``
 """
@@ -97,10 +99,11 @@ def main() -> None:
         asr.warm(warm)
         load_s = time.perf_counter() - t
         for set_name, clips in sets.items():
-            pairs, finish, cpu, audio_s = [], [], 0.0, 0.0
+            pairs, finish, cpu, audio_s, commas = [], [], 0.0, 0.0, 0
             for clip in clips:
                 hyp, ms, cpu_s = run_clip(asr, clip)
                 pairs.append((clip.reference, hyp))
+                commas += hyp.count(",") > clip.reference.count(",")
                 finish.append(ms)
                 cpu += cpu_s
                 audio_s += len(clip.pcm16) / (2 * clip.rate_hz)
@@ -111,6 +114,7 @@ def main() -> None:
                 "set": set_name,
                 "clips": len(clips),
                 "wer": round(wer(pairs), 4),
+                "extra_commas": commas,
                 "finish_p50_ms": round(statistics.median(finish), 1),
                 "finish_p95_ms": round(percentile(finish, 0.95), 1),
                 "cpu_per_audio_s": round(cpu / audio_s, 3),
@@ -119,6 +123,7 @@ def main() -> None:
             results.append(row)
             print(
                 f"{name:17} {set_name:7} {len(clips):4} clips  WER {row['wer']:.3f}  "
+                f"commas+ {commas:3}  "
                 f"finish p50 {row['finish_p50_ms']:6.1f} ms p95 {row['finish_p95_ms']:6.1f} ms  "
                 f"CPU/audio-s {row['cpu_per_audio_s']:.3f}",
                 flush=True,
