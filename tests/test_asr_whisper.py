@@ -7,6 +7,7 @@ Real model, real audio: espeak-ng voices generated here (tests/speech_sets.py), 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -292,5 +293,6 @@ def test_nothing_is_fetched_from_the_network(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "network access attempted" not in proc.stdout + proc.stderr
     heard = next(line for line in proc.stdout.splitlines() if line.startswith("HEARD:"))
-    assert "stop loss" in heard.lower().replace(",", "")
+    # the words, not Whisper's punctuation (under load it once wrote "a stop. Loss order.")
+    assert "stop loss" in re.sub(r"[^a-z ]", "", heard.lower())
     assert not (tmp_path / "hf").exists()  # no hub cache was even created

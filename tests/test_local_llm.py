@@ -195,16 +195,17 @@ async def test_chat_completions_answer_streams_back_as_audio_with_a_tool_round_t
     assert one["stream"] is True
     assert one["messages"][0] == {"role": "system", "content": INSTRUCTIONS}
     assert one["messages"][-1] == {"role": "user", "content": "What's the weather in Oslo?"}
-    assert one["tools"] == [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Current weather for a city",
-                "parameters": WEATHER_TOOL["parameters"],
-            },
-        }
-    ]
+    # the client's tool, then the server's knowledge tool (on by default with the local
+    # engine; voxgate runs it and the client never sees it)
+    assert one["tools"][0] == {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": WEATHER_TOOL["parameters"],
+        },
+    }
+    assert [t["function"]["name"] for t in one["tools"]] == ["get_weather", "search_knowledge"]
     roles = [m["role"] for m in two["messages"]]
     assert roles == ["system", "user", "assistant", "assistant", "tool"]
     assert two["messages"][2] == {"role": "assistant", "content": "Let me check."}
