@@ -25,9 +25,12 @@ there. Must not: touch the event loop, the clock or the protocol state.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from voxgate.backends.local.asr import (
     AsrError,
@@ -53,6 +56,9 @@ _FEED_MS: Final = 20
 #: has to be silence first): the Whisper decode of the utterance, the knowledge search and
 #: the first sentence's TTS take ~100-150 ms of CPU on an idle core.
 PREPARE_LEAD_MS: Final = 150
+#: Threads for snapshot decodes off the detector's path (:func:`snapshot_executor`). They mostly
+#: wait: the recogniser runs as many decodes at once as it has workers and queues the rest.
+_SNAPSHOT_THREADS_PER_CORE: Final = 4
 #: When speech resumes after a pause, the new utterance starts this far back at least (Silero
 #: needs ~100-150 ms to score a new onset; never before the pause), or ``prefix_padding_ms``.
 _RESUME_LOOKBACK_MS: Final = 200
@@ -101,6 +107,40 @@ class TurnEnded:
 TurnEvent = TurnStarted | TurnPartial | TurnPaused | TurnResumed | TurnEnded
 
 
+class SnapshotJob(Protocol):
+    """A decode of the utterance so far that may run on any thread (Whisper's
+    :meth:`~.whisper_stream.WhisperStream.begin_snapshot`)."""
+
+    def run(self) -> Any: ...
+
+
+_executor_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def snapshot_executor() -> Executor:
+    """The process's threads for snapshot decodes (created on first use, shared by all
+    detectors; a decode holds a core only while the recogniser has a worker free)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            _executor = ThreadPoolExecutor(
+                max_workers=max(2, cores * _SNAPSHOT_THREADS_PER_CORE),
+                thread_name_prefix="voxgate-snapshot",
+            )
+        return _executor
+
+
+@dataclass(slots=True)
+class _PendingSnapshot:
+    """A snapshot decode started at a pause; ``announced`` once its TurnPaused went out."""
+
+    job: SnapshotJob
+    future: Future[Any]
+    announced: bool = False
+
+
 def pause_ms_for(silence_duration_ms: int, lead_ms: int = PREPARE_LEAD_MS) -> int:
     """Silence after which a turn's answer is prepared: ``lead_ms`` before the turn would end,
     but not before a quarter of the window (0 when ``lead_ms`` is 0: no preparation)."""
@@ -147,6 +187,13 @@ class TurnDetector:
         acquire_timeout_s: longest wait for a free decoder when a turn starts.
         prepare_lead_ms: :class:`TurnPaused` comes this long before a turn would end
             (see :func:`pause_ms_for`; 0 = never).
+        executor: where snapshot decodes run (default :func:`snapshot_executor`).
+
+    Snapshot decodes (Whisper, ``stream``) run off the caller's thread: the pause starts
+    one and :meth:`feed` goes on detecting, so the silence window is timed while the decode
+    runs (a decode takes about as long as the window's rest, and it used to hold the VAD,
+    and with it ``speech_stopped``, back by that much). :class:`TurnPaused` is returned by
+    the first :meth:`feed` after the decode finished; the end of a turn waits for it.
     """
 
     def __init__(
@@ -160,6 +207,7 @@ class TurnDetector:
         max_turn_ms: int = DEFAULT_MAX_TURN_MS,
         acquire_timeout_s: float = 2.0,
         prepare_lead_ms: int = PREPARE_LEAD_MS,
+        executor: Executor | None = None,
     ) -> None:
         self.fmt = cast(AudioFormat, fmt)
         self.config = vad_config(turn_detection, prepare_lead_ms=prepare_lead_ms)
@@ -181,6 +229,8 @@ class TurnDetector:
         self._asr_fed_ms = 0.0  # session time up to which the turn's audio went to the ASR
         self._segments: list[str] = []  # transcripts of utterances finished at pauses
         self._asr_paused = False  # the utterance was finished at a pause; nothing is fed
+        self._executor = executor
+        self._pending: _PendingSnapshot | None = None  # a snapshot decode off this thread
 
     @property
     def in_turn(self) -> bool:
@@ -206,18 +256,23 @@ class TurnDetector:
             elif self._turn_start_ms is None:
                 continue
             elif isinstance(vad_event, SpeechPaused):
-                events.append(self._pause(vad_event.at_ms))
+                paused = self._pause(vad_event.at_ms)
+                if paused is not None:
+                    events.append(paused)
             elif isinstance(vad_event, SpeechResumed):
                 self._resume(vad_event.at_ms)
                 events.append(TurnResumed())
             else:
+                self._settle_snapshot(events, wait=True)
                 events.append(self._end_turn(vad_event.audio_end_ms, vad_event.decided_at_ms))
+        self._settle_snapshot(events, wait=False)
         end_ms = self._history_start_ms + len(self._history) / self._bytes_per_ms
         if self._turn_start_ms is not None and not self._asr_paused:
             partial = self._asr_feed_until(end_ms)
             if partial is not None:
                 events.append(TurnPartial(" ".join((*self._segments, partial))))
         if self._turn_start_ms is not None and end_ms - self._turn_start_ms >= self._max_turn_ms:
+            self._settle_snapshot(events, wait=True)
             events.append(self._end_turn(int(end_ms), int(end_ms)))
             # Speech that goes on becomes the next turn (the VAD starts over from here).
             self._vad.reset(start_ms=int(end_ms))
@@ -226,6 +281,7 @@ class TurnDetector:
 
     def close(self) -> None:
         """Drop a turn in progress (a pocketsphinx decoder goes back to its pool)."""
+        self._drop_snapshot()
         self._asr.cancel()
         self._turn_start_ms = None
 
@@ -238,17 +294,27 @@ class TurnDetector:
         self._segments = []
         self._asr_paused = False
 
-    def _pause(self, at_ms: int) -> TurnPaused:
+    def _pause(self, at_ms: int) -> TurnPaused | None:
         """Silence may end the turn: finish the utterance now (``stream``) and say what it is.
 
         A stream that can decode without ending the utterance (Whisper's ``snapshot``) does
         that instead: if speech resumes, the utterance goes on (gap included), so the final
-        decode hears the whole turn at once rather than pieces of it.
+        decode hears the whole turn at once rather than pieces of it. One that can run that
+        decode elsewhere (``begin_snapshot``) starts it and returns None: the
+        :class:`TurnPaused` follows from :meth:`_settle_snapshot`.
         """
         partial = self._asr_feed_until(at_ms)
         if self._final_decode == "batch" or self._asr_error is not None:
             text = partial if partial is not None else self._live_text()
             return TurnPaused(" ".join((*self._segments, text)).strip())
+        begin = getattr(self._asr, "begin_snapshot", None)
+        if begin is not None and self._asr.active:
+            self._drop_snapshot()
+            job = cast(SnapshotJob, begin())
+            executor = self._executor or snapshot_executor()
+            self._pending = _PendingSnapshot(job, executor.submit(job.run))
+            self._asr_paused = True
+            return None
         snapshot = getattr(self._asr, "snapshot", None)
         if snapshot is not None and self._asr.active:
             try:
@@ -262,7 +328,31 @@ class TurnDetector:
         self._asr_paused = True
         return TurnPaused(self._joined())
 
+    def _settle_snapshot(self, events: list[TurnEvent], *, wait: bool) -> None:
+        """Announce the pending snapshot's :class:`TurnPaused` once its decode is done
+        (``wait``: block until it is; the turn is ending and needs the transcript)."""
+        pending = self._pending
+        if pending is None or pending.announced or not (wait or pending.future.done()):
+            return
+        pending.announced = True
+        try:
+            rec = pending.future.result()
+        except (AsrError, RuntimeError) as exc:
+            self._asr_error = str(exc)
+            events.append(TurnPaused(""))
+            return
+        text = self._asr.accept_snapshot(pending.job, rec).text  # type: ignore[attr-defined]
+        events.append(TurnPaused(" ".join(t for t in (*self._segments, text) if t)))
+
+    def _drop_snapshot(self) -> None:
+        """Forget the pending snapshot (unqueued if it has not started; else it finishes
+        unheard: a decode cannot be stopped)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.future.cancel()
+
     def _resume(self, at_ms: int) -> None:
+        self._drop_snapshot()
         if self._asr_paused and getattr(self._asr, "snapshot", None) is not None:
             self._asr_paused = False  # the same utterance goes on from the pause
         elif self._asr_paused:
@@ -315,6 +405,7 @@ class TurnDetector:
         elif self._asr.active:  # paused on a snapshot: the final is that decode
             self._segments.append(self._finish_utterance())
         self._asr_paused = False
+        self._pending = None
         error, self._asr_error = self._asr_error, None
         transcript = self._joined()
         self._segments = []

@@ -94,6 +94,40 @@ class FloatResampler:
         return out
 
 
+class SnapshotJob:
+    """A decode of an utterance so far, safe to run on any thread (see
+    :meth:`WhisperStream.begin_snapshot`)."""
+
+    __slots__ = ("_model", "agreed", "fed", "samples", "utterance")
+
+    def __init__(
+        self,
+        model: WhisperModel,
+        samples: Float32Array,
+        agreed: str,
+        utterance: int,
+        fed: int,
+    ) -> None:
+        self._model = model
+        self.samples = samples
+        self.agreed = agreed
+        self.utterance = utterance
+        self.fed = fed
+
+    def run(self) -> Recognition | None:
+        """Decode (blocking CPU work); None when the audio is too quiet to be words."""
+        if not self.agreed and voiced_ms(float_to_pcm16(self.samples)) < MIN_VOICED_MS:
+            return None
+        prefix = " " + self.agreed if self.agreed else ""
+        return self._model.recognize(self.samples, prefix=prefix)
+
+    def text_of(self, rec: Recognition | None) -> str:
+        """The transcript a :meth:`run` result stands for (agreed partials kept)."""
+        if rec is None:
+            return ""
+        return rec.text if rec.text.startswith(self.agreed) else self.agreed
+
+
 class WhisperStream:
     """One session's Whisper utterance (see the module docstring for partials)."""
 
@@ -118,6 +152,7 @@ class WhisperStream:
         self._agreed = ""
         self._last_words: list[str] = []
         self._snapshot: tuple[int, str] | None = None  # (fed samples, text) at the last pause
+        self._utterance = 0  # counts utterances, so a late snapshot cannot land in the next
         self.last: Recognition | None = None  # the newest decode (benchmarks read its scores)
 
     @property
@@ -147,9 +182,27 @@ class WhisperStream:
         If no audio is fed before :meth:`finish`, that returns this result without a
         second decode; if audio is fed (speech resumed), the final decodes it all.
         """
-        text = self._final_text()
-        self._snapshot = (self._fed, text)
-        return Transcript(text, False, self.audio_ms)
+        job = self.begin_snapshot()
+        return self.accept_snapshot(job, job.run())
+
+    def begin_snapshot(self) -> SnapshotJob:
+        """:meth:`snapshot` in two halves, so its decode can run on another thread.
+
+        The job holds the utterance so far (no copy: the stream never writes into an array
+        it handed out) and the shared, thread-safe model; :meth:`SnapshotJob.run` may run
+        anywhere while this stream goes on being fed. :meth:`accept_snapshot`, back on the
+        stream's own thread, makes the result the final if no audio came in between.
+        """
+        return SnapshotJob(self._model, self._samples(), self._agreed, self._utterance, self._fed)
+
+    def accept_snapshot(self, job: SnapshotJob, rec: Recognition | None) -> Transcript:
+        """Take the result of ``job`` (from :meth:`begin_snapshot`; ``rec`` its decode)."""
+        text = job.text_of(rec)
+        if job.utterance == self._utterance:
+            self._snapshot = (job.fed, text)
+            if rec is not None:
+                self.last = rec
+        return Transcript(text, False, job.fed / ASR_RATE_HZ * 1000)
 
     def finish(self) -> Transcript:
         if not self._active:
@@ -226,6 +279,7 @@ class WhisperStream:
         self._agreed = ""
         self._last_words = []
         self._snapshot = None
+        self._utterance += 1
         self._resampler = FloatResampler(self._input_rate_hz)
 
 

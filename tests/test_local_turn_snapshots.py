@@ -1,0 +1,197 @@
+"""The turn detector runs its pause-time snapshot decode off its own path (turns.py).
+
+Synchronous and deterministic: the recogniser is a fake that counts decodes, and the
+executor holds each job until the test runs it (or until the detector has to wait for it),
+so what the detector returns before and after the decode is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import numpy as np
+
+from speech_fixtures import chunks, silence_pcm24k, synth_pcm24k
+from voxgate.backends.local.asr import Transcript
+from voxgate.backends.local.turns import (
+    TurnDetector,
+    TurnEnded,
+    TurnEvent,
+    TurnPaused,
+    TurnResumed,
+    TurnStarted,
+)
+
+SERVER_VAD = {"type": "server_vad", "silence_duration_ms": 200}
+
+
+class HeldFuture(Future[Any]):
+    """Runs its job when the test says so, or when someone needs the result."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def run_now(self) -> None:
+        if self.set_running_or_notify_cancel():
+            self.set_result(self.fn())
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            self.run_now()
+        return super().result(timeout)
+
+
+class HeldExecutor(Executor):
+    def __init__(self) -> None:
+        self.jobs: list[HeldFuture] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> HeldFuture:
+        future = HeldFuture(lambda: fn(*args, **kwargs))
+        self.jobs.append(future)
+        return future
+
+
+class Job:
+    def __init__(self, stream: FakeStream, fed: int) -> None:
+        self.stream, self.fed = stream, fed
+
+    def run(self) -> str:
+        self.stream.decodes += 1
+        return f"words {self.fed}"
+
+
+class FakeStream:
+    """An utterance stream with Whisper's two-part snapshot; text names the audio decoded."""
+
+    def __init__(self) -> None:
+        self.fed = 0
+        self.decodes = 0
+        self.active = False
+        self.snapshot_of: int | None = None
+
+    def feed(self, pcm16: bytes) -> Transcript | None:
+        self.active = True
+        self.fed += len(pcm16)
+        return None
+
+    def partial(self) -> Transcript | None:
+        return None
+
+    def snapshot(self) -> Transcript:
+        raise AssertionError("the detector must use begin_snapshot")
+
+    def begin_snapshot(self) -> Job:
+        return Job(self, self.fed)
+
+    def accept_snapshot(self, job: Job, text: str) -> Transcript:
+        self.snapshot_of = job.fed
+        return Transcript(text, False, 0.0)
+
+    def finish(self) -> Transcript:
+        if self.snapshot_of == self.fed:
+            text = f"words {self.fed}"
+        else:
+            self.decodes += 1
+            text = f"final {self.fed}"
+        self.active, self.fed, self.snapshot_of = False, 0, None
+        return Transcript(text, True, 0.0)
+
+    def cancel(self) -> None:
+        self.active, self.fed, self.snapshot_of = False, 0, None
+
+
+class FakeRecognizer:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.last = FakeStream()
+
+    def stream(self, **_: Any) -> FakeStream:
+        self.last = FakeStream()
+        return self.last
+
+
+def trimmed(text: str) -> bytes:
+    pcm = synth_pcm24k(text)
+    loud = np.nonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > 100)[0]
+    return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)]
+
+
+def detector(executor: Executor) -> tuple[TurnDetector, FakeRecognizer]:
+    asr = FakeRecognizer()
+    det = TurnDetector(
+        SERVER_VAD,
+        "audio/pcm",
+        start_ms=0,
+        recognizer=asr,  # type: ignore[arg-type]
+        final_decode="stream",
+        executor=executor,
+    )
+    return det, asr
+
+
+def feed_all(det: TurnDetector, pcm: bytes, *, until: type | None = None) -> list[TurnEvent]:
+    """Feed 20 ms chunks; stop after the chunk that returned an event of type ``until``."""
+    out: list[TurnEvent] = []
+    for chunk in chunks(pcm):
+        events = det.feed(chunk)
+        out.extend(events)
+        if until is not None and any(isinstance(e, until) for e in events):
+            break
+    return out
+
+
+def test_detection_goes_on_while_the_snapshot_decodes_and_the_pause_follows_it() -> None:
+    executor = HeldExecutor()
+    det, asr = detector(executor)
+    speech = silence_pcm24k(300) + trimmed("What is a stop loss order?")
+    assert any(isinstance(e, TurnStarted) for e in feed_all(det, speech))
+    # 100 ms of silence: the pause (at 50 ms) starts a decode, which is not run yet
+    events = feed_all(det, silence_pcm24k(100))
+    assert len(executor.jobs) == 1
+    assert not any(isinstance(e, TurnPaused) for e in events)  # nothing waited for it
+    assert asr.last.decodes == 0
+    executor.jobs[0].run_now()
+    paused = det.feed(silence_pcm24k(20))
+    assert [type(e) for e in paused] == [TurnPaused]
+    assert isinstance(paused[0], TurnPaused)
+    assert paused[0].transcript.startswith("words ")
+    ended = feed_all(det, silence_pcm24k(200), until=TurnEnded)
+    end = next(e for e in ended if isinstance(e, TurnEnded))
+    assert end.transcript == paused[0].transcript  # the snapshot is the final
+    assert end.decided_at_ms - end.audio_end_ms >= 200
+    assert asr.last.decodes == 1  # one decode for the whole turn
+
+
+def test_a_turn_that_ends_before_the_snapshot_is_decoded_waits_for_it() -> None:
+    executor = HeldExecutor()
+    det, _ = detector(executor)
+    feed_all(det, silence_pcm24k(300) + trimmed("What is a margin call?"))
+    # the whole silence in one feed: pause and stop in the same call
+    events = det.feed(silence_pcm24k(260))
+    assert [type(e) for e in events] == [TurnPaused, TurnEnded]
+    paused, end = events
+    assert isinstance(paused, TurnPaused)
+    assert isinstance(end, TurnEnded)
+    assert end.transcript == paused.transcript != ""
+    assert len(executor.jobs) == 1
+
+
+def test_speech_that_resumes_drops_the_pending_snapshot() -> None:
+    executor = HeldExecutor()
+    det, asr = detector(executor)
+    feed_all(det, silence_pcm24k(300) + trimmed("What is a trailing stop?"))
+    feed_all(det, silence_pcm24k(100))  # a pause, shorter than the window
+    assert len(executor.jobs) == 1
+    resumed = feed_all(det, trimmed("And a stop loss order?"))
+    assert any(isinstance(e, TurnResumed) for e in resumed)
+    assert not any(isinstance(e, TurnPaused) for e in resumed)
+    assert executor.jobs[0].cancelled()  # never decoded
+    events = det.feed(silence_pcm24k(260))
+    end = next(e for e in events if isinstance(e, TurnEnded))
+    assert end.transcript.startswith("words ")  # the second pause's snapshot
+    assert len(executor.jobs) == 2
+    assert asr.last.fed == 0  # finished and reset
