@@ -167,6 +167,17 @@ def _trimmed(text: str) -> bytes:
     return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)]
 
 
+def _assert_one_turn_ending_after_a_pause(events: list[Any]) -> None:
+    """One turn: started, paused at its last silence, ended. An inner gap of the utterance
+    that reaches the pause point (50 ms by default) adds a TurnPaused/TurnResumed pair: the
+    VAD scores are not bit-identical across CPUs (CI saw one in "stop loss"), so allow those."""
+    kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
+    assert kinds[0] is TurnStarted, kinds
+    assert kinds[-2:] == [TurnPaused, TurnEnded], kinds
+    inner = kinds[1:-2]
+    assert inner == [TurnPaused, TurnResumed] * (len(inner) // 2), kinds
+
+
 def test_turn_detector_gives_the_transcript_during_the_silence_window() -> None:
     detector = TurnDetector(
         server_vad_defaults(), "audio/pcm", start_ms=0, recognizer=SPHINX, final_decode="stream"
@@ -174,9 +185,8 @@ def test_turn_detector_gives_the_transcript_during_the_silence_window() -> None:
     pcm = synth_pcm24k("What is a stop loss order?", lead_ms=400, trail_ms=1200)
     events = detector.feed_many(chunks(pcm))
     detector.close()
-    kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
-    assert kinds == [TurnStarted, TurnPaused, TurnEnded]
-    paused = next(e for e in events if isinstance(e, TurnPaused))
+    _assert_one_turn_ending_after_a_pause(events)
+    paused = [e for e in events if isinstance(e, TurnPaused)][-1]
     ended = next(e for e in events if isinstance(e, TurnEnded))
     assert paused.transcript
     assert ended.transcript == paused.transcript
@@ -220,8 +230,7 @@ def test_batch_final_still_hints_the_pause_with_the_live_hypothesis() -> None:
         chunks(synth_pcm24k("What is a stop loss order?", lead_ms=400, trail_ms=1200))
     )
     detector.close()
-    kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
-    assert kinds == [TurnStarted, TurnPaused, TurnEnded]
+    _assert_one_turn_ending_after_a_pause(events)
     ended = events[-1]
     assert isinstance(ended, TurnEnded)
     assert ended.transcript
