@@ -16,10 +16,11 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -30,6 +31,8 @@ from redis_helpers import RedisServer, redis_server
 from serve_helpers import ServeProcess, Stream, clean_env
 from voxgate.store.base import SessionRecord
 from voxgate.store.redis import RedisStore
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
@@ -183,7 +186,8 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     """Redis + ``n`` voxgate nodes + nginx; settings are extra ``VOXGATE_*`` variables."""
     nginx = nginx_binary()
-    with redis_server() as redis:
+    # keyspace notifications: tests wait on the store's changes (until_store), not on a clock
+    with redis_server("--notify-keyspace-events", "KA") as redis:
         prefix = f"{PREFIX}{next(_count)}"
         env = clean_env(
             VOXGATE_OPENAI_URL=upstream_url,
@@ -219,20 +223,40 @@ async def cluster(
             yield c
 
 
+async def until_store(
+    c: Cluster, check: Callable[[], Awaitable[T | None]], timeout_s: float = 30.0
+) -> T:
+    """``check()``'s first value that is not None, re-checked on every change to this
+    deployment's keys: the test Redis publishes keyspace notifications
+    (``notify-keyspace-events KA``), subscribed to before the first check so no change
+    between a check and the wait is missed. Waits on events, never on a clock."""
+    pubsub = c.store.redis.pubsub()
+    await pubsub.psubscribe(f"__keyspace@*__:{c.store.prefix}:*")
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                value = await check()
+                if value is not None:
+                    return value
+                change = None
+                while change is None:  # subscribe confirmations come back as None
+                    change = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+    finally:
+        await pubsub.aclose()
+
+
 async def wait_for_owner(
     c: Cluster, session_id: str, not_node: str | None = None, timeout_s: float = 30.0
 ) -> SessionRecord:
-    """The session's record once a live node (other than ``not_node``) owns it.
+    """The session's record once a live node (other than ``not_node``) owns it."""
 
-    The store has no event for this, so it is read again on each of the test's own
-    notifications; here, after each short pause: a bounded poll of a condition.
-    """
-    async with asyncio.timeout(timeout_s):
-        while True:
-            record = await c.owner(session_id)
-            if record is not None and record.node not in ("", not_node):
-                return record
-            await asyncio.sleep(0.05)
+    async def owned() -> SessionRecord | None:
+        record = await c.owner(session_id)
+        if record is not None and record.node not in ("", not_node):
+            return record
+        return None
+
+    return await until_store(c, owned, timeout_s)
 
 
 async def mint_key(http: str, subject: str, instructions: str = "Be brief.") -> str:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from cluster_client import V1Client
-from cluster_helpers import Cluster, cluster, mint_key, wait_for_owner
+from cluster_helpers import Cluster, cluster, mint_key, until_store, wait_for_owner
 from gateway_helpers import SERVER_KEY, UPSTREAM_KEY
 from voxgate.session.snapshot import SessionSnapshot, decode
 from voxgate.testing import FakeRealtimeServer, FaultProxy
@@ -62,15 +62,16 @@ async def deployment(
 async def snapshot_where(
     c: Cluster, session_id: str, pred: Any, timeout_s: float = 20.0
 ) -> SessionSnapshot:
-    """The session's snapshot once ``pred`` holds for it (a bounded poll of the store)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            stored = await c.store.load_snapshot(session_id)
-            if stored is not None:
-                snap = decode(stored.head, stored.items)
-                if pred(snap):
-                    return snap
-            await asyncio.sleep(0.02)
+    """The session's snapshot once ``pred`` holds for it (re-read on each store change)."""
+
+    async def matching() -> SessionSnapshot | None:
+        stored = await c.store.load_snapshot(session_id)
+        if stored is None:
+            return None
+        snap = decode(stored.head, stored.items)
+        return snap if pred(snap) else None
+
+    return await until_store(c, matching, timeout_s)
 
 
 def user_text(text: str) -> dict[str, Any]:
@@ -287,12 +288,12 @@ async def test_per_subject_limits_count_sessions_on_every_node(tmp_path: Path) -
 
 
 async def wait_for_count(c: Cluster, subject: str, n: int) -> None:
-    """A bounded poll of the shared registry for a condition."""
-    async with asyncio.timeout(20):
-        while True:
-            if len(await c.store.sessions(subject)) == n:
-                return
-            await asyncio.sleep(0.05)
+    """Until the shared registry lists ``n`` sessions of ``subject`` (re-read on each change)."""
+
+    async def counted() -> bool | None:
+        return True if len(await c.store.sessions(subject)) == n else None
+
+    await until_store(c, counted, 20.0)
 
 
 async def test_an_admin_action_on_any_node_reaches_the_node_that_runs_the_session(
