@@ -19,6 +19,7 @@ from voxgate.backends.local.turns import (
     TurnPaused,
     TurnResumed,
     TurnStarted,
+    TurnStopped,
     pause_ms_for,
     vad_config,
 )
@@ -168,13 +169,13 @@ def _trimmed(text: str) -> bytes:
 
 
 def _assert_one_turn_ending_after_a_pause(events: list[Any]) -> None:
-    """One turn: started, paused at its last silence, ended. An inner gap of the utterance
+    """One turn: started, paused at its last silence, stopped, ended. An inner gap of the utterance
     that reaches the pause point (50 ms by default) adds a TurnPaused/TurnResumed pair: the
     VAD scores are not bit-identical across CPUs (CI saw one in "stop loss"), so allow those."""
     kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
     assert kinds[0] is TurnStarted, kinds
-    assert kinds[-2:] == [TurnPaused, TurnEnded], kinds
-    inner = kinds[1:-2]
+    assert kinds[-3:] == [TurnPaused, TurnStopped, TurnEnded], kinds
+    inner = kinds[1:-3]
     assert inner == [TurnPaused, TurnResumed] * (len(inner) // 2), kinds
 
 
@@ -212,7 +213,7 @@ def test_speech_resuming_after_a_pause_continues_the_same_turn() -> None:
     events = detector.feed_many(chunks(pcm))
     detector.close()
     kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
-    assert kinds == [TurnStarted, TurnPaused, TurnResumed, TurnPaused, TurnEnded]
+    assert kinds == [TurnStarted, TurnPaused, TurnResumed, TurnPaused, TurnStopped, TurnEnded]
     first, second = (e for e in events if isinstance(e, TurnPaused))
     ended = events[-1]
     assert isinstance(ended, TurnEnded)

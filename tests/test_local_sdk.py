@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from speech_fixtures import chunks, synth_pcm24k
 from voxgate.app import BACKEND
 from voxgate.backends.local.backend import LocalBackend
 from voxgate.backends.local.responder import KnowledgeResponder, ResponderError, TextPiece
+from voxgate.backends.local.whisper_stream import WhisperRecognizer
 from voxgate.config import Settings
 from voxgate.testing.gateway import RunningGateway, run_gateway
 from voxgate.tools.knowledge import KnowledgeBase
@@ -166,6 +168,97 @@ async def test_openai_sdk_speech_in_real_time_gets_spoken_answer() -> None:
     audio = b"".join(base64.b64decode(e.delta) for e in events.of("response.output_audio.delta"))
     assert len(audio) > 48_000  # more than a second of speech
     assert rms(audio) > 500
+    assert not events.of("error")
+
+
+class GatedRecognizer:
+    """Whisper whose pause-time snapshot decodes wait for ``gate`` (the test opens it once
+    it has seen ``speech_stopped``): the stop cannot have waited for the transcript."""
+
+    name = "whisper"
+
+    def __init__(self) -> None:
+        headings = [e.heading for e in KnowledgeBase.example().entries]
+        self.inner = WhisperRecognizer(prompt_words=headings)
+        self.gate = threading.Event()
+
+    def stream(self, **kwargs: Any) -> Any:
+        return _GatedStream(self.inner.stream(**kwargs), self.gate)
+
+    def warm(self, speech_16k: bytes) -> None:
+        self.inner.warm(speech_16k)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _GatedStream:
+    def __init__(self, inner: Any, gate: threading.Event) -> None:
+        self._inner, self._gate = inner, gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def begin_snapshot(self) -> Any:
+        return _GatedJob(self._inner.begin_snapshot(), self._gate)
+
+    def accept_snapshot(self, job: _GatedJob, rec: Any) -> Any:
+        return self._inner.accept_snapshot(job.inner, rec)
+
+
+class _GatedJob:
+    def __init__(self, inner: Any, gate: threading.Event) -> None:
+        self.inner, self._gate = inner, gate
+
+    def run(self) -> Any:
+        if not self._gate.wait(EVENT_TIMEOUT_S):
+            raise RuntimeError("the test never opened the gate")
+        return self.inner.run()
+
+
+async def test_speech_stopped_does_not_wait_for_the_transcript() -> None:
+    """``speech_stopped`` goes out when the VAD decides; committed, the item and its
+    transcript follow once the decode is done, in the order the SDK expects (§6.2)."""
+    asr = GatedRecognizer()
+    backend = LocalBackend(responder=KnowledgeResponder(KnowledgeBase.example()), asr=asr)
+    await asyncio.wait_for(backend.wait_warm(), 60)
+    async with run_gateway(Settings(backend="local", api_keys="vk-test"), backend=backend) as gw:
+        client = AsyncOpenAI(api_key="vk-test", websocket_base_url=gw.ws_base)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            events = Events()
+            pump = asyncio.create_task(events.pump(conn))
+            await conn.session.update(
+                session={
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+                }
+            )
+            await events.wait_for("session.updated")
+            await stream_realtime(conn, synth_pcm24k(QUESTION, lead_ms=400, trail_ms=600))
+            stopped = await events.wait_for("input_audio_buffer.speech_stopped")
+            assert not events.of("input_audio_buffer.committed")  # no transcript yet
+            asr.gate.set()
+            completed = await events.wait_for(
+                "conversation.item.input_audio_transcription.completed"
+            )
+            done = await events.wait_for("response.done")
+            pump.cancel()
+    assert "stop loss" in completed.transcript
+    assert done.response.status == "completed", done.response.status_details
+    kinds = [e.type for e in events.items]
+    order = [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "response.output_audio.delta",
+    ]
+    assert [kinds.index(k) for k in order] == sorted(kinds.index(k) for k in order), kinds
+    committed = events.of("input_audio_buffer.committed")[0]
+    assert committed.item_id == stopped.item_id == completed.item_id
     assert not events.of("error")
 
 

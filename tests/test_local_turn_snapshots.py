@@ -22,6 +22,7 @@ from voxgate.backends.local.turns import (
     TurnPaused,
     TurnResumed,
     TurnStarted,
+    TurnStopped,
 )
 
 SERVER_VAD = {"type": "server_vad", "silence_duration_ms": 200}
@@ -120,15 +121,18 @@ def trimmed(text: str) -> bytes:
     return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)]
 
 
-def detector(executor: Executor) -> tuple[TurnDetector, FakeRecognizer]:
+def detector(
+    executor: Executor, *, defer_end: bool = False, final_decode: Any = "stream"
+) -> tuple[TurnDetector, FakeRecognizer]:
     asr = FakeRecognizer()
     det = TurnDetector(
         SERVER_VAD,
         "audio/pcm",
         start_ms=0,
         recognizer=asr,  # type: ignore[arg-type]
-        final_decode="stream",
+        final_decode=final_decode,
         executor=executor,
+        defer_end=defer_end,
     )
     return det, asr
 
@@ -172,8 +176,9 @@ def test_a_turn_that_ends_before_the_snapshot_is_decoded_waits_for_it() -> None:
     feed_all(det, silence_pcm24k(300) + trimmed("What is a margin call?"))
     # the whole silence in one feed: pause and stop in the same call
     events = det.feed(silence_pcm24k(260))
-    assert [type(e) for e in events] == [TurnPaused, TurnEnded]
-    paused, end = events
+    assert [type(e) for e in events] == [TurnStopped, TurnPaused, TurnEnded]
+    stopped, paused, end = events
+    assert isinstance(stopped, TurnStopped)
     assert isinstance(paused, TurnPaused)
     assert isinstance(end, TurnEnded)
     assert end.transcript == paused.transcript != ""
@@ -195,3 +200,64 @@ def test_speech_that_resumes_drops_the_pending_snapshot() -> None:
     assert end.transcript.startswith("words ")  # the second pause's snapshot
     assert len(executor.jobs) == 2
     assert asr.last.fed == 0  # finished and reset
+
+
+def test_a_deferred_end_reports_the_stop_before_the_decode_and_the_transcript_after() -> None:
+    executor = HeldExecutor()
+    det, asr = detector(executor, defer_end=True)
+    feed_all(det, silence_pcm24k(300) + trimmed("What is a margin call?"))
+    # the silence window and the next question in one feed, while the decode is held
+    events = det.feed(silence_pcm24k(300) + trimmed("What is a pip?"))
+    assert [type(e) for e in events] == [TurnStopped]
+    assert det.end_pending
+    assert det.in_turn
+    assert asr.last.decodes == 0  # speech_stopped did not wait for the decode
+    stopped = events[0]
+    assert isinstance(stopped, TurnStopped)
+    assert stopped.decided_at_ms - stopped.audio_end_ms >= 200
+    rest = det.finish_turn()
+    assert [type(e) for e in rest][:3] == [TurnPaused, TurnEnded, TurnStarted]
+    paused, end, started = rest[:3]
+    assert isinstance(paused, TurnPaused)
+    assert isinstance(end, TurnEnded)
+    assert isinstance(started, TurnStarted)
+    assert (end.audio_end_ms, end.decided_at_ms) == (stopped.audio_end_ms, stopped.decided_at_ms)
+    assert end.transcript == paused.transcript != ""
+    assert started.audio_start_ms >= end.decided_at_ms - 300  # the next question's turn
+    assert not det.end_pending
+    assert det.finish_turn() == []
+    assert asr.last.decodes == 1  # the first turn's snapshot, run when it was needed
+
+
+def test_a_deferred_end_is_not_deferred_when_the_transcript_is_ready() -> None:
+    executor = HeldExecutor()
+    det, _ = detector(executor, defer_end=True)
+    feed_all(det, silence_pcm24k(300) + trimmed("What is a stop limit order?"))
+    feed_all(det, silence_pcm24k(100))  # the pause's decode starts
+    executor.jobs[0].run_now()
+    events = feed_all(det, silence_pcm24k(200), until=TurnEnded)
+    kinds = [type(e) for e in events]
+    assert kinds == [TurnPaused, TurnStopped, TurnEnded]
+    assert not det.end_pending
+
+
+def test_feeding_after_a_deferred_end_finishes_it_first() -> None:
+    executor = HeldExecutor()
+    det, _ = detector(executor, defer_end=True)
+    feed_all(det, silence_pcm24k(300) + trimmed("What is slippage?"))
+    assert [type(e) for e in det.feed(silence_pcm24k(260))] == [TurnStopped]
+    events = det.feed(silence_pcm24k(20))
+    assert [type(e) for e in events] == [TurnPaused, TurnEnded]
+    assert not det.end_pending
+    assert not det.in_turn
+
+
+def test_a_batch_final_decode_is_deferred_too() -> None:
+    det, asr = detector(HeldExecutor(), defer_end=True, final_decode="batch")
+    feed_all(det, silence_pcm24k(300) + trimmed("What is liquidity?"))
+    events = det.feed(silence_pcm24k(260))
+    assert [type(e) for e in events if not isinstance(e, TurnPaused)] == [TurnStopped]
+    assert asr.last.decodes == 0
+    (end,) = [e for e in det.finish_turn() if isinstance(e, TurnEnded)]
+    assert end.transcript.startswith("final ")
+    assert asr.last.decodes == 1

@@ -42,6 +42,7 @@ from voxgate.backends.local.turns import (
     TurnPaused,
     TurnResumed,
     TurnStarted,
+    TurnStopped,
     transcribe_turn,
 )
 from voxgate.protocol import response_builder as rb
@@ -258,6 +259,7 @@ class LocalConnection:
                 final_decode=self._res.final_decode,
                 max_turn_ms=int(self._limits.max_turn_s * 1000),
                 prepare_lead_ms=self._limits.prepare_lead_ms,
+                defer_end=True,
             )
         )
         self._detector_base = (start_offset, float(start_ms))
@@ -280,11 +282,13 @@ class LocalConnection:
                 self._prepare(event.transcript)
             elif isinstance(event, TurnResumed):
                 self._drop_prepared()
+            elif isinstance(event, TurnStopped):
+                # the VAD's decision goes out now; the commit waits for the transcript
+                await self._perform(core.on_speech_stopped(event.audio_end_ms))
             elif isinstance(event, TurnEnded):
                 if self._prepared is not None and self._prepared_transcript == event.transcript:
                     self._reply_prepared, self._prepared = self._prepared, None
                 self._drop_prepared()
-                await self._perform(core.on_speech_stopped(event.audio_end_ms))
                 item_id = core.current_turn_item_id
                 if event.error is None and not event.transcript:
                     # no words (noise, silence, too short): no item, no answer
@@ -302,6 +306,10 @@ class LocalConnection:
                         self._offset_of(event.decided_at_ms), transcript=event.transcript
                     )
                 )
+        if detector is not None and detector is self._detector and detector.end_pending:
+            # speech_stopped is out; the transcript (snapshot decode) is still being made
+            await self._apply_turn_events(await self._in_worker(detector.finish_turn))
+            return
         if detector is not None and not detector.in_turn:
             fmt = format_type(input_format(core.session))
             keep = detector.prefix_padding_ms * bytes_per_ms(_audio_fmt(fmt))

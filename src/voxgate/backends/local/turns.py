@@ -43,7 +43,9 @@ from voxgate.backends.local.vad import (
     SpeechPaused,
     SpeechResumed,
     SpeechStarted,
+    SpeechStopped,
     VadConfig,
+    VadEvent,
     VadStream,
 )
 from voxgate.protocol.audio import AudioFormat, decode_input, rate_hz
@@ -91,6 +93,16 @@ class TurnResumed:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnStopped:
+    """The VAD decided the turn ended at ``audio_end_ms`` (``speech_stopped``), at
+    ``decided_at_ms``; its :class:`TurnEnded` (the transcript) follows, at once or from
+    :meth:`TurnDetector.finish_turn` when the decode was still running."""
+
+    audio_end_ms: int
+    decided_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class TurnEnded:
     """The turn ended at ``audio_end_ms``; decided at ``decided_at_ms`` (session audio time).
 
@@ -104,7 +116,7 @@ class TurnEnded:
     error: str | None = None
 
 
-TurnEvent = TurnStarted | TurnPartial | TurnPaused | TurnResumed | TurnEnded
+TurnEvent = TurnStarted | TurnPartial | TurnPaused | TurnResumed | TurnStopped | TurnEnded
 
 
 class SnapshotJob(Protocol):
@@ -188,6 +200,11 @@ class TurnDetector:
         prepare_lead_ms: :class:`TurnPaused` comes this long before a turn would end
             (see :func:`pause_ms_for`; 0 = never).
         executor: where snapshot decodes run (default :func:`snapshot_executor`).
+        defer_end: when the VAD ends a turn whose transcript is not ready yet (its snapshot
+            decode still running, or a final decode to do), :meth:`feed` returns at the
+            :class:`TurnStopped` and the caller gets the :class:`TurnEnded` (and whatever the
+            rest of that audio brought) from :meth:`finish_turn`, so ``speech_stopped`` does
+            not wait for the decode. Off: :class:`TurnEnded` follows in the same call.
 
     Snapshot decodes (Whisper, ``stream``) run off the caller's thread: the pause starts
     one and :meth:`feed` goes on detecting, so the silence window is timed while the decode
@@ -208,6 +225,7 @@ class TurnDetector:
         acquire_timeout_s: float = 2.0,
         prepare_lead_ms: int = PREPARE_LEAD_MS,
         executor: Executor | None = None,
+        defer_end: bool = False,
     ) -> None:
         self.fmt = cast(AudioFormat, fmt)
         self.config = vad_config(turn_detection, prepare_lead_ms=prepare_lead_ms)
@@ -231,6 +249,10 @@ class TurnDetector:
         self._asr_paused = False  # the utterance was finished at a pause; nothing is fed
         self._executor = executor
         self._pending: _PendingSnapshot | None = None  # a snapshot decode off this thread
+        self._defer_end = defer_end
+        # A turn end reported (TurnStopped) but not finished: the stop and the VAD events
+        # that followed it in the same audio (see finish_turn).
+        self._deferred: tuple[SpeechStopped, list[VadEvent]] | None = None
 
     @property
     def in_turn(self) -> bool:
@@ -240,16 +262,44 @@ class TurnDetector:
     def prefix_padding_ms(self) -> int:
         return self.config.prefix_padding_ms
 
+    @property
+    def end_pending(self) -> bool:
+        """A :class:`TurnStopped` went out whose :class:`TurnEnded` :meth:`finish_turn` gives."""
+        return self._deferred is not None
+
     def feed_many(self, chunks: Iterable[bytes]) -> list[TurnEvent]:
         """:meth:`feed` several wire chunks as one (decisions do not depend on chunking)."""
         return self.feed(b"".join(chunks))
 
     def feed(self, wire: bytes) -> list[TurnEvent]:
-        """Process one appended wire chunk; return the turn events it completed."""
+        """Process one appended wire chunk; return the turn events it completed.
+
+        A turn end left pending (:attr:`end_pending`) is finished first.
+        """
+        events = self.finish_turn() if self._deferred is not None else []
         pcm = decode_input(wire, self.fmt)
         self._history += pcm
+        events += self._detect(self._vad.feed(pcm))
+        return events
+
+    def finish_turn(self) -> list[TurnEvent]:
+        """After a deferred :class:`TurnStopped`: wait for the turn's transcript and return
+        its :class:`TurnEnded`, then the events of the audio after it (which may stop the
+        next turn and leave that one pending in turn). Blocking; [] when nothing is pending.
+        """
+        if self._deferred is None:
+            return []
+        stop, rest = self._deferred
+        self._deferred = None
         events: list[TurnEvent] = []
-        for vad_event in self._vad.feed(pcm):
+        self._settle_snapshot(events, wait=True)
+        events.append(self._end_turn(stop.audio_end_ms, stop.decided_at_ms))
+        return events + self._detect(rest)
+
+    def _detect(self, vad_events: list[VadEvent]) -> list[TurnEvent]:
+        """Turn events from the VAD's decisions on the audio just added to the history."""
+        events: list[TurnEvent] = []
+        for k, vad_event in enumerate(vad_events):
             if isinstance(vad_event, SpeechStarted):
                 events.append(TurnStarted(vad_event.audio_start_ms))
                 self._start_turn(vad_event.audio_start_ms)
@@ -263,6 +313,10 @@ class TurnDetector:
                 self._resume(vad_event.at_ms)
                 events.append(TurnResumed())
             else:
+                events.append(TurnStopped(vad_event.audio_end_ms, vad_event.decided_at_ms))
+                if self._defer_end and not self._end_ready():
+                    self._deferred = (vad_event, vad_events[k + 1 :])
+                    return events
                 self._settle_snapshot(events, wait=True)
                 events.append(self._end_turn(vad_event.audio_end_ms, vad_event.decided_at_ms))
         self._settle_snapshot(events, wait=False)
@@ -273,6 +327,7 @@ class TurnDetector:
                 events.append(TurnPartial(" ".join((*self._segments, partial))))
         if self._turn_start_ms is not None and end_ms - self._turn_start_ms >= self._max_turn_ms:
             self._settle_snapshot(events, wait=True)
+            events.append(TurnStopped(int(end_ms), int(end_ms)))
             events.append(self._end_turn(int(end_ms), int(end_ms)))
             # Speech that goes on becomes the next turn (the VAD starts over from here).
             self._vad.reset(start_ms=int(end_ms))
@@ -281,6 +336,7 @@ class TurnDetector:
 
     def close(self) -> None:
         """Drop a turn in progress (a pocketsphinx decoder goes back to its pool)."""
+        self._deferred = None
         self._drop_snapshot()
         self._asr.cancel()
         self._turn_start_ms = None
@@ -343,6 +399,14 @@ class TurnDetector:
             return
         text = self._asr.accept_snapshot(pending.job, rec).text  # type: ignore[attr-defined]
         events.append(TurnPaused(" ".join(t for t in (*self._segments, text) if t)))
+
+    def _end_ready(self) -> bool:
+        """Whether the turn's transcript is known without waiting: the utterance was
+        decoded (or finished) at the pause and that decode, if it ran elsewhere, is done."""
+        pending = self._pending
+        if pending is not None and not pending.announced and not pending.future.done():
+            return False
+        return self._asr_paused
 
     def _drop_snapshot(self) -> None:
         """Forget the pending snapshot (unqueued if it has not started; else it finishes
