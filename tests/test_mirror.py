@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voxgate.session.audio_ring import AudioRing
+from voxgate.session.audio_ring import PAGE, AudioRing
 from voxgate.session.mirror import MIRRORED_TYPES, Mirror, b64_len
 
 VAD_SESSION: dict[str, Any] = {
@@ -661,17 +661,19 @@ def test_commit_until_any_offset_leaves_exactly_the_bytes_after_it(
 
 
 @given(
-    st.lists(st.integers(min_value=0, max_value=3000), max_size=30),
-    st.integers(min_value=1, max_value=4096),
+    st.lists(st.integers(min_value=0, max_value=6000), max_size=40),
+    st.integers(min_value=1, max_value=20_000),
     st.data(),
 )
-def test_audio_ring_is_a_byte_exact_fifo_in_fixed_blocks(
-    sizes: list[int], block: int, data: st.DataObject
+def test_audio_ring_is_a_byte_exact_fifo_that_gives_consumed_pages_back(
+    sizes: list[int], initial: int, data: st.DataObject
 ) -> None:
-    ring = AudioRing(block_bytes=block)
+    """Growth, moves to the mapping's start and pages given back never change the bytes, and
+    what stays resident is the contents plus at most the release batch and a few pages."""
+    ring = AudioRing(initial_bytes=initial, release_bytes=PAGE)
     model = bytearray()
     for n, size in enumerate(sizes):
-        chunk = bytes([n % 251]) * size
+        chunk = bytes([n % 251 + 1]) * size
         ring.append(chunk)
         model += chunk
         if data.draw(st.booleans()):
@@ -686,7 +688,11 @@ def test_audio_ring_is_a_byte_exact_fifo_in_fixed_blocks(
         lo = data.draw(st.integers(0, len(model)))
         hi = data.draw(st.integers(lo, len(model) + 3))
         assert ring.peek(lo, hi) == bytes(model[lo:hi])
-    assert ring.allocated_bytes <= len(ring) + 2 * block  # at most the partial ends
+        assert ring.allocated_bytes <= len(ring) + 4 * PAGE
+    ring.drop_front(len(ring))
+    assert ring.allocated_bytes <= PAGE  # emptied: only the warm first pages
+    ring.clear()
+    assert ring.allocated_bytes == 0
 
 
 def test_audio_bounds_in_seconds_follow_the_sessions_format() -> None:

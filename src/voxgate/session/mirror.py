@@ -11,9 +11,10 @@ client's requests, so it holds only what the upstream accepted:
 * the input audio appended since the last commit, as raw audio in one byte ring.
 
 Memory: nothing per frame. Pending audio is one :class:`~voxgate.session.audio_ring.AudioRing`
-(fixed 64 KiB blocks, the oldest cut from its front; positions are integers), items and the
-config are kept as serialised JSON strings, so a long call adds no objects for the garbage
-collector to walk and no holes for the allocator.
+(its own private memory mapping outside the C heap, the oldest cut from its front, consumed
+pages given back; positions are integers), items and the config are kept as serialised JSON
+strings, so a long call adds no objects for the garbage collector to walk and no holes for the
+allocator.
 
 Audio positions are bytes on the *client's* timeline: every byte the client appended in the
 session, in order. Callers translate a new upstream's ``audio_*_ms`` to it before feeding
@@ -98,7 +99,7 @@ class Mirror:
         self.dropped_items = 0
         self._turn_audio: dict[str, bytes] = {}  # oldest first
         self.turn_audio_bytes = 0
-        self._ring = AudioRing()  # pending input audio, oldest first, in fixed blocks
+        self._ring = AudioRing()  # pending input audio, oldest first, in its own mapping
         self._ring_start = 0  # client-timeline offset of _ring[0]
         self.dropped_audio_bytes = 0
         self.stream_bytes = 0  # every input byte the client appended, on its timeline
