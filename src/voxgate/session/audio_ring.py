@@ -22,7 +22,10 @@ So each ring owns one ``MAP_PRIVATE | MAP_ANONYMOUS`` mapping, outside the heap:
   fill at most half of it) or to a mapping twice as large: each byte is copied O(1) times
   amortised, and the mapping is at most about twice the largest contents (virtual memory).
 
-Bounds are the caller's (the mirror's seconds of audio, the replay log's bytes).
+Bounds are the caller's (the mirror's seconds of audio, the replay log's bytes). A ring maps
+nothing until its first byte and unmaps in :meth:`clear` or when it is collected; a session
+has at most two (mirror, replay log), so 10,000 sessions are 20,000 mappings, well inside
+Linux's default ``vm.max_map_count`` (65,530).
 """
 
 from __future__ import annotations
