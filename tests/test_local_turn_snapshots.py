@@ -116,8 +116,9 @@ class FakeRecognizer:
 
 
 def trimmed(text: str) -> bytes:
+    """``text`` without espeak's fade (under -30 dBFS), which the VAD counts as silence."""
     pcm = synth_pcm24k(text)
-    loud = np.nonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > 100)[0]
+    loud = np.nonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > 1036)[0]
     return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)]
 
 
@@ -189,16 +190,19 @@ def test_speech_that_resumes_drops_the_pending_snapshot() -> None:
     executor = HeldExecutor()
     det, asr = detector(executor)
     feed_all(det, silence_pcm24k(300) + trimmed("What is a trailing stop?"))
+    # a gap inside the words (a stop consonant) may reach the pause point: dropped at once
+    inner = len(executor.jobs)
+    assert all(job.cancelled() for job in executor.jobs)
     feed_all(det, silence_pcm24k(100))  # a pause, shorter than the window
-    assert len(executor.jobs) == 1
+    assert len(executor.jobs) == inner + 1
     resumed = feed_all(det, trimmed("And a stop loss order?"))
     assert any(isinstance(e, TurnResumed) for e in resumed)
     assert not any(isinstance(e, TurnPaused) for e in resumed)
-    assert executor.jobs[0].cancelled()  # never decoded
+    assert executor.jobs[inner].cancelled()  # never decoded
     events = det.feed(silence_pcm24k(260))
     end = next(e for e in events if isinstance(e, TurnEnded))
-    assert end.transcript.startswith("words ")  # the second pause's snapshot
-    assert len(executor.jobs) == 2
+    assert end.transcript.startswith("words ")  # the last pause's snapshot
+    assert sum(not job.cancelled() for job in executor.jobs) == 1
     assert asr.last.fed == 0  # finished and reset
 
 

@@ -72,10 +72,11 @@ class Recorder:
 
 
 def trimmed(text: str) -> bytes:
-    """``text`` spoken, without espeak's own leading and trailing near-silence."""
+    """``text`` spoken, without espeak's own leading and trailing fade (samples under
+    -30 dBFS: the VAD counts a tail that far below the words as silence, RELATIVE_FLOOR_DB)."""
     pcm = synth_pcm24k(text)
     samples = np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32))
-    loud = np.nonzero(samples > 100)[0]
+    loud = np.nonzero(samples > 1036)[0]
     return pcm[2 * int(loud[0]) : 2 * (int(loud[-1]) + 1)]
 
 

