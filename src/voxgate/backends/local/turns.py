@@ -14,7 +14,9 @@ after :func:`pause_ms_for` of it the detector already finishes the ASR utterance
 final) and reports :class:`TurnPaused` with the transcript, so the caller can prepare the
 answer while the rest of the silence window runs. If speech resumes (:class:`TurnResumed`) a
 new utterance starts from shortly before the resumption and the turn's transcript is the
-utterances joined; if it does not, :class:`TurnEnded` carries the transcript at once. Pauses
+utterances joined; if it does not, the turn ends: :class:`TurnStopped` when the VAD decides
+(the caller sends ``speech_stopped``), then :class:`TurnEnded` with the transcript, at once if
+the pause's decode is done, else (``defer_end``) from :meth:`TurnDetector.finish_turn`. Pauses
 are engine-internal: nothing about them reaches the protocol.
 
 Threading: every method is blocking CPU work for a worker thread; one detector belongs to one
