@@ -51,6 +51,8 @@ from voxgate.protocol import b64
 from voxgate.protocol.formats import PCM, input_info
 from voxgate.session.audio_ring import AudioRing
 
+_b64decode = b64.decode
+
 #: Fields of a session object a client may not send back in ``session.update``.
 _SERVER_ONLY = ("object", "id", "expires_at")
 #: Replayed audio goes out in appends of this many milliseconds.
@@ -106,29 +108,39 @@ class Mirror:
         self._bpm = PCM.bytes_per_ms
         self._vad = True
         self._idle_keep_bytes = idle_keep_ms * self._bpm
-        self._fast_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
+        self._idle_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
+        #: pending audio up to here needs no check (with VAD off nothing is ever idle, so the
+        #: appends of a push-to-talk turn make no call until the limit itself)
+        self._fast_bound = self._idle_bound
         self.speaking = False  # between speech_started and the turn's commit
         self._vad_cut: int | None = None
 
     # ------------------------------------------------------------------ inputs
 
     def on_client_append(self, audio_b64: str) -> None:
-        """The client appended base64 audio (about to be sent upstream)."""
+        """The client appended base64 audio (about to be sent upstream). Once per append
+        frame: :meth:`on_client_audio`'s fast path is repeated here, not called."""
         try:
-            raw = b64.decode(audio_b64)
+            raw = _b64decode(audio_b64)
         except ValueError:
             return  # not base64: the upstream rejects it, so it never enters its buffer
-        self.on_client_audio(raw)
+        size = self._ring.append(raw)
+        self.stream_bytes += len(raw)
+        if size > self._fast_bound:
+            self._bound_pending(size)
 
     def on_client_audio(self, raw: bytes) -> None:
         """The client appended raw audio (a binary frame). Amortised O(len(raw)), no objects."""
-        ring = self._ring
-        size = ring.append(raw)
+        size = self._ring.append(raw)
         self.stream_bytes += len(raw)
-        if size <= self._fast_bound:
-            return
+        if size > self._fast_bound:
+            self._bound_pending(size)
+
+    def _bound_pending(self, size: int) -> None:
+        """Pending audio holds ``size`` bytes, over the fast bound: cut the oldest to fit."""
+        ring = self._ring
         idle = self._vad and not self.speaking and self._vad_cut is None
-        limit = self._fast_bound if idle else self.audio_limit_bytes
+        limit = self._idle_bound if idle else self.audio_limit_bytes
         if size > limit:
             excess = size - limit
             ring.drop_front(excess)
@@ -320,9 +332,10 @@ class Mirror:
         if self.turn_audio_limit_s:
             self.turn_audio_limit_bytes = int(self.turn_audio_limit_s * fmt.bytes_per_s)
         self._idle_keep_bytes = self.idle_keep_ms * self._bpm
-        self._fast_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
+        self._idle_bound = min(self._idle_keep_bytes, self.audio_limit_bytes)
         audio_in = (session.get("audio") or {}).get("input") or {}
         self._vad = audio_in.get("turn_detection") is not None
+        self._fast_bound = self._idle_bound if self._vad else self.audio_limit_bytes
 
     def _on_item(self, event: dict[str, Any]) -> None:
         item = event.get("item")
