@@ -263,7 +263,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         levels = [1, 2] if args.quick else [int(n) for n in args.levels.split(",")]
         per_level = {}
         for n in levels:
-            turns = clips[: 6 if args.quick else (20 if n == 1 else 8)]
+            turns = clips[: 6 if args.quick else (20 if n == 1 else 8)] * args.rounds
             res = Results()
             load_before = os.getloadavg()[0]
             cpu_before = cpu_s(proc.pid)
@@ -286,8 +286,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 "wer": round(wer(res.transcripts), 3),
                 "errors": res.errors,
                 "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "per_turn_ms": {
+                    "first_audio": [round(v) for v in lat],
+                    "speech_stopped": [round(v) for v in res.stopped_ms],
+                    "first_audio_after_stopped": [round(v) for v in res.after_stopped_ms],
+                },
             }
-            print(f"sessions={n}: {per_level[n]}", flush=True)
+            shown = {k: v for k, v in per_level[n].items() if k != "per_turn_ms"}
+            print(f"sessions={n}: {shown}", flush=True)
         report["levels"] = per_level
         base = per_level[min(per_level)]["p95_ms"]
         carried = max((n for n in per_level if per_level[n]["p95_ms"] <= 2 * base), default=1)
@@ -305,6 +311,9 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin voxgate to core 0")
     parser.add_argument("--final", choices=["stream", "batch"], default="stream")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="play each level's questions this many times"
+    )
     args = parser.parse_args()
     report = asyncio.run(run(args))
     print(json.dumps(report, indent=2))

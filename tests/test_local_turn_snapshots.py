@@ -123,7 +123,11 @@ def trimmed(text: str) -> bytes:
 
 
 def detector(
-    executor: Executor, *, defer_end: bool = False, final_decode: Any = "stream"
+    executor: Executor,
+    *,
+    defer_end: bool = False,
+    final_decode: Any = "stream",
+    on_snapshot_done: Callable[[], None] | None = None,
 ) -> tuple[TurnDetector, FakeRecognizer]:
     asr = FakeRecognizer()
     det = TurnDetector(
@@ -134,6 +138,7 @@ def detector(
         final_decode=final_decode,
         executor=executor,
         defer_end=defer_end,
+        on_snapshot_done=on_snapshot_done,
     )
     return det, asr
 
@@ -169,6 +174,25 @@ def test_detection_goes_on_while_the_snapshot_decodes_and_the_pause_follows_it()
     assert end.transcript == paused[0].transcript  # the snapshot is the final
     assert end.decided_at_ms - end.audio_end_ms >= 200
     assert asr.last.decodes == 1  # one decode for the whole turn
+
+
+def test_a_finished_snapshot_is_signalled_and_polled_without_waiting_for_audio() -> None:
+    executor = HeldExecutor()
+    signals: list[int] = []
+    det, _ = detector(executor, on_snapshot_done=lambda: signals.append(1))
+    feed_all(det, silence_pcm24k(300) + trimmed("What is a stop loss order?"))
+    inner = len(executor.jobs)  # inner gaps may have started (and dropped) snapshots
+    feed_all(det, silence_pcm24k(100))
+    assert len(executor.jobs) == inner + 1
+    assert det.poll() == []  # the decode has not run: nothing to announce, no wait
+    signalled = len(signals)
+    executor.jobs[-1].run_now()
+    assert len(signals) == signalled + 1  # the caller is told when the decode is done
+    paused = det.poll()  # ... and gets the pause at once, with no audio fed
+    assert [type(e) for e in paused] == [TurnPaused]
+    assert isinstance(paused[0], TurnPaused) and paused[0].transcript.startswith("words ")
+    assert det.poll() == []  # announced once
+    assert not any(isinstance(e, TurnPaused) for e in det.feed(silence_pcm24k(20)))
 
 
 def test_a_turn_that_ends_before_the_snapshot_is_decoded_waits_for_it() -> None:

@@ -92,7 +92,10 @@ class LocalConnection:
         self._res = resources
         self._limits = resources.limits
         self._log = log.bind(session_id=session_id, backend="local")
-        self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=self._limits.inbox_events)
+        self._inbox: asyncio.Queue[str | bytes | _Wake] = asyncio.Queue(
+            maxsize=self._limits.inbox_events
+        )
+        self._wake_queued = False
         self._outbox = Delivery(self._limits.outbox_events)
         self._emit_lock = asyncio.Lock()
         self._close_code: int | None = None
@@ -175,7 +178,11 @@ class LocalConnection:
                 if self._held is not None:
                     text, self._held = self._held, None
                 else:
-                    text = await self._inbox.get()
+                    got = await self._inbox.get()
+                    if isinstance(got, _Wake):
+                        await self._on_wake()
+                        continue
+                    text = got
                 await self._perform(_receive(core, text))
                 if _is_append(text):
                     await self._take_queued_appends()
@@ -196,6 +203,27 @@ class LocalConnection:
             self._drop_prepared()
             await self._drop_detector()
 
+    def _snapshot_done(self) -> None:
+        """(Any thread.) A snapshot decode finished: wake the session task to announce it."""
+        self._loop.call_soon_threadsafe(self._queue_wake)
+
+    def _queue_wake(self) -> None:
+        if self._wake_queued or self._close_code is not None:
+            return
+        try:  # a full inbox means audio is queued: its feed announces the snapshot anyway
+            self._inbox.put_nowait(_WAKE)
+        except asyncio.QueueFull:
+            return
+        self._wake_queued = True
+
+    async def _on_wake(self) -> None:
+        """Announce a finished snapshot decode now, so the answer's first sentence is
+        prepared from then on, not from the next audio chunk (up to 20 ms later)."""
+        self._wake_queued = False
+        detector = self._detector
+        if detector is not None:
+            await self._apply_turn_events(detector.poll())
+
     async def _take_queued_appends(self) -> None:
         """Handle the appends already queued behind this one before turn detection runs.
 
@@ -208,7 +236,11 @@ class LocalConnection:
         for _ in range(_MAX_APPEND_BATCH - 1):
             if self._inbox.empty() or self._core.detector_stale:
                 return
-            text = self._inbox.get_nowait()
+            got = self._inbox.get_nowait()
+            if isinstance(got, _Wake):
+                self._wake_queued = False  # the feed after this batch announces it
+                continue
+            text = got
             if not _is_append(text):
                 self._held = text
                 return
@@ -260,6 +292,7 @@ class LocalConnection:
                 max_turn_ms=int(self._limits.max_turn_s * 1000),
                 prepare_lead_ms=self._limits.prepare_lead_ms,
                 defer_end=True,
+                on_snapshot_done=self._snapshot_done,
             )
         )
         self._detector_base = (start_offset, float(start_ms))
@@ -589,6 +622,13 @@ class LocalConnection:
             task.cancel()
         tasks = [self._task, *self._responses.values()]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Wake:
+    """The inbox's marker for "a snapshot decode finished" (see ``_snapshot_done``)."""
+
+
+_WAKE: Final = _Wake()
 
 
 def _receive(core: EngineSession, frame: str | bytes) -> list[Action]:

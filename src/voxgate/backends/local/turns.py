@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
@@ -207,12 +207,16 @@ class TurnDetector:
             :class:`TurnStopped` and the caller gets the :class:`TurnEnded` (and whatever the
             rest of that audio brought) from :meth:`finish_turn`, so ``speech_stopped`` does
             not wait for the decode. Off: :class:`TurnEnded` follows in the same call.
+        on_snapshot_done: called (on the decoding thread) when a snapshot decode finishes,
+            so the caller can :meth:`poll` for its :class:`TurnPaused` at once instead of
+            at the next :meth:`feed` (up to one audio chunk later).
 
     Snapshot decodes (Whisper, ``stream``) run off the caller's thread: the pause starts
     one and :meth:`feed` goes on detecting, so the silence window is timed while the decode
     runs (a decode takes about as long as the window's rest, and it used to hold the VAD,
     and with it ``speech_stopped``, back by that much). :class:`TurnPaused` is returned by
-    the first :meth:`feed` after the decode finished; the end of a turn waits for it.
+    the first :meth:`feed` (or :meth:`poll`) after the decode finished; the end of a turn
+    waits for it.
     """
 
     def __init__(
@@ -228,6 +232,7 @@ class TurnDetector:
         prepare_lead_ms: int = PREPARE_LEAD_MS,
         executor: Executor | None = None,
         defer_end: bool = False,
+        on_snapshot_done: Callable[[], None] | None = None,
     ) -> None:
         self.fmt = cast(AudioFormat, fmt)
         self.config = vad_config(turn_detection, prepare_lead_ms=prepare_lead_ms)
@@ -252,6 +257,7 @@ class TurnDetector:
         self._executor = executor
         self._pending: _PendingSnapshot | None = None  # a snapshot decode off this thread
         self._defer_end = defer_end
+        self._on_snapshot_done = on_snapshot_done
         # A turn end reported (TurnStopped) but not finished: the stop and the VAD events
         # that followed it in the same audio (see finish_turn).
         self._deferred: tuple[SpeechStopped, list[VadEvent]] | None = None
@@ -282,6 +288,14 @@ class TurnDetector:
         pcm = decode_input(wire, self.fmt)
         self._history += pcm
         events += self._detect(self._vad.feed(pcm))
+        return events
+
+    def poll(self) -> list[TurnEvent]:
+        """The :class:`TurnPaused` of a snapshot decode that finished since the last call
+        (cheap, never blocks; [] when there is none or a turn end is pending)."""
+        events: list[TurnEvent] = []
+        if self._deferred is None:
+            self._settle_snapshot(events, wait=False)
         return events
 
     def finish_turn(self) -> list[TurnEvent]:
@@ -371,6 +385,9 @@ class TurnDetector:
             job = cast(SnapshotJob, begin())
             executor = self._executor or snapshot_executor()
             self._pending = _PendingSnapshot(job, executor.submit(job.run))
+            if self._on_snapshot_done is not None:
+                done = self._on_snapshot_done
+                self._pending.future.add_done_callback(lambda _future: done())
             self._asr_paused = True
             return None
         snapshot = getattr(self._asr, "snapshot", None)
