@@ -18,6 +18,16 @@ def test_frames_are_numbered_from_one_in_send_order() -> None:
     assert [log.frame(seq) for seq in (1, 2, 3)] == ["a", "bb", "ccc"]
 
 
+def test_encoded_frames_are_logged_like_text() -> None:
+    """A frame forwarded still encoded (the relay's audio deltas) is the same log entry."""
+    log = ReplayLog(1000)
+    assert log.append("a") is True
+    assert log.append_encoded("\u00e9t\u00e9".encode()) is True
+    assert log.append("ccc") is True
+    assert (log.last_seq, log.size_bytes) == (3, 9)
+    assert [log.frame(seq) for seq in (1, 2, 3)] == ["a", "\u00e9t\u00e9", "ccc"]
+
+
 def test_frame_outside_the_log_raises_index_error() -> None:
     log = ReplayLog(1000)
     log.append("a")

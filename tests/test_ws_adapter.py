@@ -316,3 +316,24 @@ async def test_write_text_refuses_once_the_server_has_sent_its_close() -> None:
         msg = await within(ws.receive())
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
         assert await within(result) == (False, False)
+
+
+async def test_write_encoded_sends_the_frame_as_it_is_with_write_texts_refusals() -> None:
+    result = future()
+    text = '{"type":"response.output_audio.delta","delta":"' + "A" * 300 + '"}'
+    payload = text.encode()
+
+    async def session(conn: AiohttpClientConnection, request: web.Request) -> None:
+        frame = struct.pack("!BBH", 0x81, 126, len(payload)) + payload
+        sent = conn.write_encoded(frame)
+        closing = asyncio.create_task(conn.close(1001, "going away"))
+        await asyncio.sleep(0)  # one scheduling round: the close frame is written
+        result.set_result((sent, conn.write_encoded(frame)))
+        await closing
+
+    async with gateway(session) as client, client.ws_connect("/ws") as ws:
+        msg = await within(ws.receive())
+        assert (msg.type, msg.data) == (WSMsgType.TEXT, text)
+        msg = await within(ws.receive())
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+        assert await within(result) == (True, False)

@@ -225,6 +225,60 @@ async def test_sink_takes_frames_while_the_reader_is_parked() -> None:
         await conn.close(1000)
 
 
+async def test_encoded_sink_gets_whole_ascii_frames_as_they_arrived() -> None:
+    """Frames of 126..65535 bytes go to the encoded sink undecoded while the reader is parked;
+    a non-ASCII frame and a declined one are decoded and offered to the ordinary sink, a
+    short one never reaches the encoded sink, and receive() gets what neither sink took."""
+    long_a = "a" * 200
+    long_b = "b" * 300
+    long_u = "\u00e9" * 100  # 200 bytes of UTF-8, not ASCII
+    frames = ["go", long_a, long_b, long_u, "short"]
+
+    async def on_request(request: web.Request) -> web.StreamResponse:
+        ws = await upgraded(request)
+        async for msg in ws:
+            await ws.send_str(frames[int(msg.data)])
+        return ws
+
+    async with serving(on_request) as url:
+        conn = await open_ws(url)
+        encoded: list[bytes] = []
+        offered: list[str | bytes] = []
+        seen = asyncio.Event()
+
+        def encoded_sink(frame: bytes, payload: bytes) -> bool:
+            assert payload == frame[4:]
+            encoded.append(frame)
+            seen.set()
+            return frame.endswith(b"a")  # "b" frames are declined
+
+        def sink(frame: str | bytes) -> bool:
+            offered.append(frame)
+            seen.set()
+            return True
+
+        conn.set_sink(sink)
+        conn.set_encoded_sink(encoded_sink)
+        reading = asyncio.create_task(conn.receive())
+        for i in range(1, 5):
+            seen.clear()
+            await conn.send_text(str(i))
+            async with asyncio.timeout(5):
+                await seen.wait()
+        assert encoded == [
+            struct.pack("!BBH", 0x81, 126, n) + t.encode()
+            for n, t in ((200, long_a), (300, long_b))
+        ]
+        assert offered == [long_b, long_u, "short"]
+        assert not reading.done()
+        conn.set_sink(None)
+        conn.set_encoded_sink(None)
+        await conn.send_text("1")  # no sinks: decoded and queued
+        async with asyncio.timeout(5):
+            assert await reading == long_a
+        await conn.close(1000)
+
+
 async def test_frames_queue_in_order_while_the_reader_is_busy() -> None:
     async def burst(request: web.Request) -> web.StreamResponse:
         ws = await upgraded(request)

@@ -43,7 +43,7 @@ from voxgate.protocol.wsframe import (
     xor_mask,
 )
 from voxgate.session.delivery import Delivery
-from voxgate.session.ports import FrameSink, PeerGone
+from voxgate.session.ports import EncodedFrameSink, FrameSink, PeerGone
 
 try:  # aiohttp's C masking helper is ~4x faster than big-int XOR; same result
     from aiohttp._websocket.mask import (  # type: ignore[import-not-found]
@@ -94,6 +94,7 @@ class WSClientConnection(asyncio.Protocol):
         self.handshake: asyncio.Future[None] = self._loop.create_future()
         self._parser = FrameParser(max_message_bytes)
         self._inbox = Delivery(_NO_FRAME_LIMIT, on_taken=self._after_take)
+        self._encoded_sink: EncodedFrameSink | None = None
         self._reading_paused = False
         self._heard = 0
         self._paused_writing = False
@@ -115,6 +116,11 @@ class WSClientConnection(asyncio.Protocol):
 
     def set_sink(self, sink: FrameSink | None) -> None:
         self._inbox.sink = sink
+
+    def set_encoded_sink(self, sink: EncodedFrameSink | None) -> None:
+        """See :class:`~voxgate.session.ports.EncodedTextSource`: whole ASCII text frames of
+        126..65535 bytes are offered to ``sink`` as they arrived, before any decoding."""
+        self._encoded_sink = sink
 
     async def receive(self) -> str | bytes:
         return await self._inbox.receive()
@@ -183,7 +189,8 @@ class WSClientConnection(asyncio.Protocol):
             if not data:
                 return
         # The common case, one whole unfragmented text frame of 126..65535 bytes in this read
-        # and nothing held from before, skips the general parser.
+        # and nothing held from before, skips the general parser; while the session waits
+        # with nothing queued, an ASCII one is first offered as it is (no decode, no copy).
         if (
             len(data) > 4
             and data[0] == 0x81
@@ -191,12 +198,18 @@ class WSClientConnection(asyncio.Protocol):
             and (data[2] << 8 | data[3]) == len(data) - 4
             and self._parser.idle
         ):
+            payload = data[4:]
+            inbox = self._inbox
+            if inbox.idle:
+                encoded = self._encoded_sink
+                if encoded is not None and payload.isascii() and encoded(data, payload):
+                    return
             try:
-                text = data[4:].decode("utf-8")
+                text = payload.decode()
             except UnicodeDecodeError:
                 self._fail(1007, "text frame is not UTF-8")
                 return
-            if not self._inbox.offer(text):
+            if not inbox.offer(text):
                 self._enqueue(text)
             return
         try:
@@ -269,7 +282,7 @@ class WSClientConnection(asyncio.Protocol):
     def _on_message(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_TEXT:
             try:
-                text = payload.decode("utf-8")
+                text = payload.decode()
             except UnicodeDecodeError:
                 self._fail(1007, "text frame is not UTF-8")
                 return

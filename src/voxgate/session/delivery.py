@@ -32,6 +32,9 @@ class Delivery:
         self._waiter: asyncio.Future[None] | None = None
         self._space: asyncio.Future[None] | None = None
         self._parked = False
+        #: the reader waits in :meth:`receive` with nothing queued: a frame may skip the queue
+        #: (a plain flag, read by a socket reader per frame without a call)
+        self.idle = False
         self.sink: FrameSink | None = None
         self.gone: PeerGone | None = None
 
@@ -46,7 +49,7 @@ class Delivery:
     def offer(self, frame: str | bytes) -> bool:
         """Hand ``frame`` to the sink if the consumer is idle; False: it was not taken."""
         sink = self.sink
-        return sink is not None and self._parked and not self._queue and sink(frame)
+        return sink is not None and self.idle and sink(frame)
 
     def put_nowait(self, frame: str | bytes) -> bool:
         """Deliver or queue ``frame`` now; False (and nothing kept) when the queue is full."""
@@ -63,6 +66,7 @@ class Delivery:
         """Queue ``frame`` behind the rest, whatever the bound (the caller flow-controls)."""
         self._queue.append(frame)
         self.queued_bytes += len(frame)
+        self.idle = False
         self._wake()
 
     async def put(self, frame: str | bytes) -> None:
@@ -76,6 +80,7 @@ class Delivery:
         """Queue ``frame`` ahead of everything (over the bound by one at most: a control)."""
         self._queue.appendleft(frame)
         self.queued_bytes += len(frame)
+        self.idle = False
         self._wake()
 
     def take_queued(self) -> list[str | bytes]:
@@ -102,11 +107,11 @@ class Delivery:
             if self.gone is not None:
                 raise self.gone
             self._waiter = self._loop.create_future()
-            self._parked = True
+            self._parked = self.idle = True
             try:
                 await self._waiter
             finally:
-                self._parked = False
+                self._parked = self.idle = False
                 self._waiter = None
         frame = self._queue.popleft()
         self.queued_bytes -= len(frame)

@@ -76,6 +76,7 @@ _AUDIO_DELTA_HEADS = (
     '{"type":"response.output_audio.delta"',
     '{"type": "response.output_audio.delta"',
 )
+_AUDIO_DELTA_BYTES = tuple(head.encode() for head in _AUDIO_DELTA_HEADS)
 
 #: Upstream error codes that mean voxgate's own upstream key was refused.
 UPSTREAM_AUTH_CODES: frozenset[str | None] = frozenset({"invalid_api_key"})
@@ -185,6 +186,11 @@ class SessionMachine:
     def upstream_audio_text(self, text: str) -> bool:
         """The sink's question for an upstream frame: an audio delta to forward unchanged?"""
         return self.phase is Phase.READY and text.startswith(_AUDIO_DELTA_HEADS)
+
+    def upstream_audio_encoded(self, frame: bytes) -> bool:
+        """:meth:`upstream_audio_text` for a frame still encoded (its ASCII payload from
+        :data:`~voxgate.session.ports.ENCODED_TEXT_PAYLOAD`)."""
+        return self.phase is Phase.READY and frame.startswith(_AUDIO_DELTA_BYTES, 4)
 
     @property
     def output_b64_chars_per_s(self) -> float:

@@ -25,10 +25,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 FrameSink = Callable[[str | bytes], bool]
 """Takes one data frame synchronously; returns False to have it queued for ``receive()``."""
+
+EncodedFrameSink = Callable[[bytes, bytes], bool]
+"""Takes one text frame still encoded as it arrived, and its payload (``frame[4:]``, which the
+source has already cut to check it); returns False to have it decoded and go the ordinary way
+(the :data:`FrameSink`, else ``receive()``). See :class:`EncodedTextSource`."""
+
+#: An encoded text frame: ``0x81`` (FIN, text), ``126`` (16-bit length), the length, then the
+#: payload, ASCII, from this offset: a WebSocket text frame of 126..65535 bytes as a server
+#: sends it (unmasked), which is how an upstream's audio deltas arrive and how a client's
+#: connection sends them on.
+ENCODED_TEXT_PAYLOAD = 4
 
 
 class PeerGone(Exception):
@@ -118,6 +129,31 @@ class UpstreamConnection(Connection, Protocol):
 
     def write_audio(self, pcm: bytes) -> bool:
         """Append raw input audio now (only if ``accepts_audio_bytes``); False: congested."""
+        ...
+
+
+@runtime_checkable
+class EncodedTextSource(Protocol):
+    """An upstream that can hand over a text frame without decoding it (voxgate's WebSocket
+    client): the relay's audio deltas then reach a client connection that writes encoded
+    frames (:class:`EncodedTextWriter`) with no decode, no encode and no copy.
+
+    The source offers only whole frames in the :data:`ENCODED_TEXT_PAYLOAD` layout whose
+    payload is ASCII (so valid UTF-8), under the same rule as the sink: only while the session
+    waits in ``receive()`` with nothing queued; a declined frame is decoded and goes on the
+    ordinary way, in order.
+    """
+
+    def set_encoded_sink(self, sink: EncodedFrameSink | None) -> None: ...
+
+
+@runtime_checkable
+class EncodedTextWriter(Protocol):
+    """A client connection that can send an encoded text frame as it is (see
+    :class:`EncodedTextSource`)."""
+
+    def write_encoded(self, frame: bytes) -> bool:
+        """Send the frame now if the peer is not congested; False: nothing was sent."""
         ...
 
 

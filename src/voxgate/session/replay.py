@@ -60,7 +60,10 @@ class ReplayLog:
 
     def append(self, frame: str) -> bool:
         """Log the next numbered frame. False: a frame sent after a detach had to be dropped."""
-        data = frame.encode()
+        return self.append_encoded(frame.encode())
+
+    def append_encoded(self, data: bytes) -> bool:
+        """:meth:`append` for a frame already in UTF-8 (as it arrived: no encode)."""
         size = self._ring.append(data)
         self._lens.append(len(data))
         self.last_seq += 1

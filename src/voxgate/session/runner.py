@@ -291,6 +291,25 @@ class SessionRunner:
         stats.upstream_bytes += len(text)
         return True
 
+    def upstream_encoded_sink(self, frame: bytes, payload: bytes) -> bool:
+        """An upstream text frame still encoded (:class:`~voxgate.session.ports.
+        EncodedTextSource`) while the upstream pump is idle: an audio delta goes to a client
+        connection that writes encoded frames as it came, with no decode, no encode and no
+        copy; anything else is declined, decoded, and offered to :meth:`upstream_sink`."""
+        link = self._link
+        if link is None:
+            return False
+        write = link.write_encoded
+        if write is None or not self._machine.upstream_audio_encoded(frame) or not write(frame):
+            return False
+        replay = self._replay
+        if replay is not None:
+            replay.append_encoded(payload)  # attached: never refused; numbered as written
+        stats = self.stats
+        stats.upstream_frames += 1
+        stats.upstream_bytes += len(payload)
+        return True
+
     def _pace(self, wait: float, now: float) -> None:
         """Over budget: read nothing more from this client for ``wait`` s (pace, never drop)."""
         self.stats.paced_frames += 1

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from voxgate.session.clock import ClockConfig
-from voxgate.session.ports import ClientConnection
+from voxgate.session.ports import ClientConnection, EncodedTextWriter
 from voxgate.session.reconnect import ReconnectPolicy
 
 
@@ -92,7 +93,16 @@ class Restored:
 
 @dataclass(eq=False)
 class ClientLink:
-    """One client connection attached to a session; ``done`` is set when it leaves."""
+    """One client connection attached to a session; ``done`` is set when it leaves.
+
+    ``write_encoded`` is the connection's own (None: it sends only what it encodes itself).
+    """
 
     conn: ClientConnection
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    write_encoded: Callable[[bytes], bool] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        conn = self.conn
+        if isinstance(conn, EncodedTextWriter):
+            self.write_encoded = conn.write_encoded

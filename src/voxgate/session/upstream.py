@@ -25,6 +25,8 @@ from voxgate.session.clock import SessionClock
 from voxgate.session.machine import Phase, SessionMachine
 from voxgate.session.ports import (
     Backend,
+    EncodedFrameSink,
+    EncodedTextSource,
     FrameSink,
     PeerGone,
     UpstreamConnectError,
@@ -47,6 +49,8 @@ class RunnerHooks(Protocol):
     async def on_upstream_text(self, text: str) -> None: ...
 
     def upstream_sink(self, frame: str | bytes) -> bool: ...
+
+    def upstream_encoded_sink(self, frame: bytes, payload: bytes) -> bool: ...
 
 
 class UpstreamCounters:
@@ -92,6 +96,7 @@ class UpstreamSide:
         self._log = log
         self._loop = asyncio.get_running_loop()
         self._sink: FrameSink = hooks.upstream_sink
+        self._encoded_sink: EncodedFrameSink = hooks.upstream_encoded_sink
         self.conn: UpstreamConnection | None = None
         self.counters = UpstreamCounters()
         self._rebuilding = False
@@ -136,6 +141,8 @@ class UpstreamSide:
                 await self._wait_rebuilt()
                 continue
             conn.set_sink(self._sink)
+            if isinstance(conn, EncodedTextSource):
+                conn.set_encoded_sink(self._encoded_sink)
             receive = conn.receive
             try:
                 while True:
@@ -253,7 +260,7 @@ class UpstreamSide:
             raise InvalidState("reconnect without a policy")
         old, self.conn = self.conn, None
         if old is not None:
-            old.set_sink(None)
+            _unsink(old)
             self.close_in_background(old, CloseCode.NORMAL)
         self._rebuilding = True
         try:
@@ -377,12 +384,18 @@ class UpstreamSide:
         """End the current upstream (session over) and wait for replaced ones to finish."""
         conn, self.conn = self.conn, None
         if conn is not None:
-            conn.set_sink(None)
+            _unsink(conn)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await conn.close(CloseCode.NORMAL)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _unsink(conn: UpstreamConnection) -> None:
+    conn.set_sink(None)
+    if isinstance(conn, EncodedTextSource):
+        conn.set_encoded_sink(None)
 
 
 def _ms(since: float) -> float:

@@ -221,6 +221,21 @@ class AiohttpClientConnection:
         transport.write(head + payload)
         return True
 
+    def write_encoded(self, frame: bytes) -> bool:
+        """An encoded text frame (:class:`~voxgate.session.ports.EncodedTextWriter`): written
+        as it is, like :meth:`write_text` (same refusals), without encoding it again."""
+        transport = self._transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > WRITE_HIGH_BYTES
+            or self._ws._closing
+            or self._closing
+        ):
+            return False
+        transport.write(frame)
+        return True
+
     async def ping(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._ws.ping()
