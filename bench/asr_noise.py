@@ -3,8 +3,9 @@
 Decodes speech (the espeak trading set, short one-word replies in 8 voices, and the real
 recordings when their Debian packages are installed) and noise (white, pink and brown noise
 at three levels, clicks, mains hum, breath- and cough-like bursts) exactly as the engine does
-(:class:`~voxgate.backends.local.whisper_stream.WhisperStream`: the voiced-audio gate, then
-the unprompted no-speech probe and the prompted decode), and prints, for the default
+(:class:`~voxgate.backends.local.whisper_stream.WhisperStream`: the voiced-audio gate, the
+prompted decode, then the unprompted no-speech probe unless the decode was likely enough,
+in which case the no-speech probability is reported as 0), and prints, for the default
 thresholds (:class:`~voxgate.backends.local.whisper.WhisperOptions`), how many speech clips
 would be dropped and how many noise clips would produce words, plus the score ranges.
 Run: ``.venv/bin/python bench/asr_noise.py``.
@@ -71,7 +72,10 @@ def decode(asr: WhisperRecognizer, clip: Clip) -> tuple[str, float, float]:
     text = stream.finish().text
     last = stream.last
     stream.last = None
-    return text, (last.no_speech_prob if last else -1.0), (last.avg_logprob if last else -1.0)
+    if last is None:
+        return text, -1.0, -1.0
+    # not probed (a likely decode): reported as 0
+    return text, last.no_speech_prob or 0.0, last.avg_logprob
 
 
 def main() -> None:

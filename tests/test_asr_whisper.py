@@ -149,6 +149,23 @@ def test_noise_gives_no_words(asr: WhisperRecognizer, kind: str, level_db: int) 
     assert asr.model.loaded  # it was decoded, not only gated by energy
 
 
+def test_the_no_speech_probe_runs_only_for_unlikely_decodes(asr: WhisperRecognizer) -> None:
+    # a clear question is likely enough to be speech without the probe's decoder step
+    stream = asr.stream(input_rate_hz=24_000)
+    stream.feed(espeak_clip("What is a limit order?", ESPEAK_VOICES[0]).pcm16)
+    assert stream.finish().text.lower().startswith("what is a limit order")
+    assert stream.last is not None
+    assert stream.last.no_speech_prob is None
+    assert stream.last.avg_logprob >= asr.model.options.probe_below_logprob
+    # noise decodes to something unlikely: probed, and the probe says it is not speech
+    stream = asr.stream()
+    stream.feed(_noise("hum", 1.2, -20))
+    assert stream.finish().text == ""
+    assert stream.last is not None
+    assert stream.last.no_speech_prob is not None
+    assert stream.last.avg_logprob < asr.model.options.probe_below_logprob
+
+
 def test_silence_and_a_quiet_line_are_not_even_decoded(asr: WhisperRecognizer) -> None:
     stream = asr.stream()
     stream.feed(b"\0\0" * 16_000)

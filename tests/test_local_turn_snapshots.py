@@ -190,7 +190,8 @@ def test_a_finished_snapshot_is_signalled_and_polled_without_waiting_for_audio()
     assert len(signals) == signalled + 1  # the caller is told when the decode is done
     paused = det.poll()  # ... and gets the pause at once, with no audio fed
     assert [type(e) for e in paused] == [TurnPaused]
-    assert isinstance(paused[0], TurnPaused) and paused[0].transcript.startswith("words ")
+    assert isinstance(paused[0], TurnPaused)
+    assert paused[0].transcript.startswith("words ")
     assert det.poll() == []  # announced once
     assert not any(isinstance(e, TurnPaused) for e in det.feed(silence_pcm24k(20)))
 

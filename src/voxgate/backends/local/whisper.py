@@ -100,6 +100,10 @@ class WhisperOptions:
     no_speech_threshold: float = 0.5
     logprob_threshold: float = -1.0
     no_speech_certain: float = 0.9
+    #: A decode at least this likely (mean log probability) is speech without the
+    #: no-speech probe (one decoder step, ~10 ms): in bench/asr_noise.py noise decodes to
+    #: at most -1.45 and speech to -0.2 typically (down to -1.8 for one-word replies).
+    probe_below_logprob: float = -0.8
     #: A text with digits or symbols but no letters is noise at or above this.
     letterless_threshold: float = 0.5
 
@@ -126,7 +130,8 @@ class Recognition:
 
     text: str
     speech: bool
-    no_speech_prob: float
+    #: None when the decode was likely enough not to need the probe (``probe_below_logprob``)
+    no_speech_prob: float | None
     avg_logprob: float
     raw_text: str
     audio_ms: float
@@ -339,9 +344,6 @@ class WhisperModel:
         encoded = model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=True)
         sp = self._special
         start = [sp["startoftranscript"], sp["notimestamps"]]
-        probe = model.generate(
-            encoded, [start], max_length=len(start) + 1, return_no_speech_prob=True
-        )[0]
         prefix_ids = self._tokenizer.encode(prefix, add_special_tokens=False).ids if prefix else []
         prompt = [sp["startofprev"], *self._prompt_ids] if self._prompt_ids else []
         tokens = [*prompt, *start, *prefix_ids]
@@ -358,8 +360,14 @@ class WhisperModel:
         truncated = len(result.sequences_ids[0]) >= budget + len(prefix_ids)
         raw = cut_repetition(self._tokenizer.decode(ids).strip(), truncated=truncated)
         avg_logprob = float(result.scores[0]) if result.scores else 0.0
-        no_speech = float(probe.no_speech_prob)
-        speech = bool(prefix) or opts.is_speech(no_speech, avg_logprob, raw)
+        no_speech: float | None = None  # not probed: this likely a decode is speech
+        if avg_logprob < opts.probe_below_logprob or not _WORD.search(raw.lower()):
+            # unprompted (a prompt lowers it on silence from ~0.98 to ~0.6)
+            probe = model.generate(
+                encoded, [start], max_length=len(start) + 1, return_no_speech_prob=True
+            )[0]
+            no_speech = float(probe.no_speech_prob)
+        speech = bool(prefix) or opts.is_speech(no_speech or 0.0, avg_logprob, raw)
         return Recognition(
             text=raw if speech else "",
             speech=speech,
