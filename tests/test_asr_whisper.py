@@ -31,7 +31,7 @@ from speech_sets import (
     ulaw_copy,
     wer,
 )
-from voxgate.backends.local.asr import Transcript
+from voxgate.backends.local.asr import DecodeAbandoned, Transcript
 from voxgate.backends.local.responder import KnowledgeResponder
 from voxgate.backends.local.whisper import (
     BUNDLED_SHA256,
@@ -40,7 +40,7 @@ from voxgate.backends.local.whisper import (
     cut_repetition,
     read_model_files,
 )
-from voxgate.backends.local.whisper_stream import WhisperRecognizer
+from voxgate.backends.local.whisper_stream import WhisperRecognizer, float_to_pcm16, pcm16_to_float
 from voxgate.tools.knowledge import KnowledgeBase
 
 pytestmark = pytest.mark.timeout(300)
@@ -164,6 +164,27 @@ def test_the_no_speech_probe_runs_only_for_unlikely_decodes(asr: WhisperRecogniz
     assert stream.last is not None
     assert stream.last.no_speech_prob is not None
     assert stream.last.avg_logprob < asr.model.options.probe_below_logprob
+
+
+def test_a_decode_no_longer_wanted_stops_between_its_stages(asr: WhisperRecognizer) -> None:
+    samples = pcm16_to_float(
+        espeak_clip("What is a limit order?", ESPEAK_VOICES[0], rate_hz=16_000).pcm16
+    )
+    asked: list[int] = []
+
+    def wanted() -> bool:
+        asked.append(1)
+        return len(asked) < 2  # yes before the encoder, no before the decoder
+
+    with pytest.raises(DecodeAbandoned):
+        asr.model.recognize(samples, wanted=wanted)
+    assert len(asked) == 2
+    stream = asr.stream()
+    stream.feed(float_to_pcm16(samples))
+    job = stream.begin_snapshot()
+    job.abandon()
+    with pytest.raises(DecodeAbandoned):
+        job.run()
 
 
 def test_silence_and_a_quiet_line_are_not_even_decoded(asr: WhisperRecognizer) -> None:

@@ -170,7 +170,7 @@ def _trimmed(text: str) -> bytes:
 
 def _assert_one_turn_ending_after_a_pause(events: list[Any]) -> None:
     """One turn: started, paused at its last silence, stopped, ended. An inner gap of the utterance
-    that reaches the pause point (50 ms by default) adds a TurnPaused/TurnResumed pair: the
+    that reaches the pause point (24 ms by default) adds a TurnPaused/TurnResumed pair: the
     VAD scores are not bit-identical across CPUs (CI saw one in "stop loss"), so allow those."""
     kinds = [type(e) for e in events if not isinstance(e, TurnPartial)]
     assert kinds[0] is TurnStarted, kinds
@@ -246,10 +246,10 @@ def test_no_prepare_lead_means_no_pause_hints() -> None:
     )
     detector.close()
     assert not [e for e in events if isinstance(e, TurnPaused | TurnResumed)]
-    assert pause_ms_for(200) == 50
-    assert pause_ms_for(300) == 150
+    assert pause_ms_for(200) == 24
+    assert pause_ms_for(300) == 124
     assert pause_ms_for(200, 0) == 0
-    assert pause_ms_for(90) == 22  # never before a quarter of the window
+    assert pause_ms_for(150) == 15  # never before a tenth of the window
 
 
 def _create_audio_item(core: EngineSession, pcm: bytes) -> list[Any]:

@@ -59,9 +59,14 @@ class Job:
     def __init__(self, stream: FakeStream, fed: int) -> None:
         self.stream, self.fed = stream, fed
 
+    abandoned = False
+
     def run(self) -> str:
         self.stream.decodes += 1
         return f"words {self.fed}"
+
+    def abandon(self) -> None:
+        self.abandoned = True
 
 
 class FakeStream:
@@ -72,6 +77,7 @@ class FakeStream:
         self.decodes = 0
         self.active = False
         self.snapshot_of: int | None = None
+        self.jobs: list[Job] = []
 
     def feed(self, pcm16: bytes) -> Transcript | None:
         self.active = True
@@ -85,7 +91,8 @@ class FakeStream:
         raise AssertionError("the detector must use begin_snapshot")
 
     def begin_snapshot(self) -> Job:
-        return Job(self, self.fed)
+        self.jobs.append(Job(self, self.fed))
+        return self.jobs[-1]
 
     def accept_snapshot(self, job: Job, text: str) -> Transcript:
         self.snapshot_of = job.fed
@@ -159,7 +166,7 @@ def test_detection_goes_on_while_the_snapshot_decodes_and_the_pause_follows_it()
     det, asr = detector(executor)
     speech = silence_pcm24k(300) + trimmed("What is a stop loss order?")
     assert any(isinstance(e, TurnStarted) for e in feed_all(det, speech))
-    # 100 ms of silence: the pause (at 50 ms) starts a decode, which is not run yet
+    # 100 ms of silence: the pause (at 24 ms) starts a decode, which is not run yet
     events = feed_all(det, silence_pcm24k(100))
     assert len(executor.jobs) == 1
     assert not any(isinstance(e, TurnPaused) for e in events)  # nothing waited for it
@@ -209,6 +216,19 @@ def test_a_turn_that_ends_before_the_snapshot_is_decoded_waits_for_it() -> None:
     assert isinstance(end, TurnEnded)
     assert end.transcript == paused.transcript != ""
     assert len(executor.jobs) == 1
+
+
+def test_a_dropped_snapshot_is_unqueued_and_told_to_stop_at_its_next_stage() -> None:
+    executor = HeldExecutor()
+    det, asr = detector(executor)
+    feed_all(det, silence_pcm24k(300) + trimmed("What is a stop loss order?"))
+    feed_all(det, silence_pcm24k(60))  # a pause: a snapshot starts
+    job = asr.last.jobs[-1]
+    assert not job.abandoned
+    feed_all(det, trimmed("And a limit order?"))  # speech resumes
+    assert executor.jobs[asr.last.jobs.index(job)].cancelled()  # unqueued if not started
+    assert job.abandoned  # and, if it had started, it stops before its next stage
+    assert all(j.abandoned for j in asr.last.jobs)  # inner-gap snapshots too
 
 
 def test_speech_that_resumes_drops_the_pending_snapshot() -> None:
@@ -263,7 +283,7 @@ def test_a_deferred_end_is_not_deferred_when_the_transcript_is_ready() -> None:
     det, _ = detector(executor, defer_end=True)
     feed_all(det, silence_pcm24k(300) + trimmed("What is a stop limit order?"))
     feed_all(det, silence_pcm24k(100))  # the pause's decode starts
-    executor.jobs[0].run_now()
+    executor.jobs[-1].run_now()  # the last pause (inner gaps may have dropped others)
     events = feed_all(det, silence_pcm24k(200), until=TurnEnded)
     kinds = [type(e) for e in events]
     assert kinds == [TurnPaused, TurnStopped, TurnEnded]

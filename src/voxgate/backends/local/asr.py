@@ -39,6 +39,10 @@ class AsrError(RuntimeError):
     """Base of ASR failures."""
 
 
+class DecodeAbandoned(AsrError):
+    """A snapshot decode was given up between its stages (speech resumed meanwhile)."""
+
+
 class AsrBusyError(AsrError):
     """No decoder became free within ``timeout_s`` (the pool is at ``max_size``)."""
 

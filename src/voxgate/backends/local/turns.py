@@ -56,10 +56,12 @@ DEFAULT_MAX_TURN_MS: Final = 30_000
 _EAGERNESS_SILENCE_MS: Final = {"high": 200, "medium": 500, "auto": 500, "low": 800}
 _HISTORY_SLACK_MS: Final = 200
 _FEED_MS: Final = 20
-#: The answer is prepared this long before the silence window ends (at least a quarter of it
-#: has to be silence first): the Whisper decode of the utterance, the knowledge search and
-#: the first sentence's TTS take ~100-150 ms of CPU on an idle core.
-PREPARE_LEAD_MS: Final = 150
+#: The answer is prepared this long before the silence window ends (at least a tenth of it
+#: has to be silence first): the Whisper decode of the utterance (~110-170 ms in a busy
+#: server), the knowledge search and the first sentence's TTS. With the default 200 ms window
+#: that is at 24 ms of silence, which inner gaps of words reach too: the snapshot is then
+#: given up when speech resumes (before its encoder or decoder stage, whichever comes next).
+PREPARE_LEAD_MS: Final = 176
 #: Threads for snapshot decodes off the detector's path (:func:`snapshot_executor`). They mostly
 #: wait: the recogniser runs as many decodes at once as it has workers and queues the rest.
 _SNAPSHOT_THREADS_PER_CORE: Final = 4
@@ -127,6 +129,8 @@ class SnapshotJob(Protocol):
 
     def run(self) -> Any: ...
 
+    def abandon(self) -> None: ...
+
 
 _executor_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
@@ -157,10 +161,10 @@ class _PendingSnapshot:
 
 def pause_ms_for(silence_duration_ms: int, lead_ms: int = PREPARE_LEAD_MS) -> int:
     """Silence after which a turn's answer is prepared: ``lead_ms`` before the turn would end,
-    but not before a quarter of the window (0 when ``lead_ms`` is 0: no preparation)."""
+    but not before a tenth of the window (0 when ``lead_ms`` is 0: no preparation)."""
     if lead_ms <= 0:
         return 0
-    return max(silence_duration_ms - lead_ms, silence_duration_ms // 4)
+    return max(silence_duration_ms - lead_ms, silence_duration_ms // 10)
 
 
 def vad_config(
@@ -428,11 +432,12 @@ class TurnDetector:
         return self._asr_paused
 
     def _drop_snapshot(self) -> None:
-        """Forget the pending snapshot (unqueued if it has not started; else it finishes
-        unheard: a decode cannot be stopped)."""
+        """Forget the pending snapshot: unqueued if it has not started, else given up at its
+        next stage (the stage running finishes unheard: it cannot be interrupted)."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.future.cancel()
+            pending.job.abandon()
 
     def _resume(self, at_ms: int) -> None:
         self._drop_snapshot()

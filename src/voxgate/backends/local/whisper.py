@@ -36,7 +36,7 @@ import importlib.util
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -44,7 +44,7 @@ from typing import Any, Final
 import numpy as np
 import structlog
 
-from voxgate.backends.local.asr import AsrError
+from voxgate.backends.local.asr import AsrError, DecodeAbandoned
 from voxgate.backends.local.mel import FRAMES_PER_S, SAMPLE_RATE_HZ, Float32Array, MelFeatures
 
 log = structlog.get_logger(__name__)
@@ -318,12 +318,21 @@ class WhisperModel:
 
     # ------------------------------------------------------------------ decoding
 
-    def recognize(self, samples: Float32Array, *, prefix: str = "") -> Recognition:
+    def recognize(
+        self,
+        samples: Float32Array,
+        *,
+        prefix: str = "",
+        wanted: Callable[[], bool] | None = None,
+    ) -> Recognition:
         """Transcribe one utterance (16 kHz float samples). Blocking CPU work.
 
         ``prefix`` (text already shown as partials) is forced as the start of the result.
+        ``wanted`` is asked before each stage (the encoder, ~25 ms; the decoder, ~70 ms): a
+        snapshot started at a pause is given up as soon as speech has resumed.
 
         Raises:
+            DecodeAbandoned: ``wanted()`` said no.
             WhisperModelError: the model could not be loaded.
             AsrError: the recogniser was closed.
         """
@@ -335,6 +344,8 @@ class WhisperModel:
         if model is None:
             raise AsrError("the Whisper recogniser is closed")
         started = time.perf_counter()
+        if wanted is not None and not wanted():
+            raise DecodeAbandoned("speech resumed before the encoder ran")
         opts = self.options
         audio_s = len(samples) / SAMPLE_RATE_HZ
         pad = int(min(opts.pad_s, max(0.0, _MAX_WINDOW_S - audio_s)) * SAMPLE_RATE_HZ)
@@ -342,6 +353,8 @@ class WhisperModel:
         feats = self.features.log_mel(window.astype(np.float32))
         feats = feats[:, : int(_MAX_WINDOW_S * FRAMES_PER_S)]
         encoded = model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=True)
+        if wanted is not None and not wanted():
+            raise DecodeAbandoned("speech resumed before the decoder ran")
         sp = self._special
         start = [sp["startoftranscript"], sp["notimestamps"]]
         prefix_ids = self._tokenizer.encode(prefix, add_special_tokens=False).ids if prefix else []

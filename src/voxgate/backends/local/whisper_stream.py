@@ -98,7 +98,7 @@ class SnapshotJob:
     """A decode of an utterance so far, safe to run on any thread (see
     :meth:`WhisperStream.begin_snapshot`)."""
 
-    __slots__ = ("_model", "agreed", "fed", "samples", "utterance")
+    __slots__ = ("_model", "abandoned", "agreed", "fed", "samples", "utterance")
 
     def __init__(
         self,
@@ -113,13 +113,26 @@ class SnapshotJob:
         self.agreed = agreed
         self.utterance = utterance
         self.fed = fed
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        """(Any thread.) The result is no longer wanted: :meth:`run` stops at its next stage
+        boundary (a stage in progress finishes: a CTranslate2 call cannot be interrupted)."""
+        self.abandoned = True
+
+    def _wanted(self) -> bool:
+        return not self.abandoned
 
     def run(self) -> Recognition | None:
-        """Decode (blocking CPU work); None when the audio is too quiet to be words."""
+        """Decode (blocking CPU work); None when the audio is too quiet to be words.
+
+        Raises:
+            DecodeAbandoned: :meth:`abandon` was called before a stage began.
+        """
         if not self.agreed and voiced_ms(float_to_pcm16(self.samples)) < MIN_VOICED_MS:
             return None
         prefix = " " + self.agreed if self.agreed else ""
-        return self._model.recognize(self.samples, prefix=prefix)
+        return self._model.recognize(self.samples, prefix=prefix, wanted=self._wanted)
 
     def text_of(self, rec: Recognition | None) -> str:
         """The transcript a :meth:`run` result stands for (agreed partials kept)."""
