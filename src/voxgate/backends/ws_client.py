@@ -23,7 +23,7 @@ import os
 import random
 import ssl
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -45,18 +45,22 @@ from voxgate.protocol.wsframe import (
 from voxgate.session.delivery import Delivery
 from voxgate.session.ports import EncodedFrameSink, FrameSink, PeerGone
 
+_c_mask: Callable[[bytes, bytearray], None] | None
 try:  # aiohttp's C masking helper is ~4x faster than big-int XOR; same result
     from aiohttp._websocket.mask import (  # type: ignore[import-not-found]
-        _websocket_mask_cython as _c_mask,
+        _websocket_mask_cython,
     )
+
+    _c_mask = _websocket_mask_cython
 
     def _mask(key: bytes, payload: bytes) -> bytes | bytearray:
         buf = bytearray(payload)
-        _c_mask(key, buf)
+        _websocket_mask_cython(key, buf)
         return buf  # a bytearray: concatenated into the frame, never kept
 
     MASKER: Masker = _mask
 except ImportError:  # pragma: no cover - aiohttp without its extensions
+    _c_mask = None
     MASKER = xor_mask
 _LEN16_MASKED = struct.Struct("!BBH4s").pack  # FIN+text, mask bit + 126, length, masking key
 
@@ -146,8 +150,15 @@ class WSClientConnection(asyncio.Protocol):
             head = _LEN16_MASKED(0x81, 0xFE, n, key)
         else:
             head = frame_header(OP_TEXT, n, mask_bit=0x80) + key
+        mask = _c_mask
+        masked: bytes | bytearray
+        if mask is not None:  # MASKER's body, without its call (once per client frame)
+            masked = buf = bytearray(payload)
+            mask(key, buf)
+        else:  # pragma: no cover - aiohttp without its extensions
+            masked = MASKER(key, payload)
         # one write, one syscall: asyncio sends each write at once while its buffer is empty
-        transport.write(head + MASKER(key, payload))
+        transport.write(head + masked)
         return True
 
     async def send_text(self, text: str) -> None:

@@ -76,7 +76,8 @@ _AUDIO_DELTA_HEADS = (
     '{"type":"response.output_audio.delta"',
     '{"type": "response.output_audio.delta"',
 )
-_AUDIO_DELTA_BYTES = tuple(head.encode() for head in _AUDIO_DELTA_HEADS)
+#: the same heads in UTF-8, for frames still encoded (their payload starts at offset 4)
+AUDIO_DELTA_ENCODED_HEADS = tuple(head.encode() for head in _AUDIO_DELTA_HEADS)
 
 #: Upstream error codes that mean voxgate's own upstream key was refused.
 UPSTREAM_AUTH_CODES: frozenset[str | None] = frozenset({"invalid_api_key"})
@@ -132,7 +133,9 @@ class SessionMachine:
         self.errors_sent = 0
         #: errors sent to the client, by code (issue 17: counted live in the metrics)
         self.error_codes: dict[str, int] = {}
-        self._input_bps = PCM.bytes_per_s
+        #: input audio bytes per second of the session's format (what pacing charges; a plain
+        #: attribute: read once per client frame)
+        self.input_bytes_per_s: int = PCM.bytes_per_s
         self._output_b64_per_s = PCM.b64_chars_per_s
         #: counts session.created/updated seen (a runner resizes format-based bounds on change)
         self.formats_seen = 0
@@ -190,17 +193,12 @@ class SessionMachine:
     def upstream_audio_encoded(self, frame: bytes) -> bool:
         """:meth:`upstream_audio_text` for a frame still encoded (its ASCII payload from
         :data:`~voxgate.session.ports.ENCODED_TEXT_PAYLOAD`)."""
-        return self.phase is Phase.READY and frame.startswith(_AUDIO_DELTA_BYTES, 4)
+        return self.phase is Phase.READY and frame.startswith(AUDIO_DELTA_ENCODED_HEADS, 4)
 
     @property
     def output_b64_chars_per_s(self) -> float:
         """Base64 characters per second of the session's output audio (replay log sizing)."""
         return self._output_b64_per_s
-
-    @property
-    def input_bytes_per_s(self) -> int:
-        """Input audio bytes per second of the session's format (what pacing charges)."""
-        return self._input_bps
 
     # ------------------------------------------------------------------ client side
 
@@ -364,7 +362,7 @@ class SessionMachine:
         except NotAnEvent:
             return
         session = event.get("session")
-        self._input_bps = input_info(session).bytes_per_s
+        self.input_bytes_per_s = input_info(session).bytes_per_s
         self._output_b64_per_s = output_info(session).b64_chars_per_s
         self.formats_seen += 1
 
@@ -536,7 +534,7 @@ class SessionMachine:
             raise InvalidState(f"rebuild in phase {self.phase.value}")
         session = self.recovery.mirror.session
         if session is not None:
-            self._input_bps = input_info(session).bytes_per_s
+            self.input_bytes_per_s = input_info(session).bytes_per_s
             self._output_b64_per_s = output_info(session).b64_chars_per_s
             self.formats_seen += 1
         self.ready_once = True
