@@ -23,8 +23,8 @@ import os
 import random
 import ssl
 import struct
-from collections.abc import Callable, Mapping
-from typing import Final
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from voxgate.protocol.wsframe import (
@@ -126,8 +126,10 @@ class WSClientConnection(asyncio.Protocol):
         126..65535 bytes are offered to ``sink`` as they arrived, before any decoding."""
         self._encoded_sink = sink
 
-    async def receive(self) -> str | bytes:
-        return await self._inbox.receive()
+    def receive(self) -> Coroutine[Any, Any, str | bytes]:
+        """The inbox's own ``receive()`` (awaited by the caller): no coroutine of ours around
+        it, one object fewer per idle session for the garbage collector."""
+        return self._inbox.receive()
 
     def _after_take(self, queued_bytes: int) -> None:
         if self._reading_paused and queued_bytes <= QUEUE_LIMIT_BYTES // 2:

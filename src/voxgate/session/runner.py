@@ -339,7 +339,6 @@ class SessionRunner:
 
     async def _client_pump(self, link: ClientLink) -> None:
         conn = link.conn
-        receive = conn.receive
         sink = self._client_sink
         loop = self._loop
         try:
@@ -350,7 +349,7 @@ class SessionRunner:
                     if wait > 0:
                         await asyncio.sleep(wait)  # rate limiting, not synchronisation
                 conn.set_sink(sink)
-                frame = await receive()
+                frame = await conn.receive()  # (no bound method kept while parked)
                 if link is not self._link:
                     return  # detached or superseded by a resumed connection
                 await self._client_frame(frame)

@@ -132,24 +132,6 @@ class ToolInterceptor:
         self._unseen: set[str] = set()  # responses running that the client has not seen
         self._hidden: OrderedDict[str, str | None] = OrderedDict()  # item -> visible predecessor
         self._held: deque[tuple[str, bool]] = deque()  # (client frame, is response.create)
-        self._handlers: dict[str, Callable[[str, str, float], Verdict]] = {
-            "session.created": self._on_session,
-            "session.updated": self._on_session,
-            "response.created": self._on_response_created,
-            "response.output_item.added": self._on_output_item_added,
-            "response.output_item.done": self._on_output_item_done,
-            "conversation.item.added": self._on_item,
-            "conversation.item.done": self._on_item,
-            "conversation.item.created": self._on_item,
-            "response.function_call_arguments.delta": self._on_arguments_delta,
-            "response.function_call_arguments.done": self._on_arguments_done,
-            "response.done": self._on_response_done,
-            "error": self._on_error,
-            "input_audio_buffer.speech_started": self._on_speech_started,
-            "input_audio_buffer.speech_stopped": self._on_speech_stopped,
-            "input_audio_buffer.committed": self._on_committed,
-            "input_audio_buffer.cleared": self._on_cleared,
-        }
 
     @property
     def hidden_names(self) -> frozenset[str]:
@@ -223,10 +205,10 @@ class ToolInterceptor:
             etype = event_type(text)
         except NotAnEvent:
             return Verdict([text])
-        handler = self._handlers.get(etype)
+        handler = _HANDLERS.get(etype)
         if handler is None:
             return Verdict([text])
-        return handler(etype, text, now)
+        return handler(self, etype, text, now)
 
     def _on_session(self, etype: str, text: str, now: float) -> Verdict:
         event = _parse(text)
@@ -524,6 +506,27 @@ class ToolInterceptor:
         return out + self.injector.pump(
             now, blocked=bool(self._unseen), tools_pending=bool(self._running)
         )
+
+
+#: client-bound event type -> handler (plain functions: no bound method per session)
+_HANDLERS: dict[str, Callable[[ToolInterceptor, str, str, float], Verdict]] = {
+    "session.created": ToolInterceptor._on_session,
+    "session.updated": ToolInterceptor._on_session,
+    "response.created": ToolInterceptor._on_response_created,
+    "response.output_item.added": ToolInterceptor._on_output_item_added,
+    "response.output_item.done": ToolInterceptor._on_output_item_done,
+    "conversation.item.added": ToolInterceptor._on_item,
+    "conversation.item.done": ToolInterceptor._on_item,
+    "conversation.item.created": ToolInterceptor._on_item,
+    "response.function_call_arguments.delta": ToolInterceptor._on_arguments_delta,
+    "response.function_call_arguments.done": ToolInterceptor._on_arguments_done,
+    "response.done": ToolInterceptor._on_response_done,
+    "error": ToolInterceptor._on_error,
+    "input_audio_buffer.speech_started": ToolInterceptor._on_speech_started,
+    "input_audio_buffer.speech_stopped": ToolInterceptor._on_speech_stopped,
+    "input_audio_buffer.committed": ToolInterceptor._on_committed,
+    "input_audio_buffer.cleared": ToolInterceptor._on_cleared,
+}
 
 
 def _parse(text: str) -> dict[str, Any] | None:

@@ -134,7 +134,6 @@ class UpstreamSide:
         elif not await self._open_initial():
             return
         machine = self._machine
-        on_text = self._hooks.on_upstream_text
         while True:
             conn = self.conn
             if conn is None:
@@ -143,12 +142,11 @@ class UpstreamSide:
             conn.set_sink(self._sink)
             if isinstance(conn, EncodedTextSource):
                 conn.set_encoded_sink(self._encoded_sink)
-            receive = conn.receive
             try:
                 while True:
-                    frame = await receive()
+                    frame = await conn.receive()  # (no bound method kept while parked)
                     if isinstance(frame, str):
-                        await on_text(frame)
+                        await self._hooks.on_upstream_text(frame)
             except PeerGone as gone:
                 if conn is not self.conn or self._rebuilding:
                     await self._wait_rebuilt()  # replaced under us (recycle) or being replaced
