@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from voxgate.tools.knowledge import KnowledgeBase, parse_markdown, phonetic_key, similarity
+from voxgate.tools.knowledge import (
+    KnowledgeBase,
+    SearchHit,
+    parse_markdown,
+    phonetic_key,
+    similarity,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +107,37 @@ def test_from_folder_rejects_missing_folder(tmp_path: Path) -> None:
 def test_vocabulary_lists_heading_words(kb: KnowledgeBase) -> None:
     vocab = kb.vocabulary()
     assert {"stop", "loss", "margin", "slippage"} <= set(vocab)
+
+
+def test_soft_matching_is_pairwise_similarity_over_the_vocabulary() -> None:
+    """The precomputed per-word features give exactly what similarity() gives."""
+    kb = KnowledgeBase.example()
+    vocab = set(kb._vocab)  # the stemmed tokens the index holds
+    heard = ["stock", "loot", "find", "sighs", "posishun", "a", "to", "12", "ordered", "lost"]
+    for term in [*vocab, *heard, *(w[:-1] for w in vocab), *(w + "s" for w in vocab)]:
+        factor = 0.5 if term in vocab else 1.0
+        expected = {
+            v: (1.0 if v == term else s * factor) for v in vocab if (s := similarity(term, v)) > 0
+        }
+        assert kb._soft_vocab(term) == expected, term
+
+
+def test_a_repeated_query_is_ranked_once_and_thresholds_apply_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kb = KnowledgeBase.example()
+    fresh = KnowledgeBase.example()
+    ranked: list[str] = []
+    rank = kb._rank
+
+    def counted(query: str) -> tuple[SearchHit, ...]:
+        ranked.append(query)
+        return rank(query)
+
+    monkeypatch.setattr(kb, "_rank", counted)
+    first = kb.search("what is a stop loss order", k=5, min_score=0.1)
+    again = kb.search("what is a stop loss order", k=2, min_score=0.5)
+    assert ranked == ["what is a stop loss order"]  # the second search reused the ranking
+    assert first == fresh.search("what is a stop loss order", k=5, min_score=0.1)
+    assert again == fresh.search("what is a stop loss order", k=2, min_score=0.5)
+    assert first[0].entry.heading == "Stop loss order"

@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -45,6 +45,8 @@ _K1: Final = 1.5
 _B: Final = 0.5
 _MIN_SOFT_SIM: Final = 0.5
 _UNKNOWN_TERM_WEIGHT: Final = 0.25
+#: Queries whose full ranking is remembered per knowledge base.
+_RANKED_MEMO: Final = 256
 """Share of an unmatched query word in the normalisation: ASR inserts filler words."""
 
 _WORD_RE: Final = re.compile(r"[a-z0-9]+")
@@ -270,6 +272,15 @@ class KnowledgeBase:
             vocab.update(d.heading_tf, d.body_tf)
         self._vocab = tuple(sorted(vocab))
         self._vocab_set = frozenset(vocab)
+        # what similarity() computes for each vocabulary word, computed once (a search
+        # compares every query term with every word)
+        self._vocab_features = tuple(
+            (v, len(v) < 3 or v.isdigit(), _trigrams(v), phonetic_key(v)) for v in self._vocab
+        )
+        # full rankings of recent queries: the local engine's answer and the search_knowledge
+        # tool's run for the same transcript search once (bounded; entries are immutable)
+        self._ranked: OrderedDict[str, tuple[SearchHit, ...]] = OrderedDict()
+        self._ranked_lock = threading.Lock()
 
     @classmethod
     def from_folder(cls, path: str | Path | Traversable, **kwargs: float) -> KnowledgeBase:
@@ -325,10 +336,24 @@ class KnowledgeBase:
         Returns:
             Hits, best first; empty when nothing clears the threshold.
         """
+        threshold = self.min_score if min_score is None else min_score
+        with self._ranked_lock:
+            ranked = self._ranked.get(query)
+            if ranked is not None:
+                self._ranked.move_to_end(query)
+        if ranked is None:
+            ranked = self._rank(query)
+            with self._ranked_lock:
+                self._ranked[query] = ranked
+                while len(self._ranked) > _RANKED_MEMO:
+                    self._ranked.popitem(last=False)
+        return [h for h in ranked if h.score >= threshold][:k]
+
+    def _rank(self, query: str) -> tuple[SearchHit, ...]:
+        """Every entry with evidence for ``query``, best first (no threshold)."""
         terms = list(dict.fromkeys(tokens(query)))
         if not terms or not self._docs:
-            return []
-        threshold = self.min_score if min_score is None else min_score
+            return ()
         scores = [0.0] * len(self._docs)
         heading_mass = [0.0] * len(self._docs)
         exact = [False] * len(self._docs)
@@ -359,13 +384,31 @@ class KnowledgeBase:
             key=lambda h: h.score,
             reverse=True,
         )
-        return [h for h in ranked if h.score >= threshold][:k]
+        return tuple(ranked)
 
     def _soft_vocab(self, term: str) -> dict[str, float]:
+        """``{word: similarity(term, word)}`` over the vocabulary, zeros left out."""
+        known = term in self._vocab_set
+        if len(term) < 3 or term.isdigit():  # only an exact match counts
+            return {term: 1.0} if known else {}
         # a word the notes contain was probably heard right: its look-alikes count for less
-        factor = _KNOWN_WORD_SOFT_FACTOR if term in self._vocab_set else 1.0
-        sims = {v: similarity(term, v) for v in self._vocab}
-        return {v: (s if v == term else s * factor) for v, s in sims.items() if s > 0}
+        factor = _KNOWN_WORD_SOFT_FACTOR if known else 1.0
+        grams, key = _trigrams(term), phonetic_key(term)
+        keyed = len(key) >= 2
+        sims: dict[str, float] = {}
+        for word, short, word_grams, word_key in self._vocab_features:
+            if word == term:
+                sims[word] = 1.0
+                continue
+            if short:
+                continue
+            dice = 2 * len(grams & word_grams) / (len(grams) + len(word_grams))
+            sim = 0.7 if keyed and key == word_key else 0.0
+            if dice >= _MIN_SOFT_SIM:
+                sim = max(sim, 0.8 * dice)
+            if sim > 0:
+                sims[word] = sim * factor
+        return sims
 
     def _idf(self, sims: dict[str, float]) -> float:
         df = sum(
