@@ -122,7 +122,8 @@ class SessionClock:
         send_timeout = config.client_send_timeout_s
         self._stall_every = send_timeout / 4 if send_timeout else _INF
         self._slow_every = 1.0 if (config.resume_grace_s or config.recycle_after_s) else _INF
-        self._next_check = now + min(self._stall_every, self._slow_every)
+        self._check_every = min(self._stall_every, self._slow_every)
+        self._next_check = now + self._check_every
         self._last = (-1, -1)
         self._missed = [0, 0]
         self._pinged = [False, False]  # a ping went out at the last beat, unanswered so far
@@ -157,7 +158,13 @@ class SessionClock:
     # ------------------------------------------------------------------ ticking
 
     def next_wake(self) -> float:
-        return min(self._deadline, self._next_beat, self._next_check)
+        # the smallest of the three, compared in place: builtin min() costs ~850 instructions
+        wake = self._deadline
+        if self._next_beat < wake:
+            wake = self._next_beat
+        if self._next_check < wake:
+            wake = self._next_check
+        return wake
 
     def tick(self, now: float, seen: Observed) -> list[TimerAction]:
         """What is due at ``now``; perform the actions in order."""
@@ -166,7 +173,7 @@ class SessionClock:
             out.append(MaxLengthReached(self.config.max_session_s))
             return out
         if now >= self._next_check:
-            self._next_check = now + min(self._stall_every, self._slow_every)
+            self._next_check = now + self._check_every
             self._check_stall(now, seen, out)
             self._check_grace(now, seen, out)
             self._check_recycle(now, seen, out)

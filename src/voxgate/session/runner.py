@@ -158,7 +158,7 @@ class SessionRunner:
         self.client_sends_started = 0
         self.client_sends_done = 0
         self._stop: EndSession | None = None
-        self._wake: asyncio.Future[None] | None = None
+        self._wake: asyncio.Future[bool] | None = None
 
     @property
     def session_id(self) -> str:
@@ -202,7 +202,7 @@ class SessionRunner:
             self._stop = EndSession(close_code, "", None, cause)
             wake = self._wake
             if wake is not None and not wake.done():
-                wake.set_result(None)
+                wake.set_result(False)  # the timer has not fired: its handle is cancelled
 
     async def run(self) -> EndSession:
         try:
@@ -636,26 +636,27 @@ class SessionRunner:
         loop = self._loop
         clock = self._clock
         while True:
-            wake = loop.create_future()
+            wake: asyncio.Future[bool] = loop.create_future()
             self._wake = wake
             handle = loop.call_at(clock.next_wake(), _resolve, wake)
+            fired = False
             try:
                 if self._stop is None:
-                    await wake
+                    fired = await wake
             finally:
-                handle.cancel()
+                if not fired:  # a fired handle needs no cancel (four Python calls per wake)
+                    handle.cancel()
                 self._wake = None
             if self._stop is not None:
                 stop = self._stop
                 raise _SessionOver(self._machine.end(stop.close_code, stop.cause, stop.reason))
-            now = loop.time()
-            for action in clock.tick(now, self._observe()):
+            now = _monotonic()
+            for action in clock.tick(now, self._observe(now)):
                 await self._on_timer(action, now)
 
-    def _observe(self) -> Observed:
+    def _observe(self, now: float) -> Observed:
         link, machine, recovery = self._link, self._machine, self._machine.recovery
         up = self._up.conn
-        now = self._loop.time()
         return Observed(
             client_heard=self.stats.client_frames + (link.conn.heard if link else 0),
             upstream_heard=self.stats.upstream_frames + (up.heard if up is not None else 0),
@@ -829,9 +830,10 @@ class SessionRunner:
         )
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool]) -> None:
+    """The clock's timer fired (True: its handle is spent)."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(True)
 
 
 def _ms(since: float) -> float:
