@@ -3,7 +3,8 @@
 Sets (tests/speech_sets.py): ``real`` (human recordings from Debian packages: 60 Asterisk
 prompts at 8 kHz + 11 pocketsphinx-testdata clips at 16 kHz), ``espeak`` (the knowledge
 base's 20 questions in 8 espeak-ng voices/speeds/pitches, 24 kHz) and ``ulaw`` (the espeak
-set as 8 kHz μ-law). Recognisers: ``whisper`` (tiny.en, knowledge-base headings as the
+set as 8 kHz μ-law), ``real-ulaw`` (the real set as a phone line carries it: 8 kHz μ-law;
+not in the default run). Recognisers: ``whisper`` (tiny.en, knowledge-base headings as the
 prompt: the default), ``whisper-noprompt`` and ``pocketsphinx`` (stream final, as the engine
 ran it before issue 13). Each clip gets 300 ms of silence before and 300 ms after, is fed in
 20 ms chunks as a session would, and ``finish()`` is timed: that is the work left after
@@ -131,10 +132,14 @@ def main() -> None:
 
     sets: dict[str, list[Clip]] = {}
     wanted = args.sets.split(",")
-    if "real" in wanted:
+    if "real" in wanted or "real-ulaw" in wanted:
         if missing_packages():
             sys.exit(f"install {', '.join(missing_packages())} (scripts/system-deps)")
-        sets["real"] = real_speech_set(args.asterisk)
+        real = real_speech_set(args.asterisk)
+        if "real" in wanted:
+            sets["real"] = real
+        if "real-ulaw" in wanted:
+            sets["real-ulaw"] = [ulaw_copy(c) for c in real]
     if "espeak" in wanted or "ulaw" in wanted:
         espeak = espeak_trading_set()
         if "espeak" in wanted:
