@@ -125,8 +125,10 @@ class SessionClock:
         self._check_every = min(self._stall_every, self._slow_every)
         self._next_check = now + self._check_every
         self._last = (-1, -1)
-        self._missed = [0, 0]
-        self._pinged = [False, False]  # a ping went out at the last beat, unanswered so far
+        # per side (client, upstream), kept as tuples between beats: a tuple of ints or bools
+        # is not tracked by the garbage collector, a list is (two objects per session)
+        self._missed = (0, 0)
+        self._pinged = (False, False)  # a ping went out at the last beat, unanswered so far
         self._stall_mark = -1
         self._stall_since = 0.0
         self._detached_at: float | None = None
@@ -140,12 +142,12 @@ class SessionClock:
 
     def client_attached(self) -> None:
         self._detached_at = None
-        self._missed[0], self._pinged[0] = 0, False
+        self._missed, self._pinged = (0, self._missed[1]), (False, self._pinged[1])
 
     def upstream_opened(self, now: float) -> None:
         self._upstream_since = now
         self._recycle_asked = False
-        self._missed[1], self._pinged[1] = 0, False
+        self._missed, self._pinged = (self._missed[0], 0), (self._pinged[0], False)
 
     def recycle_declined(self) -> None:
         """The session was no longer quiet when the recycle ran: ask again at the next check."""
@@ -186,7 +188,7 @@ class SessionClock:
 
     def _beat(self, seen: Observed, out: list[TimerAction]) -> None:
         heard = (seen.client_heard, seen.upstream_heard)
-        missed, pinged = self._missed, self._pinged
+        missed, pinged = list(self._missed), list(self._pinged)
         for side in (0, 1):
             if heard[side] == self._last[side]:
                 missed[side] += 1
@@ -209,6 +211,7 @@ class SessionClock:
         elif missed[1]:
             out.append(PingUpstream())
             pinged[1] = True
+        self._missed, self._pinged = (missed[0], missed[1]), (pinged[0], pinged[1])
 
     def _check_stall(self, now: float, seen: Observed, out: list[TimerAction]) -> None:
         timeout = self.config.client_send_timeout_s

@@ -177,11 +177,14 @@ class ServerSide:
                 self._wake.clear()
                 now = self._clock()
                 wake_at = self.injector.wake_at(now)
-                try:
-                    async with asyncio.timeout(None if wake_at is None else wake_at - now):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass  # a timer of the injector (expiry, settle) is due
+                if wake_at is None:  # no timer: no Timeout object held while parked
+                    await self._wake.wait()
+                else:
+                    try:
+                        async with asyncio.timeout(wake_at - now):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass  # a timer of the injector (expiry, settle) is due
                 self._send(self.tools.pump(self._clock()))
         finally:
             self.close("session_ended")
