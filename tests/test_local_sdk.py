@@ -215,6 +215,9 @@ class _GatedJob:
             raise RuntimeError("the test never opened the gate")
         return self.inner.run()
 
+    def abandon(self) -> None:
+        self.inner.abandon()
+
 
 async def test_speech_stopped_does_not_wait_for_the_transcript() -> None:
     """``speech_stopped`` goes out when the VAD decides; committed, the item and its
