@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voxgate.protocol.sniff import NotAnEvent, event_type, parse_event
+from voxgate.protocol.sniff import NotAnEvent, append_audio_start, event_type, parse_event
 
 AUDIO = "A" * 1280
 
@@ -119,3 +119,59 @@ def test_truncated_frame_with_a_valid_head_is_routed_and_left_to_the_upstream() 
 
 def test_parse_event_returns_the_dict() -> None:
     assert parse_event('{"type":"x","a":1}') == ("x", {"type": "x", "a": 1})
+
+
+def _append_audio_start_reference(text: str) -> int:
+    """The check spelled out plainly (how it read before it was tuned)."""
+    for head in (
+        '{"type":"input_audio_buffer.append","audio":"',
+        '{"type": "input_audio_buffer.append", "audio": "',
+    ):
+        if text.startswith(head):
+            start = len(head)
+            break
+    else:
+        return -1
+    end = len(text) - 2
+    if end < start or not text.endswith('"}'):
+        return -1
+    span = text[start:end]
+    return -1 if '"' in span or "\\" in span else start
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"input_audio_buffer.append","audio":"AAAA"}',
+        '{"type": "input_audio_buffer.append", "audio": "AAAA"}',
+        '{"type":"input_audio_buffer.append","audio":""}',
+        '{"type":"input_audio_buffer.append","audio":"AA","type":"x"}',
+        '{"type":"input_audio_buffer.append","audio":"A\\"A"}',
+        '{"type":"input_audio_buffer.append","audio":"A\\\\u0041"}',
+        '{"type":"input_audio_buffer.append","audio":"AAAA"} ',
+        '{"type":"input_audio_buffer.append","audio":"AAAA"',
+        '{"type":"input_audio_buffer.append","audio":"',
+        '{"type":"input_audio_buffer.append","audio":"AAAA"}}',
+        '{"type":"input_audio_buffer.commit"}',
+    ],
+)
+def test_append_audio_start_matches_the_plain_check(text: str) -> None:
+    assert append_audio_start(text) == _append_audio_start_reference(text)
+
+
+@given(
+    head=st.sampled_from(
+        [
+            '{"type":"input_audio_buffer.append","audio":"',
+            '{"type": "input_audio_buffer.append", "audio": "',
+            '{"type":"x","audio":"',
+        ]
+    ),
+    body=st.text(alphabet='AB+/="\\}{ ', max_size=12),
+    tail=st.sampled_from(['"}', '"', "}", '"} ', '"}}', ""]),
+)
+def test_append_audio_start_matches_the_plain_check_for_any_frame(
+    head: str, body: str, tail: str
+) -> None:
+    text = head + body + tail
+    assert append_audio_start(text) == _append_audio_start_reference(text)

@@ -61,7 +61,6 @@ from voxgate.session.clock import (
 )
 from voxgate.session.machine import AUDIO_DELTA_ENCODED_HEADS, Phase, SessionMachine
 from voxgate.session.ports import (
-    ENCODED_TEXT_PAYLOAD,
     Backend,
     PeerGone,
     ResumeIssuer,
@@ -313,7 +312,7 @@ class SessionRunner:
         if (
             write is None
             or self._machine.phase is not _READY  # machine.upstream_audio_encoded, inline
-            or not frame.startswith(AUDIO_DELTA_ENCODED_HEADS, ENCODED_TEXT_PAYLOAD)
+            or not payload.startswith(AUDIO_DELTA_ENCODED_HEADS)
             or not write(frame)
         ):
             return False
