@@ -25,9 +25,7 @@ LAYERS: dict[str, set[str]] = {
     "store": {"protocol"},
     "tools": {"protocol"},
     "auth": {"protocol", "store"},
-    # runtime.py is process-wide allocator tuning with no voxgate imports: the local engine
-    # raises its mmap threshold for CTranslate2's per-step buffers (dab9d24)
-    "backends": {"protocol", "session", "tools", "config", "observability", "runtime"},
+    "backends": {"protocol", "session", "tools", "config", "observability"},
     "transports": {"protocol", "session", "auth", "store", "observability"},
     "web": {"protocol", "auth", "observability"},
 }

@@ -36,7 +36,7 @@ from voxgate.config import Settings
 from voxgate.observability.health import DETAILS
 from voxgate.observability.logging import configure_logging
 from voxgate.protocol.redaction import redact
-from voxgate.runtime import fix_mmap_threshold
+from voxgate.runtime import fix_mmap_threshold, mmap_threshold_for
 from voxgate.server import Serving, drain, serve
 from voxgate.startup import (
     StartupError,
@@ -236,7 +236,10 @@ async def _serve(
     say: Say,
     tls: TlsSetup | None = None,
 ) -> int:
-    fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
+    runs_whisper = settings.backend == "local" and settings.asr == "whisper"
+    fix_mmap_threshold(
+        mmap_threshold_for(settings.malloc_mmap_threshold_bytes, runs_whisper=runs_whisper)
+    )
     try:
         app = create_app(settings)  # models start loading here, after the port is ours
     except (OSError, UnicodeError, ValueError) as exc:

@@ -9,6 +9,13 @@ asyncio's 256 KiB read buffer on purpose: at 128 KiB every socket read became it
 mmap/munmap and page faults (1.2-1.7 minor faults per relayed frame, measured), while 512 KiB
 kept faults at the default allocator's rate and resident memory lower than either. Elsewhere
 than glibc this does nothing.
+
+A process that runs Whisper (the local engine's default recogniser) needs more: CTranslate2
+allocates and frees 0.6-4 MB buffers at every decoding step (beam-reordered caches); above
+the threshold each is an mmap/munmap whose pages fault in afresh. At 512 KiB the decode
+thread spent 20-37 % of its time in the kernel and a pause-time decode took ~2x as long as
+in a plain process, so :func:`mmap_threshold_for` raises a fixed threshold to
+:data:`WHISPER_MMAP_THRESHOLD_BYTES` there.
 """
 
 from __future__ import annotations
@@ -16,8 +23,19 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import Final
 
 _M_MMAP_THRESHOLD = -3
+#: The glibc mmap threshold a process running Whisper needs at least (see the module doc).
+WHISPER_MMAP_THRESHOLD_BYTES: Final = 8 * 1024 * 1024
+
+
+def mmap_threshold_for(threshold_bytes: int, *, runs_whisper: bool) -> int:
+    """The threshold to fix for a process: the setting, raised for Whisper (0, glibc's own
+    adaptive threshold, is left as it is)."""
+    if runs_whisper and 0 < threshold_bytes < WHISPER_MMAP_THRESHOLD_BYTES:
+        return WHISPER_MMAP_THRESHOLD_BYTES
+    return threshold_bytes
 
 
 def fix_mmap_threshold(threshold_bytes: int) -> bool:

@@ -52,19 +52,12 @@ from voxgate.protocol.session_config import (
     default_session,
     input_format,
 )
-from voxgate.runtime import fix_mmap_threshold
 from voxgate.tools.knowledge import KnowledgeBase, KnowledgeLibrary
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_ASR_DECODERS: Final = 4
 _WARM_UP_TEXT: Final = "How do I place a limit order on a stock? What is a margin call?"
-#: glibc mmap threshold a server running Whisper needs at least. CTranslate2 allocates and
-#: frees 0.6-4 MB buffers at every decoding step (beam-reordered caches); above the threshold
-#: each is an mmap/munmap whose pages fault in afresh. Under ``serve``'s fixed 512 KiB
-#: (``malloc_mmap_threshold_bytes``, set for relay memory) the decode thread spent 20-37 %
-#: of its time in the kernel and a pause-time decode took ~2x as long as in a plain process.
-WHISPER_MMAP_THRESHOLD_BYTES: Final = 8 * 1024 * 1024
 
 
 class LocalBackend:
@@ -170,10 +163,6 @@ class LocalBackend:
             responder = KnowledgeResponder(kb)
             name = "knowledge"
         final: FinalDecode = settings.local_asr_final
-        threshold = settings.malloc_mmap_threshold_bytes
-        if settings.asr == "whisper" and 0 < threshold < WHISPER_MMAP_THRESHOLD_BYTES:
-            # raised, not left alone: 0 (glibc's own adaptive threshold) stays as it is
-            fix_mmap_threshold(WHISPER_MMAP_THRESHOLD_BYTES)
         prompt = None
         if vocabulary and isinstance(responder, KnowledgeResponder):
             prompt = [e.heading for e in responder.knowledge.entries] + list(vocabulary)
