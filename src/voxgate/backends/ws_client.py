@@ -100,7 +100,8 @@ class WSClientConnection(asyncio.Protocol):
         self._inbox = Delivery(_NO_FRAME_LIMIT, on_taken=self._after_take)
         self._encoded_sink: EncodedFrameSink | None = None
         self._reading_paused = False
-        self._heard = 0
+        #: control frames received (a plain attribute: the clock reads it once a second)
+        self.heard = 0
         self._paused_writing = False
         self._drained: asyncio.Future[None] | None = None
         self._close_sent = False
@@ -109,10 +110,6 @@ class WSClientConnection(asyncio.Protocol):
         self._closed: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------------ Connection
-
-    @property
-    def heard(self) -> int:
-        return self._heard
 
     @property
     def close_code(self) -> int | None:
@@ -304,10 +301,10 @@ class WSClientConnection(asyncio.Protocol):
         elif opcode == OP_BINARY:
             self._enqueue(payload)
         elif opcode == OP_PING:
-            self._heard += 1
+            self.heard += 1
             self._write_control(OP_PONG, payload)
         elif opcode == OP_PONG:
-            self._heard += 1
+            self.heard += 1
         elif opcode == OP_CLOSE:
             self._on_close(payload)
 

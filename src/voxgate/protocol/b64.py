@@ -29,6 +29,12 @@ def _std_encode(data: bytes | bytearray | memoryview) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
+#: pybase64's decoder (None without it), for a hot caller that passes ``(text, None, True)``
+#: itself: :func:`decode` is exactly that call
+pybase64_decode: Callable[[str | bytes, None, bool], bytes] | None = (
+    _fast.b64decode if _fast is not None else None
+)
+
 if _fast is not None:
     _fast_decode = _fast.b64decode
 

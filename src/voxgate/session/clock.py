@@ -177,8 +177,10 @@ class SessionClock:
         if now >= self._next_check:
             self._next_check = now + self._check_every
             self._check_stall(now, seen, out)
-            self._check_grace(now, seen, out)
-            self._check_recycle(now, seen, out)
+            if self._detached_at is not None:  # (each check's own first test, without its call)
+                self._check_grace(now, seen, out)
+            if not self._recycle_asked and self.config.recycle_after_s is not None:
+                self._check_recycle(now, seen, out)
         if now >= self._next_beat:
             self._next_beat += self._interval
             if self._next_beat <= now:  # the loop was late by more than an interval

@@ -133,13 +133,10 @@ class AiohttpClientConnection:
         self._transport = request.transport
         reader = ws._reader
         self._queue: _SinkQueue | None = reader if isinstance(reader, _SinkQueue) else None
-        self._heard = 0
+        #: control frames received (a plain attribute: the clock reads it once a second)
+        self.heard = 0
         self._gone: PeerGone | None = None
         self._closing = False  # our close frame is out: no data frame may follow it
-
-    @property
-    def heard(self) -> int:
-        return self._heard
 
     @property
     def close_code(self) -> int | None:
@@ -171,13 +168,13 @@ class AiohttpClientConnection:
             if mtype is _TEXT or mtype is _BINARY:
                 return msg.data  # type: ignore[no-any-return]
             if mtype is _PING:
-                self._heard += 1
+                self.heard += 1
                 try:
                     await ws.pong(msg.data)
                 except (ConnectionError, RuntimeError):
                     self._gone = PeerGone(None)
             elif mtype is _PONG:
-                self._heard += 1
+                self.heard += 1
             else:
                 self._gone = _gone_from(msg, ws)
 
