@@ -205,7 +205,8 @@ class LocalConnection:
 
     def _snapshot_done(self) -> None:
         """(Any thread.) A snapshot decode finished: wake the session task to announce it."""
-        self._loop.call_soon_threadsafe(self._queue_wake)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(self._queue_wake)
 
     def _queue_wake(self) -> None:
         if self._wake_queued or self._close_code is not None:
