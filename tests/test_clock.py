@@ -289,3 +289,20 @@ def test_next_wake_is_never_later_than_the_next_due_check(
         now = wake
         if clock.tick(now, QUIET) == [MaxLengthReached(max_s)]:
             break
+
+
+def test_a_phase_spreads_the_first_wake_and_keeps_the_period_after() -> None:
+    cfg = ClockConfig(max_session_s=HOUR, ping_interval_s=10, resume_grace_s=30)
+    early = SessionClock(cfg, now=0.0, phase=0.5)
+    assert early.next_wake() == 0.5  # the first check at half its 1 s period
+    assert SessionClock(cfg, now=0.0).next_wake() == 1.0  # no phase: one period
+    assert SessionClock(cfg, now=0.0, phase=0.0).next_wake() > 0  # never at once, never nan
+    seen = Observed(0, 0, True, 0, 0, True, False)
+    wakes = []
+    now = 0.0
+    for _ in range(25):
+        now = early.next_wake()
+        wakes.append(now)
+        early.tick(now, seen)
+    assert wakes[:3] == [0.5, 1.5, 2.5]  # then every period from the shifted start
+    assert 5.0 in wakes  # the first ping beat at half its 10 s interval

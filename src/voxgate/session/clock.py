@@ -114,16 +114,21 @@ TimerAction: TypeAlias = (
 class SessionClock:
     """See the module docstring."""
 
-    def __init__(self, config: ClockConfig, now: float) -> None:
+    def __init__(self, config: ClockConfig, now: float, *, phase: float = 1.0) -> None:
+        """``phase`` (0-1] scales the first beat's and the first check's delay: sessions
+        opened together (a deploy, a reconnect storm) would otherwise wake together every
+        period, and hundreds of wakes (and pings) in one loop iteration are a latency spike
+        for every session on the process. The runner passes a random phase."""
         self.config = config
+        phase = min(max(phase, 0.01), 1.0)  # never 0: inf * 0 is nan
         self._deadline = now + config.max_session_s
         self._interval = config.ping_interval_s or _INF
-        self._next_beat = now + self._interval
+        self._next_beat = now + self._interval * phase
         send_timeout = config.client_send_timeout_s
         self._stall_every = send_timeout / 4 if send_timeout else _INF
         self._slow_every = 1.0 if (config.resume_grace_s or config.recycle_after_s) else _INF
         self._check_every = min(self._stall_every, self._slow_every)
-        self._next_check = now + self._check_every
+        self._next_check = now + self._check_every * phase
         self._last = (-1, -1)
         # per side (client, upstream), kept as tuples between beats: a tuple of ints or bools
         # is not tracked by the garbage collector, a list is (two objects per session)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -131,7 +132,12 @@ class SessionRunner:
         self._replay = ReplayLog(self._replay_limit()) if resume is not None else None
         self._formats_seen = machine.formats_seen
         self._loop = asyncio.get_running_loop()
-        self._clock = SessionClock(config.clock(), self._loop.time())
+        # a random phase spreads the periodic wakes of sessions opened together (see clock)
+        self._clock = SessionClock(
+            config.clock(),
+            self._loop.time(),
+            phase=0.5 + 0.5 * random.random(),  # noqa: S311
+        )
         self._up = UpstreamSide(
             hooks=self,
             backend=backend,
