@@ -141,3 +141,14 @@ def test_a_repeated_query_is_ranked_once_and_thresholds_apply_after(
     assert first == fresh.search("what is a stop loss order", k=5, min_score=0.1)
     assert again == fresh.search("what is a stop loss order", k=2, min_score=0.5)
     assert first[0].entry.heading == "Stop loss order"
+
+
+def test_long_queries_are_answered_but_not_remembered() -> None:
+    kb = KnowledgeBase.example()
+    long_query = "what is a stop loss order " + "please " * 500
+    hits = kb.search(long_query)
+    assert hits
+    assert hits[0].entry.heading == "Stop loss order"
+    assert long_query not in kb._ranked
+    kb.search("what is a limit order")
+    assert "what is a limit order" in kb._ranked

@@ -47,6 +47,8 @@ _MIN_SOFT_SIM: Final = 0.5
 _UNKNOWN_TERM_WEIGHT: Final = 0.25
 #: Queries whose full ranking is remembered per knowledge base.
 _RANKED_MEMO: Final = 256
+#: Longer queries are ranked but not remembered (the memo stays a few hundred KB at most).
+_RANKED_MEMO_MAX_CHARS: Final = 1000
 """Share of an unmatched query word in the normalisation: ASR inserts filler words."""
 
 _WORD_RE: Final = re.compile(r"[a-z0-9]+")
@@ -343,6 +345,8 @@ class KnowledgeBase:
                 self._ranked.move_to_end(query)
         if ranked is None:
             ranked = self._rank(query)
+            if len(query) > _RANKED_MEMO_MAX_CHARS:  # a tool argument can be anything
+                return [h for h in ranked if h.score >= threshold][:k]
             with self._ranked_lock:
                 self._ranked[query] = ranked
                 while len(self._ranked) > _RANKED_MEMO:
