@@ -246,10 +246,12 @@ def test_no_prepare_lead_means_no_pause_hints() -> None:
     )
     detector.close()
     assert not [e for e in events if isinstance(e, TurnPaused | TurnResumed)]
-    assert pause_ms_for(200) == 24
-    assert pause_ms_for(300) == 124
+    assert pause_ms_for(200) == 24  # a short window: early, the answer would be late
+    assert pause_ms_for(300) == 150  # 150 ms before the end
+    assert pause_ms_for(500) == 350
     assert pause_ms_for(200, 0) == 0
-    assert pause_ms_for(150) == 15  # never before a tenth of the window
+    assert pause_ms_for(40) == 20  # never past half a short window
+    assert pause_ms_for(400, 350) == 100  # never before a quarter of a longer one
 
 
 def _create_audio_item(core: EngineSession, pcm: bytes) -> list[Any]:

@@ -56,12 +56,16 @@ DEFAULT_MAX_TURN_MS: Final = 30_000
 _EAGERNESS_SILENCE_MS: Final = {"high": 200, "medium": 500, "auto": 500, "low": 800}
 _HISTORY_SLACK_MS: Final = 200
 _FEED_MS: Final = 20
-#: The answer is prepared this long before the silence window ends (at least a tenth of it
+#: The answer is prepared this long before the silence window ends (at least a quarter of it
 #: has to be silence first): the Whisper decode of the utterance (~110-170 ms in a busy
-#: server), the knowledge search and the first sentence's TTS. With the default 200 ms window
-#: that is at 24 ms of silence, which inner gaps of words reach too: the snapshot is then
-#: given up when speech resumes (before its encoder or decoder stage, whichever comes next).
-PREPARE_LEAD_MS: Final = 176
+#: server), the knowledge search and the first sentence's TTS.
+PREPARE_LEAD_MS: Final = 150
+#: Windows this short (the API's default 200 ms among them) leave too little time after
+#: their lead: their snapshot starts after :data:`EARLY_PAUSE_MS` of silence instead, which
+#: inner gaps of words reach too (the snapshot is then given up when speech resumes, before
+#: its encoder or decoder stage, whichever comes next).
+SHORT_WINDOW_MS: Final = 250
+EARLY_PAUSE_MS: Final = 24
 #: Threads for snapshot decodes off the detector's path (:func:`snapshot_executor`). They mostly
 #: wait: the recogniser runs as many decodes at once as it has workers and queues the rest.
 _SNAPSHOT_THREADS_PER_CORE: Final = 4
@@ -161,10 +165,18 @@ class _PendingSnapshot:
 
 def pause_ms_for(silence_duration_ms: int, lead_ms: int = PREPARE_LEAD_MS) -> int:
     """Silence after which a turn's answer is prepared: ``lead_ms`` before the turn would end,
-    but not before a tenth of the window (0 when ``lead_ms`` is 0: no preparation)."""
+    but not before a quarter of the window; a short window's after :data:`EARLY_PAUSE_MS`
+    (0 when ``lead_ms`` is 0: no preparation).
+
+    Only short windows start early: a longer one's answer is ready in time from its lead,
+    and Whisper's transcript of the same audio moves with where the snapshot ends (the
+    console's 500 ms window at 324 instead of 350 ms changed 5 of 12 recorded questions).
+    """
     if lead_ms <= 0:
         return 0
-    return max(silence_duration_ms - lead_ms, silence_duration_ms // 10)
+    if silence_duration_ms <= SHORT_WINDOW_MS:
+        return min(EARLY_PAUSE_MS, silence_duration_ms // 2)
+    return max(silence_duration_ms - lead_ms, silence_duration_ms // 4)
 
 
 def vad_config(
