@@ -176,24 +176,9 @@ class SessionMachine:
             return None, None
         return recovery.record_b64, recovery.record_pcm
 
-    @property
-    def binary_audio_ok(self) -> bool:
-        """Whether a binary frame may go upstream as audio right now (the sink's question)."""
-        return self.phase is Phase.READY and self.extensions
-
-    def record_client_audio_bytes(self, data: bytes) -> None:
-        """Raw audio from a binary frame went upstream: record it for recovery."""
-        if self.recovery is not None:
-            self.recovery.sent_audio_bytes(data)
-
     def upstream_audio_text(self, text: str) -> bool:
         """The sink's question for an upstream frame: an audio delta to forward unchanged?"""
         return self.phase is Phase.READY and text.startswith(_AUDIO_DELTA_HEADS)
-
-    def upstream_audio_encoded(self, frame: bytes) -> bool:
-        """:meth:`upstream_audio_text` for a frame still encoded (its ASCII payload from
-        :data:`~voxgate.session.ports.ENCODED_TEXT_PAYLOAD`)."""
-        return self.phase is Phase.READY and frame.startswith(AUDIO_DELTA_ENCODED_HEADS, 4)
 
     @property
     def output_b64_chars_per_s(self) -> float:
