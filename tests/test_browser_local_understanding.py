@@ -122,8 +122,9 @@ def other_entries(question: str) -> list[str]:
 
 #: alloy at 0.8: in the full suite "How do I size a position?" came out as "How do my size
 #: appreciation?" / "How do my size up position?" (3 of 3 runs on 2026-12-04), while the file
-#: alone passed in each of its last 5 runs; the engine's input differs run to run with Chromium's capture
-#: (same audio replayed offline: identical transcripts before and after that day's changes).
+#: alone passed in each of its last 5 runs; the engine's input differs run to run with
+#: Chromium's capture (same audio replayed offline: identical transcripts before and after
+#: that day's changes).
 #: Cause not found: reported as an expected failure, not hidden, until it is.
 _ALLOY_FLAKY = pytest.mark.xfail(
     reason="alloy-0.8 mishears 'How do I size a position?' under full-suite load (see above)",

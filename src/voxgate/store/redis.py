@@ -406,8 +406,7 @@ class RedisStore:
                 msg = await pubsub.get_message(timeout=None)
             except (RedisError, OSError) as exc:
                 log.warning("store.channel_lost", error=type(exc).__name__, retry_s=delay)
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await _close_quietly(pubsub)
                 await asyncio.sleep(delay)  # backoff, not synchronisation
                 delay = min(delay * 2, 5.0)
                 with contextlib.suppress(RedisError, OSError):
@@ -426,9 +425,17 @@ class RedisStore:
                 await reader
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await _close_quietly(pubsub)
         await self.redis.aclose()
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    """Close a pub/sub connection that may already be broken.
+
+    ``Any``: redis-py's ``PubSub.aclose`` is untyped in some releases and typed in others.
+    """
+    with contextlib.suppress(RedisError, OSError):
+        await pubsub.aclose()
 
 
 def _text(value: Any) -> str:
