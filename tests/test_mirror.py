@@ -666,11 +666,12 @@ def test_commit_until_any_offset_leaves_exactly_the_bytes_after_it(
     st.data(),
 )
 def test_audio_ring_is_a_byte_exact_fifo_that_gives_consumed_pages_back(
-    sizes: list[int], initial: int, data: st.DataObject
+    sizes: list[int], reserve: int, data: st.DataObject
 ) -> None:
-    """Growth, moves to the mapping's start and pages given back never change the bytes, and
-    what stays resident is the contents plus at most the release batch and a few pages."""
-    ring = AudioRing(initial_bytes=initial, release_bytes=PAGE)
+    """Wraps to the mapping's start, moves to a larger mapping and pages given back never
+    change the bytes, and what stays resident is the contents plus at most the release batch
+    and a few pages. (No slack, a small reserve: the rare paths run often.)"""
+    ring = AudioRing(reserve_bytes=reserve, release_bytes=PAGE, slack_bytes=0)
     model = bytearray()
     for n, size in enumerate(sizes):
         chunk = bytes([n % 251 + 1]) * size
@@ -690,9 +691,30 @@ def test_audio_ring_is_a_byte_exact_fifo_that_gives_consumed_pages_back(
         assert ring.peek(lo, hi) == bytes(model[lo:hi])
         assert ring.allocated_bytes <= len(ring) + 4 * PAGE
     ring.drop_front(len(ring))
-    assert ring.allocated_bytes <= PAGE  # emptied: only the warm first pages
+    assert ring.allocated_bytes <= PAGE  # emptied: at most the page the front is in
     ring.clear()
     assert ring.allocated_bytes == 0
+
+
+def test_audio_ring_sized_for_its_bound_is_mapped_once_however_long_the_call() -> None:
+    """Issue 11: rings that doubled when full doubled together in every session streaming at
+    the same rate (30-85 ms loop stalls at 200 sessions). Held at its bound, as the mirror
+    holds push-to-talk audio, a ring wraps in its one mapping: nothing is ever moved, and
+    resident memory stays the contents plus the release batch."""
+    bound = 96_000  # 2 s of 24 kHz PCM16
+    ring = AudioRing(reserve_bytes=bound)
+    frame = bytes(range(256)) * 3 + bytes(192)  # 960 bytes: 20 ms
+    sent = 0
+    for _ in range(3_000):  # 60 s of audio: the mapping's length is passed many times
+        size = ring.append(frame)
+        sent += len(frame)
+        if size > bound:
+            ring.drop_front(size - bound)
+        assert ring.allocated_bytes <= len(ring) + 16 * 1024 + 2 * PAGE
+    assert ring.mappings == 1
+    assert len(ring) == bound
+    stream = frame * (sent // len(frame))
+    assert ring.peek(0, bound) == stream[-bound:]
 
 
 def test_audio_bounds_in_seconds_follow_the_sessions_format() -> None:

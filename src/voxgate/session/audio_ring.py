@@ -9,23 +9,33 @@ the heap's free-but-unusable space grew with the buffers (~7 % of them, 16 MB af
 measured with ``mallinfo2``) and resident memory per session rose with the length of the
 session, not with what it holds.
 
-So each ring owns one ``MAP_PRIVATE | MAP_ANONYMOUS`` mapping, outside the heap:
+So each ring owns one ``MAP_PRIVATE | MAP_ANONYMOUS`` mapping, outside the heap, used as a
+circle:
 
 * bytes are written at the back and consumed at the front (integer positions, no object per
-  frame, one mapping object per ring for the collector);
-* untouched pages cost nothing: resident memory is the pages between the front and the back;
+  frame, one mapping object per ring for the collector); the back wraps to the mapping's start,
+  so bytes are written once and never moved;
+* the mapping is sized once, for the caller's bound (``reserve_bytes``: the contents it may
+  hold, plus a frame): untouched pages cost nothing, resident memory is the pages between the
+  front and the back. It is remapped only when more than that arrives at once (a bound raised
+  by a format change, one frame larger than the slack), copying the contents once;
 * consumed pages go back to the kernel (``MADV_DONTNEED``) once ``release_bytes`` of them
-  gathered at the front, and all but the first ``release_bytes`` when the ring empties (a
-  replay log emptied by an ack, a commit that took the pending audio), so at most about
-  ``2 * release_bytes`` plus a page is resident beyond the contents;
-* when the back reaches the end of the mapping the contents move to its start (when they
-  fill at most half of it) or to a mapping twice as large: each byte is copied O(1) times
-  amortised, and the mapping is at most about twice the largest contents (virtual memory).
+  gathered at the front, all of them when the ring empties (a replay log emptied by an ack, a
+  commit that took the pending audio), and always before the back wraps onto them, so at most
+  about ``release_bytes`` plus two pages are resident beyond the contents.
+
+Why a circle and not a buffer that grows: every session in a gateway streams at the same rate,
+so buffers that double when full double *together*. With 200 push-to-talk sessions the move of
+each mirror's contents into a mapping twice as large (256 KiB copied, fresh pages faulted, the
+old mapping unmapped) came due within one second for all of them and stalled the event loop
+for 30-85 ms (``bench/relay.py``: every session's round trip late at the same instants). A
+circle's only steady cost is the page faults of the back entering pages given back, spread
+evenly over time like the frames themselves.
 
 Bounds are the caller's (the mirror's seconds of audio, the replay log's bytes). A ring maps
 nothing until its first byte and unmaps in :meth:`clear` or when it is collected; a session
 has at most two (mirror, replay log), so 10,000 sessions are 20,000 mappings, well inside
-Linux's default ``vm.max_map_count`` (65,530).
+Linux's default ``vm.max_map_count`` (65,530), and about 5 MiB of address space each.
 """
 
 from __future__ import annotations
@@ -33,10 +43,12 @@ from __future__ import annotations
 import mmap
 
 PAGE = mmap.PAGESIZE
-#: First mapping size (virtual; only the pages written become resident).
-INITIAL_BYTES = 256 * 1024
+#: Contents a ring is sized for when its caller states no bound.
+RESERVE_BYTES = 256 * 1024
 #: Consumed bytes gathered at the front before they are given back to the kernel.
 RELEASE_BYTES = 16 * 1024
+#: Room beyond the reserve, so that the frame that is about to be cut off the front fits.
+SLACK_BYTES = 64 * 1024
 
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 _NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", None)
@@ -51,60 +63,85 @@ def _page_up(n: int) -> int:
 
 
 class ByteRing:
-    """Bytes in arrival order; :meth:`drop_front` and :meth:`take_front` consume the oldest."""
+    """Bytes in arrival order; :meth:`drop_front` and :meth:`take_front` consume the oldest.
 
-    __slots__ = ("_cap", "_head", "_initial", "_mm", "_release", "_released", "_tail", "_top")
+    Positions (``_head``, ``_tail``, ``_released``) count bytes since the mapping was made;
+    byte ``p`` lives at offset ``p % _cap``. Invariant: ``_tail <= _released + _cap``, so the
+    pages between ``_released`` and the back never alias one another and giving back a
+    consumed page never touches a live byte.
+    """
+
+    __slots__ = (
+        "_cap",
+        "_head",
+        "_mm",
+        "_release",
+        "_released",
+        "_reserve",
+        "_slack",
+        "_tail",
+        "mappings",
+    )
 
     def __init__(
-        self, initial_bytes: int = INITIAL_BYTES, release_bytes: int = RELEASE_BYTES
+        self,
+        reserve_bytes: int = RESERVE_BYTES,
+        release_bytes: int = RELEASE_BYTES,
+        slack_bytes: int = SLACK_BYTES,
     ) -> None:
-        self._initial = max(1, initial_bytes)
+        self._reserve = max(1, reserve_bytes)
         self._release = max(PAGE, release_bytes)
+        self._slack = max(0, slack_bytes)
+        self.mappings = 0  # mappings made: 1 for a ring that stayed within its reserve
         self._mm: mmap.mmap | None = None  # mapped at the first append
         self._cap = 0
-        self._head = 0  # offset of the oldest byte
-        self._tail = 0  # offset after the newest byte
-        self._released = 0  # pages below this offset were given back (page-aligned)
-        self._top = 0  # highest offset written since the pages above it were given back
+        self._head = 0  # position of the oldest byte
+        self._tail = 0  # position after the newest byte
+        self._released = 0  # pages below this position were given back (page-aligned)
 
     def __len__(self) -> int:
         return self._tail - self._head
 
     @property
     def allocated_bytes(self) -> int:
-        """Resident memory at most: the pages from the first kept to the highest written."""
-        return max(0, _page_up(self._top) - self._released)
+        """Resident memory at most: the pages from the first kept to the back."""
+        return _page_up(self._tail) - self._released if self._mm is not None else 0
+
+    def reserve(self, reserve_bytes: int) -> None:
+        """The caller's bound changed: size the next mapping for it (the current one is kept
+        until it is too small)."""
+        self._reserve = max(1, reserve_bytes)
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
         """Add ``data`` at the back (one copy); return the new size."""
         n = len(data)
         tail = self._tail
-        if not n:
-            return tail - self._head
-        if tail + n > self._cap:
+        end = tail + n
+        if end > self._released + self._cap:  # the back would reach pages not given back yet
             self._make_room(n)
             tail = self._tail
-        end = tail + n
-        self._mm[tail:end] = data  # type: ignore[index]
+            end = tail + n
+        elif not n:
+            return end - self._head
+        cap = self._cap
+        at = tail % cap
+        if at + n <= cap:
+            self._mm[at : at + n] = data  # type: ignore[index]
+        else:  # wraps: the rest goes to the mapping's start
+            first = cap - at
+            view = memoryview(data)
+            mm = self._mm
+            mm[at:cap] = view[:first]  # type: ignore[index]
+            mm[0 : n - first] = view[first:]  # type: ignore[index]
         self._tail = end
-        if end > self._top:
-            self._top = end
         return end - self._head
 
     def drop_front(self, n: int) -> None:
         """Forget the oldest ``n`` bytes (at most all of them)."""
         head = self._head + max(0, min(n, self._tail - self._head))
-        if head == self._tail:  # empty: start over at offset 0 and keep the first pages warm
-            self._head = self._tail = 0
-            self._give_back(self._release, self._top)
-            self._released = 0
-            self._top = min(self._top, self._release)
-            return
         self._head = head
-        if head - self._released >= self._release + PAGE:
-            upto = _page_down(head)
-            self._give_back(self._released, upto)
-            self._released = upto
+        if head == self._tail or head - self._released >= self._release + PAGE:
+            self._give_back_consumed()
 
     def take_front(self, n: int) -> bytes:
         """Remove and return the oldest ``n`` bytes (at most all of them)."""
@@ -117,50 +154,61 @@ class ByteRing:
         size = self._tail - self._head
         start = max(0, start)
         stop = min(stop, size)
-        if stop <= start or self._mm is None:
+        mm = self._mm
+        if stop <= start or mm is None:
             return b""
-        return self._mm[self._head + start : self._head + stop]
+        cap = self._cap
+        at = (self._head + start) % cap
+        end = at + stop - start
+        if end <= cap:
+            return mm[at:end]
+        return mm[at:cap] + mm[0 : end - cap]
 
     def clear(self) -> None:
         """Empty, and unmap: nothing stays resident."""
         mm, self._mm = self._mm, None
         if mm is not None:
             mm.close()
-        self._cap = self._head = self._tail = self._released = self._top = 0
+        self._cap = self._head = self._tail = self._released = 0
 
     # ------------------------------------------------------------------ internals
 
     def _make_room(self, n: int) -> None:
-        """The back reached the end of the mapping: move the contents to its start, or to a
-        mapping twice as large, so that ``n`` more bytes fit."""
-        size = self._tail - self._head
-        mm = self._mm
-        if mm is not None and (size + n) * 2 <= self._cap:
-            if size:
-                mm.move(0, self._head, size)
-            self._give_back(_page_up(size), self._top)  # what lay above the moved contents
-            self._head, self._tail = 0, size
-            self._released, self._top = 0, size
+        """``n`` more bytes would reach pages still held at the front: give the consumed ones
+        back, or, if the live bytes and ``n`` do not fit the mapping, move them to a larger one."""
+        if self._mm is not None and self._tail + n <= _page_down(self._head) + self._cap:
+            self._give_back_consumed()
             return
-        cap = max(self._initial, self._cap * 2)
-        while (size + n) * 2 > cap:
-            cap *= 2
+        size = self._tail - self._head
+        cap = _page_up(max(self._reserve + self._slack, 2 * (size + n)))
         new = mmap.mmap(-1, cap, flags=mmap.MAP_PRIVATE)
+        self.mappings += 1
         if _NOHUGEPAGE is not None:
             new.madvise(_NOHUGEPAGE)  # a 2 MiB huge page would make a small ring resident
-        if mm is not None:
-            if size:
-                new[0:size] = mm[self._head : self._tail]
-            mm.close()
+        if size:
+            new[0:size] = self.peek(0, size)
+        if self._mm is not None:
+            self._mm.close()
         self._mm, self._cap = new, cap
-        self._head, self._tail = 0, size
-        self._released, self._top = 0, size
+        self._head, self._tail, self._released = 0, size, 0
 
-    def _give_back(self, start: int, stop: int) -> None:
-        """Return the whole pages in ``[start, stop)`` to the kernel (they read as zeros)."""
-        start, stop = _page_up(start), min(_page_up(stop), self._cap - self._cap % PAGE)
-        if stop > start and self._mm is not None and _DONTNEED is not None:
-            self._mm.madvise(_DONTNEED, start, stop - start)
+    def _give_back_consumed(self) -> None:
+        """Return the whole pages before the front to the kernel (they read as zeros)."""
+        upto = _page_down(self._head)
+        start = self._released
+        if upto <= start:
+            return
+        self._released = upto
+        mm = self._mm
+        if mm is None or _DONTNEED is None:
+            return
+        cap = self._cap
+        a, b = start % cap, upto - start
+        if a + b <= cap:
+            mm.madvise(_DONTNEED, a, b)
+        else:  # the range wraps
+            mm.madvise(_DONTNEED, a, cap - a)
+            mm.madvise(_DONTNEED, 0, a + b - cap)
 
 
 #: The mirror's name for it: pending input audio.

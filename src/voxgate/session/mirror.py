@@ -102,7 +102,8 @@ class Mirror:
         self.dropped_items = 0
         self._turn_audio: dict[str, bytes] = {}  # oldest first
         self.turn_audio_bytes = 0
-        self._ring = AudioRing()  # pending input audio, oldest first, in its own mapping
+        # pending input audio, oldest first, in its own mapping sized for the bound
+        self._ring = AudioRing(self.audio_limit_bytes)
         self._ring_start = 0  # client-timeline offset of _ring[0]
         self.dropped_audio_bytes = 0
         self.stream_bytes = 0  # every input byte the client appended, on its timeline
@@ -334,6 +335,7 @@ class Mirror:
         self._bpm = fmt.bytes_per_ms
         if self.audio_limit_s:
             self.audio_limit_bytes = int(self.audio_limit_s * fmt.bytes_per_s)
+            self._ring.reserve(self.audio_limit_bytes)
         if self.turn_audio_limit_s:
             self.turn_audio_limit_bytes = int(self.turn_audio_limit_s * fmt.bytes_per_s)
         self._idle_keep_bytes = self.idle_keep_ms * self._bpm

@@ -40,7 +40,7 @@ class ReplayLog:
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
-        self._ring = ByteRing()
+        self._ring = ByteRing(limit_bytes)  # sized for the bound: never grows in a call
         self._lens = array("I")  # byte length of each frame still logged, from _lens[_head]
         self._head = 0
         self._cursor = (0, 0)  # (seq, byte offset) of the last frame read: sequential reads
@@ -53,6 +53,11 @@ class ReplayLog:
 
     def __len__(self) -> int:
         return len(self._lens) - self._head
+
+    def set_limit(self, limit_bytes: int) -> None:
+        """A new bound (the output format changed); frames over it go at the next append."""
+        self.limit_bytes = limit_bytes
+        self._ring.reserve(limit_bytes)
 
     @property
     def size_bytes(self) -> int:

@@ -507,7 +507,7 @@ class SessionRunner:
         if machine.formats_seen != self._formats_seen:  # session.created/updated: rare
             self._formats_seen = machine.formats_seen
             if self._replay is not None:
-                self._replay.limit_bytes = self._replay_limit()
+                self._replay.set_limit(self._replay_limit())
         for observe in self.upstream_observers:  # snapshots, metrics, spans (issue 17)
             observe(text)
         if outcome is FORWARD:
