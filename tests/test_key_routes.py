@@ -160,6 +160,7 @@ async def test_health_and_metrics(gateway: RunningGateway) -> None:
         assert (await health.json())["status"] == "ok"
         metrics = await (await http.get(gateway.http_url + "/metrics")).text()
         assert "voxgate_sessions_active" in metrics
+        assert "voxgate_event_loop_lag_seconds_count" in metrics  # measured while serving
         ready = await http.get(gateway.http_url + "/readyz")
         body = await ready.json()
         # this gateway's upstream is a closed port: readyz says so (it said "ready")

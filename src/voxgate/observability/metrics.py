@@ -16,6 +16,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from voxgate.observability.gc_pauses import GcPauses
+from voxgate.observability.loop_lag import LoopLag
 
 
 class _Stats(Protocol):
@@ -173,6 +174,7 @@ class Metrics:
             registry=r,
         )
         self.gc = GcPauses(r)
+        self.loop_lag = LoopLag(r)
         self._live: LiveSessions | None = None
         #: what was folded in so far, per running session (keyed by its stats object)
         self._folded: dict[int, dict[str, int]] = {}
