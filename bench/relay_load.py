@@ -40,6 +40,7 @@ from relay_procs import (
     core_seconds,
     cpu_seconds,
     gc_window,
+    lag_window,
     rss_kib,
     scrape,
 )
@@ -97,6 +98,12 @@ class RunResult:
     gc_run_p99_ms: float = NAN
     gc_run_max_ms: float = NAN
     gc_run_max_exact: bool = False
+    # the relay's event loop in the window (voxgate_event_loop_lag_*): a latency spike the relay
+    # caused shows here; one with none here came from the load generator's side
+    lag_p99_ms: float = NAN
+    lag_window_max_ms: float = NAN
+    lag_window_max_exact: bool = False
+    lag_over_5ms: int | None = None
     buffer_bytes: float = NAN
     buffers_per_session_kib: float = NAN
     rss_above_buffers_kib: float = NAN
@@ -328,6 +335,11 @@ def _metrics_stats(
     res.gc_pauses, res.gc_full_pauses = gcw["count"], gcw["gen2"]
     res.gc_p99_ms, res.gc_max_ms = gcw["p99_ms"], gcw["max_ms"]
     res.gc_window_max_ms, res.gc_window_max_exact = gcw["window_max_ms"], gcw["window_max_exact"]
+    lag = lag_window(start, end)
+    if lag["count"]:
+        res.lag_p99_ms, res.lag_over_5ms = lag["p99_ms"], lag["over"]
+        res.lag_window_max_ms = lag["window_max_ms"]
+        res.lag_window_max_exact = lag["window_max_exact"]
     res.buffer_bytes = buffer_bytes(end)
     if math.isnan(res.buffer_bytes):
         res.notes.append("/metrics has no voxgate_session_buffer_bytes")

@@ -282,17 +282,19 @@ def voxgate_available() -> tuple[bool, str]:
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 GC_PREFIX = "voxgate_gc_pause_"
+LAG_PREFIX = "voxgate_event_loop_lag_"
 BUFFER_GAUGE = "voxgate_session_buffer_bytes"
 
-#: One scrape: {(name, ((label, value), ...)): value}, only voxgate's GC and buffer samples.
+#: One scrape: {(name, ((label, value), ...)): value}, only voxgate's GC, loop lag and buffer
+#: samples.
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def parse_metrics(text: str) -> Metrics:
-    """The GC pause and buffer samples of a Prometheus text exposition."""
+    """The GC pause, loop lag and buffer samples of a Prometheus text exposition."""
     out: Metrics = {}
     for line in text.splitlines():
-        if not line.startswith((GC_PREFIX, BUFFER_GAUGE)):
+        if not line.startswith((GC_PREFIX, LAG_PREFIX, BUFFER_GAUGE)):
             continue
         m = _SAMPLE.match(line)
         if m is None:
@@ -329,15 +331,29 @@ def gc_window(start: Metrics, end: Metrics) -> dict[str, Any]:
     in the window (``window_max_exact``), else the upper edge of the highest bucket any pause in
     the window fell into (a bound).
     """
+    return histogram_window(start, end, GC_PREFIX)
+
+
+def lag_window(start: Metrics, end: Metrics) -> dict[str, Any]:
+    """The event loop's lag between two scrapes (``voxgate_event_loop_lag_*``), read as
+    :func:`gc_window` reads pauses; ``over``: ticks that ran more than 5 ms late."""
+    return histogram_window(start, end, LAG_PREFIX, over_s=0.005)
+
+
+def histogram_window(
+    start: Metrics, end: Metrics, prefix: str, over_s: float | None = None
+) -> dict[str, Any]:
+    """``<prefix>seconds`` (histogram, maybe by ``generation``) and ``<prefix>max_seconds``
+    (gauge) between two scrapes; see :func:`gc_window`."""
     buckets: dict[float, float] = {}  # le -> pauses in the window with duration <= le
     count = gen2 = 0.0
     for (name, labels), value in end.items():
         delta = value - start.get((name, labels), 0.0)
         lab = dict(labels)
-        if name == GC_PREFIX + "seconds_bucket":
+        if name == prefix + "seconds_bucket":
             le = float(lab["le"])  # "+Inf" parses as inf
             buckets[le] = buckets.get(le, 0.0) + delta
-        elif name == GC_PREFIX + "seconds_count":
+        elif name == prefix + "seconds_count":
             count += delta
             if lab.get("generation") == "2":
                 gen2 += delta
@@ -346,7 +362,7 @@ def gc_window(start: Metrics, end: Metrics) -> dict[str, Any]:
         edges = sorted(buckets)
         p99 = next((le for le in edges if buckets[le] >= 0.99 * count), math.inf)
         top = next((le for le in edges if buckets[le] >= count), math.inf)
-    gauge = GC_PREFIX + "max_seconds"
+    gauge = prefix + "max_seconds"
     longest = end.get((gauge, ()), math.nan)
     rose = longest > start.get((gauge, ()), math.nan)
     return {
@@ -356,4 +372,5 @@ def gc_window(start: Metrics, end: Metrics) -> dict[str, Any]:
         "max_ms": 1e3 * longest,
         "window_max_ms": 1e3 * (longest if rose else top),
         "window_max_exact": bool(rose),
+        "over": round(count - buckets.get(over_s, count)) if over_s is not None else None,
     }

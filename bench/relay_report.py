@@ -25,7 +25,8 @@ def _gc_n(r: RunResult) -> str:
 
 
 def _win_max(ms: float, exact: bool) -> str:
-    """The longest GC pause in the window: exact, or "≤" the edge of its histogram bucket."""
+    """The longest GC pause (or loop lag) in the window: exact, or "≤" the edge of its
+    histogram bucket."""
     text = fmt(ms, ".1f")
     return text if exact or text == "-" else "≤" + text
 
@@ -36,7 +37,7 @@ def print_table(name: str, describe: str, rows: list[RunResult]) -> None:
     print(
         f"{'N':>5} {'rtt p50':>7} {'rtt p99':>7} {'add p50':>7} {'add p99':>7} {'lost':>5}"
         f" {'cpu%':>5} {'µs/frm':>6} {'gc n':>5} {'gc p99':>6} {'win max':>7} {'gc max':>6}"
-        f" {'RSS/sess':>8} {'buf/sess':>8} {'RSS-buf':>7} {'0.8/cpu':>7}"
+        f" {'lag max':>7} {'RSS/sess':>8} {'buf/sess':>8} {'RSS-buf':>7} {'0.8/cpu':>7}"
         f" | {'R busy':>6} {'irq':>3} {'fgn':>3} | {'lg':>3} {'echo':>4} {'L busy':>6} {'fgn':>3}"
         f" {'clean':>5}  pass"
     )
@@ -48,6 +49,7 @@ def print_table(name: str, describe: str, rows: list[RunResult]) -> None:
             f" {_gc_n(r):>5} {fmt(r.gc_p99_ms, '.1f'):>6}"
             f" {_win_max(r.gc_window_max_ms, r.gc_window_max_exact):>7}"
             f" {fmt(r.gc_max_ms, '.1f'):>6}"
+            f" {_win_max(r.lag_window_max_ms, r.lag_window_max_exact):>7}"
             f" {fmt(r.rss_per_session_kib, '.1f'):>8} {fmt(r.buffers_per_session_kib, '.1f'):>8}"
             f" {fmt(r.rss_above_buffers_kib, '.1f'):>7} {fmt(r.estimate_sessions, '.0f'):>7}"
             f" | {fmt(r.relay_core_busy_pct, '.0f'):>6} {fmt(r.relay_core_irq_pct, '.0f'):>3}"
@@ -86,6 +88,9 @@ def summarize(rows: list[RunResult], ref_n: int) -> dict[str, Any]:
         "gc_max_ms": ref.gc_max_ms if ref else nan,
         "gc_window_max_ms": ref.gc_window_max_ms if ref else nan,
         "gc_window_max_exact": ref.gc_window_max_exact if ref else False,
+        "loop_lag_window_max_ms": ref.lag_window_max_ms if ref else nan,
+        "loop_lag_window_max_exact": ref.lag_window_max_exact if ref else False,
+        "loop_lag_over_5ms": ref.lag_over_5ms if ref else None,
         "rss_per_session_kib": ref.rss_per_session_kib if ref else nan,
         "buffers_per_session_kib": ref.buffers_per_session_kib if ref else nan,
         "rss_above_buffers_kib": ref.rss_above_buffers_kib if ref else nan,
@@ -158,7 +163,8 @@ def print_versus(rows: dict[str, list[RunResult]], relays: list[str]) -> None:
         print(
             f"{'N':>5} {'µs/frm':>6} {'pipe':>6} {'ratio':>5} | {'add p99':>7} {'pipe':>6}"
             f" {'diff':>6} | {'RSS/sess':>8} {'pipe':>6} {'buf/sess':>8} {'RSS-buf':>7}"
-            f" | {'gc n':>5} {'gc2':>4} {'p99 ms':>6} {'win max':>7} {'max ms':>6} | clean"
+            f" | {'gc n':>5} {'gc2':>4} {'p99 ms':>6} {'win max':>7} {'max ms':>6}"
+            f" | {'lag max':>7} {'>5ms':>4} | clean"
         )
         for r, p in pairs:
             a, b = r.relay_cpu_us_per_frame, p.relay_cpu_us_per_frame
@@ -174,6 +180,8 @@ def print_versus(rows: dict[str, list[RunResult]], relays: list[str]) -> None:
                 f" | {_gc_n(r):>5} {gc2:>4} {fmt(r.gc_p99_ms, '.1f'):>6}"
                 f" {_win_max(r.gc_window_max_ms, r.gc_window_max_exact):>7}"
                 f" {fmt(r.gc_max_ms, '.1f'):>6}"
+                f" | {_win_max(r.lag_window_max_ms, r.lag_window_max_exact):>7}"
+                f" {'-' if r.lag_over_5ms is None else r.lag_over_5ms:>4}"
                 f" | {r.clean_slices}/{r.slices} vs {p.clean_slices}/{p.slices}"
             )
 

@@ -88,6 +88,7 @@ def test_relay_bench_voxgate_mixed_clients(tmp_path: Path) -> None:
     assert run["acks_sent"] > 0, run
     assert run["gc_pauses"] is not None, run
     assert run["gc_max_ms"] is not None, run
+    assert run["lag_window_max_ms"] is not None, run  # the relay's loop lag, from /metrics
     assert run["buffer_bytes"] > 0, run  # the mirror holds the uncommitted audio
     assert run["buffers_per_session_kib"] is not None, run
     assert run["rss_above_buffers_kib"] is not None, run
