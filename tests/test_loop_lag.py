@@ -1,40 +1,16 @@
-"""The event-loop lag monitor (voxgate_event_loop_lag_*): pure timing logic on a fake clock."""
+"""The event-loop lag metric (voxgate_event_loop_lag_*): its arithmetic, and a live session
+feeding it from its clock wakes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, cast
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
+from gateway_helpers import SERVER_KEY, TIMEOUT_S, fake_and_gateway, recv_until
+from voxgate.app import METRICS
 from voxgate.observability.loop_lag import LoopLag
-
-
-class FakeHandle:
-    def cancel(self) -> None:
-        pass
-
-
-class FakeLoop:
-    """Just what LoopLag uses: ``time`` and ``call_at``, with the clock set by the test."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.timers: list[tuple[float, Callable[[], None]]] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> FakeHandle:
-        self.timers.append((when, callback))
-        return FakeHandle()
-
-    def run_next(self, late_s: float) -> None:
-        """Run the newest timer ``late_s`` after it was due."""
-        when, callback = self.timers[-1]
-        self.now = when + late_s
-        callback()
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -43,51 +19,45 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return value
 
 
-def test_a_hold_shows_as_one_late_tick_and_sets_the_max() -> None:
+def test_a_hold_lands_in_its_bucket_and_sets_the_max() -> None:
     registry = CollectorRegistry()
-    lag = LoopLag(registry, interval_s=0.025)
-    loop = FakeLoop()
-    lag.start(cast(Any, loop))
-    assert loop.timers[-1][0] == 100.025
-    loop.run_next(0.0005)  # an ordinary wake
-    loop.run_next(0.080)  # the loop was held for ~80 ms
-    loop.run_next(0.001)
-    assert sample(registry, "voxgate_event_loop_lag_seconds_count") == 3
-    assert sample(registry, "voxgate_event_loop_lag_seconds_bucket", le="0.05") == 2
-    assert sample(registry, "voxgate_event_loop_lag_seconds_bucket", le="0.1") == 3
+    lag = LoopLag(registry)
+    lag.record(0.0005)  # an ordinary wake
+    lag.record(0.080)  # the loop was held for ~80 ms
+    lag.record(0.001)
+    lag.record(-0.0004)  # asyncio runs timers up to one clock resolution early: no lag
+    assert sample(registry, "voxgate_event_loop_lag_seconds_count") == 4
+    assert sample(registry, "voxgate_event_loop_lag_seconds_bucket", le="0.001") == 3
+    assert sample(registry, "voxgate_event_loop_lag_seconds_bucket", le="0.05") == 3
+    assert sample(registry, "voxgate_event_loop_lag_seconds_bucket", le="0.1") == 4
     assert abs(sample(registry, "voxgate_event_loop_lag_max_seconds") - 0.080) < 1e-9
-    # the next tick is due an interval after the late one ran, not at the missed times
-    assert abs(loop.timers[-1][0] - (loop.now + 0.025)) < 1e-9
+    assert abs(sample(registry, "voxgate_event_loop_lag_seconds_sum") - 0.0815) < 1e-9
 
 
-def test_early_wakes_count_as_no_lag_and_stop_ends_the_timer() -> None:
-    registry = CollectorRegistry()
-    lag = LoopLag(registry, interval_s=0.025)
-    loop = FakeLoop()
-    lag.start(cast(Any, loop))
-    lag.start(cast(Any, loop))  # already running: no second timer
-    assert len(loop.timers) == 1
-    loop.run_next(-0.0004)  # asyncio runs timers up to one clock resolution early
-    assert sample(registry, "voxgate_event_loop_lag_seconds_sum") == 0.0
-    assert lag.running
-    lag.stop()
-    assert not lag.running
+async def test_a_running_session_reports_its_clock_wakes() -> None:
+    """The samples come from the sessions' own clock wakes (about one per second each)."""
+    async with fake_and_gateway() as (_fake, gw):
+        lag = gw.app[METRICS].loop_lag
+        woke = asyncio.Event()
+        record = lag.record
 
+        def recorded(late_s: float) -> None:
+            record(late_s)
+            woke.set()
 
-async def test_it_measures_the_running_loop() -> None:
-    """On a real loop: started, it records ticks; stopped, it records no more."""
-    registry = CollectorRegistry()
-    lag = LoopLag(registry, interval_s=0.001)
-    ticks = asyncio.Event()
-    recorded = lag.record
-
-    def record(late_s: float) -> None:
-        recorded(late_s)
-        if sample(registry, "voxgate_event_loop_lag_seconds_count") >= 3:
-            ticks.set()
-
-    lag.record = record  # type: ignore[method-assign]
-    lag.start()
-    await asyncio.wait_for(ticks.wait(), 5)
-    lag.stop()
-    assert not lag.running
+        lag.record = recorded  # type: ignore[method-assign]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                gw.realtime_url(), headers={"Authorization": f"Bearer {SERVER_KEY}"}
+            ) as ws,
+        ):
+            await recv_until(ws, "session.created")
+            await asyncio.wait_for(woke.wait(), TIMEOUT_S)
+            metrics = await (await http.get(gw.http_url + "/metrics")).text()
+        count = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("voxgate_event_loop_lag_seconds_count")
+        )
+        assert count >= 1

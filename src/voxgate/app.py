@@ -300,7 +300,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     async def _close_backend(app: web.Application) -> None:
         await app[MCP].aclose()
         app[METRICS].gc.uninstall()
-        app[METRICS].loop_lag.stop()
         await app[BACKEND].aclose()
         await app[STORE].aclose()
 
@@ -309,7 +308,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         app[SSE].stop_all()
 
     async def _join(app: web.Application) -> None:
-        app[METRICS].loop_lag.start()
         await app[ROUTER].start()
         if hub.handoff is not None:
             await hub.handoff.start()

@@ -124,6 +124,8 @@ class SessionRunner:
         self.upstream_observers: list[Callable[[str], None]] = []
         #: server tools and proactive turns (issue 14): slow-path hooks, never audio
         self.side = side
+        #: told how late each clock wake ran (seconds): the process's event-loop lag metric
+        self.timer_lateness: Callable[[float], None] | None = None
         self._machine = machine
         self._target = target
         self._cfg = config
@@ -648,7 +650,8 @@ class SessionRunner:
         while True:
             wake: asyncio.Future[bool] = loop.create_future()
             self._wake = wake
-            handle = loop.call_at(clock.next_wake(), _resolve, wake, context=_TIMER_CONTEXT)
+            due = clock.next_wake()
+            handle = loop.call_at(due, _resolve, wake, context=_TIMER_CONTEXT)
             fired = False
             try:
                 if self._stop is None:
@@ -661,6 +664,9 @@ class SessionRunner:
                 stop = self._stop
                 raise _SessionOver(self._machine.end(stop.close_code, stop.cause, stop.reason))
             now = _monotonic()
+            lateness = self.timer_lateness
+            if lateness is not None:
+                lateness(now - due)
             for action in clock.tick(now, self._observe(now)):
                 await self._on_timer(action, now)
 

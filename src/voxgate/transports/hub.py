@@ -356,6 +356,7 @@ class SessionHub:
     ) -> EndSession:
         session_id = record.session_id
         self.metrics.sessions_active.inc()
+        runner.timer_lateness = self.metrics.loop_lag.record
         self._active += 1
         self._idle.clear()
         self._runners[session_id] = runner
