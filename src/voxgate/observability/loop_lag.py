@@ -20,31 +20,49 @@ which is how a latency spike is told apart from one in the load generator).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class LoopLag:
+    """A Prometheus collector: :meth:`record` only counts (a bisect and two additions, no
+    lock: called on the event loop), the histogram is built when ``/metrics`` is read."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.lag = Histogram(
-            "voxgate_event_loop_lag_seconds",
-            "How late the event loop ran the sessions' clock wakes",
-            buckets=_BUCKETS,
-            registry=registry,
-        )
-        self.longest = Gauge(
-            "voxgate_event_loop_lag_max_seconds",
-            "Longest event loop lag since the process started",
-            registry=registry,
-        )
+        self._counts = [0] * (len(_BUCKETS) + 1)  # per bucket, not cumulative; last: > 2 s
+        self._sum = 0.0
         self.max_s = 0.0
+        registry.register(self)
 
     def record(self, late_s: float) -> None:
         """One wake ran ``late_s`` after it was due (clamped at 0: asyncio runs timers up to
         one clock resolution early)."""
-        late_s = max(0.0, late_s)
-        self.lag.observe(late_s)
+        if late_s < 0.0:
+            late_s = 0.0
+        self._counts[bisect_left(_BUCKETS, late_s)] += 1
+        self._sum += late_s
         if late_s > self.max_s:
             self.max_s = late_s
-            self.longest.set(late_s)
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*_BUCKETS, float("inf")), self._counts, strict=True):
+            total += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        yield HistogramMetricFamily(
+            "voxgate_event_loop_lag_seconds",
+            "How late the event loop ran the sessions' clock wakes",
+            buckets=cumulative,
+            sum_value=self._sum,
+        )
+        yield GaugeMetricFamily(
+            "voxgate_event_loop_lag_max_seconds",
+            "Longest event loop lag since the process started",
+            value=self.max_s,
+        )
