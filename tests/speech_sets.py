@@ -177,6 +177,13 @@ def wer(pairs: Iterable[tuple[str, str]]) -> float:
 
 
 def espeak_clip(text: str, voice: VoiceSettings, *, rate_hz: int = 24_000) -> Clip:
+    """``text`` spoken by espeak-ng (the engine's own TTS, shared by the process).
+
+    Not a pure function: within one process espeak-ng says the same text in the same voice
+    differently on every call (2026-12-04: three calls for "How do I size a position?" in
+    alloy at 0.8, three different hashes; the first call in a fresh process gave the same
+    audio in 2 of 3 processes), so a clip depends on what the process synthesised before it.
+    """
     tts = get_tts()
     pcm = resample_pcm16(tts.synthesize_native(text, voice), tts.native_rate_hz, rate_hz)
     name = f"{voice.espeak_voice}/{voice.pitch}/{voice.rate_wpm}"
