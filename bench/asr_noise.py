@@ -30,7 +30,7 @@ from speech_sets import (  # noqa: E402
     real_speech_set,
 )
 from voxgate.backends.local.whisper_stream import WhisperRecognizer  # noqa: E402
-from voxgate.tools.knowledge import KnowledgeBase  # noqa: E402
+from voxgate.tools.knowledge import KnowledgeBase, asr_phrases  # noqa: E402
 
 RATE = 16_000
 SHORT_REPLIES = ("Yes.", "No.", "Hi.", "Okay.", "Stop.", "Thanks.")
@@ -79,7 +79,7 @@ def decode(asr: WhisperRecognizer, clip: Clip) -> tuple[str, float, float]:
 
 
 def main() -> None:
-    headings = [e.heading for e in KnowledgeBase.example().entries]
+    headings = asr_phrases(KnowledgeBase.example().entries)  # the engine's default prompt
     asr = WhisperRecognizer(workers=1, prompt_words=headings)
     speech = espeak_trading_set() + [
         espeak_clip(w, v) for v in ESPEAK_VOICES for w in SHORT_REPLIES

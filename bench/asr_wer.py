@@ -50,13 +50,13 @@ from voxgate.backends.local.asr import Recognizer, make_recognizer  # noqa: E402
 from voxgate.backends.local.tts import get_tts  # noqa: E402
 from voxgate.backends.local.turns import TurnDetector, TurnEnded  # noqa: E402
 from voxgate.protocol.session_config import server_vad_defaults  # noqa: E402
-from voxgate.tools.knowledge import KnowledgeBase  # noqa: E402
+from voxgate.tools.knowledge import KnowledgeBase, asr_phrases  # noqa: E402
 
 RECOGNISERS = ("whisper", "whisper-noprompt", "pocketsphinx")
 
 
 def build(name: str) -> Recognizer:
-    headings = [e.heading for e in KnowledgeBase.example().entries]
+    headings = asr_phrases(KnowledgeBase.example().entries)  # the engine's default prompt
     if name == "pocketsphinx":
         return make_recognizer("pocketsphinx", workers=1, decoders=1)
     prompt = headings if name == "whisper" else []

@@ -41,7 +41,7 @@ from voxgate.backends.local.whisper import (
     read_model_files,
 )
 from voxgate.backends.local.whisper_stream import WhisperRecognizer, float_to_pcm16, pcm16_to_float
-from voxgate.tools.knowledge import KnowledgeBase
+from voxgate.tools.knowledge import KnowledgeBase, asr_phrases
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,7 +53,7 @@ needs_debian_speech = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def asr() -> Iterator[WhisperRecognizer]:
-    recognizer = WhisperRecognizer(workers=1, prompt_words=[e.heading for e in KB.entries])
+    recognizer = WhisperRecognizer(workers=1, prompt_words=asr_phrases(KB.entries))
     yield recognizer
     recognizer.close()
 
@@ -306,8 +306,8 @@ def test_nothing_is_fetched_from_the_network(tmp_path: Path) -> None:
         from speech_sets import ESPEAK_VOICES, espeak_clip
         from voxgate.backends.local.asr import make_recognizer
         from voxgate.backends.local.tts import get_tts
-        from voxgate.tools.knowledge import KnowledgeBase
-        headings = [e.heading for e in KnowledgeBase.example().entries]
+        from voxgate.tools.knowledge import KnowledgeBase, asr_phrases
+        headings = asr_phrases(KnowledgeBase.example().entries)
         asr = make_recognizer("whisper", workers=1, prompt_words=headings)
         asr.warm(get_tts().synthesize_pcm16("Hello there.", rate=16000))
         clip = espeak_clip("What is a stop loss order?", ESPEAK_VOICES[0])

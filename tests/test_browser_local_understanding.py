@@ -121,11 +121,12 @@ def other_entries(question: str) -> list[str]:
 
 
 #: alloy at 0.8: in the full suite "How do I size a position?" came out as "How do my size
-#: appreciation?" / "How do my size up position?" (3 of 3 runs on 2026-12-04), while the file
-#: alone passed in each of its last 5 runs; the engine's input differs run to run with
-#: Chromium's capture (same audio replayed offline: identical transcripts before and after
-#: that day's changes).
-#: Cause not found: reported as an expected failure, not hidden, until it is.
+#: appreciation?" / "How do my size up position?" (3 of 3 runs on 2026-12-03/04), while the
+#: file alone passed. espeak-ng says a sentence differently on every call within a process
+#: (tests/speech_sets.py), so the fixture differs with what the suite synthesised before, on
+#: top of Chromium's capture. Offline, 12 draws of the question: 7 right with the headings
+#: as the prompt, 11 with the notes' ``Asked:`` questions added (2026-12-04; they are not
+#: this sentence). Still not every draw: an expected failure, not hidden, until it is.
 _ALLOY_FLAKY = pytest.mark.xfail(
     reason="alloy-0.8 mishears 'How do I size a position?' under full-suite load (see above)",
     strict=False,

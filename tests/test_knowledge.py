@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from speech_sets import TRADING_QUESTIONS, normalise
 from voxgate.tools.knowledge import (
     KnowledgeBase,
     SearchHit,
+    asr_phrases,
     parse_markdown,
     phonetic_key,
     similarity,
@@ -152,3 +154,40 @@ def test_long_queries_are_answered_but_not_remembered() -> None:
     assert long_query not in kb._ranked
     kb.search("what is a limit order")
     assert "what is a limit order" in kb._ranked
+
+
+def test_asked_lines_are_how_users_ask_not_what_is_said() -> None:
+    """``Asked:`` questions go to the recogniser's prompt, after every heading; they are
+    neither read out nor searched."""
+    entries = parse_markdown(
+        "## Position sizing\n"
+        "Asked: How big should each position be? How much should I risk per trade?\n"
+        "Risk one percent of your account per trade.\n"
+        "\n"
+        "## Spread\n"
+        "The spread is the gap between the bid and the ask.\n"
+        "```\nAsked: inside a fence is text\n```\n",
+        "notes.md",
+    )
+    sizing, spread = entries
+    assert sizing.asked == ("How big should each position be?", "How much should I risk per trade?")
+    assert sizing.body == "Risk one percent of your account per trade."
+    assert spread.asked == ()
+    assert "inside a fence is text" in spread.body
+    assert asr_phrases(entries) == [
+        "Position sizing",
+        "Spread",
+        "How big should each position be?",
+        "How much should I risk per trade?",
+    ]
+    kb = KnowledgeBase(entries)
+    assert kb.search("how big should each") == []  # asked words are not in the index
+
+
+def test_example_asked_questions_are_not_the_benchmark_questions(kb: KnowledgeBase) -> None:
+    """The example's ``Asked:`` questions bias the recogniser; the WER benchmark and the
+    understanding tests speak TRADING_QUESTIONS. Were those the same sentences, the prompt
+    would hand the recogniser the answers and flatter every number (docs/local-engine.md)."""
+    asked = {tuple(normalise(q)) for e in kb.entries for q in e.asked}
+    assert asked, "the example knowledge base has Asked: questions"
+    assert asked.isdisjoint({tuple(normalise(q)) for q in TRADING_QUESTIONS})

@@ -25,7 +25,7 @@ from voxgate.backends.local.responder import KnowledgeResponder, ResponderError,
 from voxgate.backends.local.whisper_stream import WhisperRecognizer
 from voxgate.config import Settings
 from voxgate.testing.gateway import RunningGateway, run_gateway
-from voxgate.tools.knowledge import KnowledgeBase
+from voxgate.tools.knowledge import KnowledgeBase, asr_phrases
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -178,7 +178,7 @@ class GatedRecognizer:
     name = "whisper"
 
     def __init__(self) -> None:
-        headings = [e.heading for e in KnowledgeBase.example().entries]
+        headings = asr_phrases(KnowledgeBase.example().entries)
         self.inner = WhisperRecognizer(prompt_words=headings)
         self.gate = threading.Event()
 

@@ -56,6 +56,8 @@ _MARKDOWN_RE: Final = re.compile(r"[*_`>#]+|\[([^\]]*)\]\([^)]*\)")
 _HEADING_RE: Final = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t#]*$")
 _LIST_ITEM_RE: Final = re.compile(r"^\s*(?:[-*+]|\d{1,3}[.)])\s+(.*)$")
 _FENCE_RE: Final = re.compile(r"^\s*(```|~~~)")
+_ASKED_RE: Final = re.compile(r"^\s*asked:\s*(.*?)\s*$", re.IGNORECASE)
+_SENTENCE_END_RE: Final = re.compile(r"(?<=[?.!])\s+")
 
 _STOPWORD_TEXT: Final = """
 a about an and any are as at be been but by can could did do does doing explain for from give
@@ -77,6 +79,9 @@ class Entry:
     #: the top folder below the notes' root (``playbook``, ``postmortems``), or the file's
     #: name without ``.md`` for a file at the root; "" when parsed without a folder
     kind: str = ""
+    #: how users ask for it (``Asked:`` lines): not spoken, not searched; they join the
+    #: speech recogniser's prompt (:func:`asr_phrases`)
+    asked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,17 +214,26 @@ def parse_markdown(text: str, source: str, *, kind: str = "") -> list[Entry]:
       has no ``##`` or ``###`` heading at all: then the whole file is one entry, headed by its
       ``#`` title (or the front matter's ``title:``, or the file name);
     * list items (``-``, ``*``, ``+``, ``1.``) are read as sentences, one per item;
+    * a line ``Asked: How big should each position be? How much do I risk per trade?`` is
+      not part of the body: its questions are how users ask for the entry
+      (:attr:`Entry.asked`, for the speech recogniser's prompt);
     * YAML front matter is skipped, fenced code is read as text, ``####`` and deeper headings
       are read as text, and entries without text are dropped.
     """
     lines, title = _front_matter(text.splitlines())
-    sections: list[tuple[int, str, list[str]]] = []  # (level, heading, body lines)
+    sections: list[tuple[int, str, list[str], list[str]]] = []  # level, heading, body, asked
     preamble: list[str] = []
+    preamble_asked: list[str] = []
     parent: str | None = None
     fenced = False
     for line in lines:
         if _FENCE_RE.match(line):
             fenced = not fenced
+            continue
+        asked = None if fenced else _ASKED_RE.match(line)
+        if asked is not None:
+            questions = [q for q in _SENTENCE_END_RE.split(_plain(asked.group(1))) if q]
+            (sections[-1][3] if sections else preamble_asked).extend(questions)
             continue
         match = None if fenced else _HEADING_RE.match(line)
         level = len(match.group(1)) if match else 0
@@ -231,16 +245,27 @@ def parse_markdown(text: str, source: str, *, kind: str = "") -> list[Entry]:
                 parent = heading
             elif parent:
                 heading = f"{parent}: {heading}"
-            sections.append((level, heading, []))
+            sections.append((level, heading, [], []))
         elif sections:
             sections[-1][2].append(_plain(match.group(2)) + "." if match and level > 3 else line)
         elif match is None or level > 1:
             preamble.append(line)
     if not sections:
         body = _spoken(preamble)
-        return [Entry(title or _title_from_name(source), body, source, kind)] if body else []
-    entries = [Entry(h, _spoken(body), source, kind) for _, h, body in sections if h]
+        heading = title or _title_from_name(source)
+        return [Entry(heading, body, source, kind, tuple(preamble_asked))] if body else []
+    entries = [
+        Entry(h, _spoken(body), source, kind, tuple(asked)) for _, h, body, asked in sections if h
+    ]
     return [e for e in entries if e.body]
+
+
+def asr_phrases(entries: Iterable[Entry]) -> list[str]:
+    """What a speech recogniser is prompted with, best first: every heading (the words the
+    notes are about), then how users ask (``Asked:`` lines). A recogniser with a budget
+    keeps the front."""
+    entries = tuple(entries)
+    return [e.heading for e in entries] + [q for e in entries for q in e.asked]
 
 
 # --------------------------------------------------------------------------- the index

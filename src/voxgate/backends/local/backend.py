@@ -52,7 +52,7 @@ from voxgate.protocol.session_config import (
     default_session,
     input_format,
 )
-from voxgate.tools.knowledge import KnowledgeBase, KnowledgeLibrary
+from voxgate.tools.knowledge import KnowledgeBase, KnowledgeLibrary, asr_phrases
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +71,7 @@ class LocalBackend:
         asr_kind: ``whisper`` (default) or ``pocketsphinx``.
         asr_model_path: a CTranslate2 Whisper folder instead of the bundled tiny.en.
         asr_prompt: phrases Whisper is prompted with; default: the knowledge base's
-            headings when the responder answers from one.
+            headings and ``Asked:`` questions when the responder answers from one.
         asr_decoders: pocketsphinx decoder pool size (users mid-utterance at once).
         asr_partial_ms: Whisper partial transcripts every this much speech (0 = none).
         final_decode: ``stream`` or ``batch`` final transcripts (pocketsphinx).
@@ -107,7 +107,7 @@ class LocalBackend:
         threads = workers or engine_workers()
         if asr is None:
             if asr_prompt is None and isinstance(responder, KnowledgeResponder):
-                asr_prompt = [e.heading for e in responder.knowledge.entries]
+                asr_prompt = asr_phrases(responder.knowledge.entries)
             asr = make_recognizer(
                 asr_kind,
                 workers=threads,
@@ -165,7 +165,7 @@ class LocalBackend:
         final: FinalDecode = settings.local_asr_final
         prompt = None
         if vocabulary and isinstance(responder, KnowledgeResponder):
-            prompt = [e.heading for e in responder.knowledge.entries] + list(vocabulary)
+            prompt = asr_phrases(responder.knowledge.entries) + list(vocabulary)
         return cls(
             responder=responder,
             responder_name=name,

@@ -92,8 +92,9 @@ class WhisperOptions:
     #: at up to ~5.5 tokens/s (Asterisk's menus), a looping decoder at ~25.
     tokens_per_s: float = 6.5
     min_new_tokens: int = 4
-    #: The example knowledge base's 38 headings take 145 tokens as sentences.
-    max_prompt_tokens: int = 160
+    #: The example knowledge base's 38 headings take 145 tokens as sentences, its 4
+    #: ``Asked:`` questions 31 more (176); every prompt token costs prefill in each decode.
+    max_prompt_tokens: int = 192
     #: Unprompted no-speech probability at or above which a decode is noise if its text is
     #: also unlikely (mean log probability under ``logprob_threshold``), and above which
     #: it is noise whatever the text (calibrated in bench/asr_noise.py).
