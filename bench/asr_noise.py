@@ -79,8 +79,8 @@ def decode(asr: WhisperRecognizer, clip: Clip) -> tuple[str, float, float]:
 
 
 def main() -> None:
-    headings = asr_phrases(KnowledgeBase.example().entries)  # the engine's default prompt
-    asr = WhisperRecognizer(workers=1, prompt_words=headings)
+    phrases = asr_phrases(KnowledgeBase.example().entries)  # the engine's default prompt
+    asr = WhisperRecognizer(workers=1, prompt_words=phrases)
     speech = espeak_trading_set() + [
         espeak_clip(w, v) for v in ESPEAK_VOICES for w in SHORT_REPLIES
     ]

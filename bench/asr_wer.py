@@ -4,11 +4,12 @@ Sets (tests/speech_sets.py): ``real`` (human recordings from Debian packages: 60
 prompts at 8 kHz + 11 pocketsphinx-testdata clips at 16 kHz), ``espeak`` (the knowledge
 base's 20 questions in 8 espeak-ng voices/speeds/pitches, 24 kHz) and ``ulaw`` (the espeak
 set as 8 kHz μ-law), ``real-ulaw`` (the real set as a phone line carries it: 8 kHz μ-law;
-not in the default run). Recognisers: ``whisper`` (tiny.en, knowledge-base headings as the
-prompt: the default), ``whisper-noprompt`` and ``pocketsphinx`` (stream final, as the engine
-ran it before issue 13). Each clip gets 300 ms of silence before and 300 ms after, is fed in
-20 ms chunks as a session would, and ``finish()`` is timed: that is the work left after
-the end of speech (the engine does it during the silence window). ``commas+`` counts
+not in the default run). Recognisers: ``whisper`` (tiny.en, knowledge-base headings and
+``Asked:`` questions as the prompt: the default), ``whisper-noprompt`` and ``pocketsphinx``
+(stream final, as the engine ran it before issue 13). Each clip gets 300 ms of silence
+before and 300 ms after, is fed in 20 ms chunks as a session would, and ``finish()`` is
+timed: that is the work left after the end of speech (the engine does it during the silence
+window). ``commas+`` counts
 transcripts with more commas than their reference (a sign the prompt's style leaked into
 them: "What is a stop, loss order,"). Run:
 
@@ -56,10 +57,10 @@ RECOGNISERS = ("whisper", "whisper-noprompt", "pocketsphinx")
 
 
 def build(name: str) -> Recognizer:
-    headings = asr_phrases(KnowledgeBase.example().entries)  # the engine's default prompt
+    phrases = asr_phrases(KnowledgeBase.example().entries)  # the engine's default prompt
     if name == "pocketsphinx":
         return make_recognizer("pocketsphinx", workers=1, decoders=1)
-    prompt = headings if name == "whisper" else []
+    prompt = phrases if name == "whisper" else []
     return make_recognizer("whisper", workers=1, prompt_words=prompt)
 
 

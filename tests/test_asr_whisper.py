@@ -307,8 +307,8 @@ def test_nothing_is_fetched_from_the_network(tmp_path: Path) -> None:
         from voxgate.backends.local.asr import make_recognizer
         from voxgate.backends.local.tts import get_tts
         from voxgate.tools.knowledge import KnowledgeBase, asr_phrases
-        headings = asr_phrases(KnowledgeBase.example().entries)
-        asr = make_recognizer("whisper", workers=1, prompt_words=headings)
+        phrases = asr_phrases(KnowledgeBase.example().entries)
+        asr = make_recognizer("whisper", workers=1, prompt_words=phrases)
         asr.warm(get_tts().synthesize_pcm16("Hello there.", rate=16000))
         clip = espeak_clip("What is a stop loss order?", ESPEAK_VOICES[0])
         stream = asr.stream(input_rate_hz=clip.rate_hz)

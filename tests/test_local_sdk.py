@@ -178,8 +178,7 @@ class GatedRecognizer:
     name = "whisper"
 
     def __init__(self) -> None:
-        headings = asr_phrases(KnowledgeBase.example().entries)
-        self.inner = WhisperRecognizer(prompt_words=headings)
+        self.inner = WhisperRecognizer(prompt_words=asr_phrases(KnowledgeBase.example().entries))
         self.gate = threading.Event()
 
     def stream(self, **kwargs: Any) -> Any:

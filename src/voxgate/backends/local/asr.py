@@ -130,7 +130,8 @@ def make_recognizer(
         kind: ``whisper`` or ``pocketsphinx``.
         workers: decodes that may run at once (the engine's worker threads).
         model_path: a CTranslate2 Whisper folder (Whisper only; default the bundled tiny.en).
-        prompt_words: vocabulary to bias Whisper with (knowledge-base headings).
+        prompt_words: vocabulary to bias Whisper with (knowledge-base headings, then
+            ``Asked:`` questions).
         decoders: pocketsphinx decoder pool size.
         partial_interval_ms: Whisper partial decodes every this much speech (0 = none).
     """

@@ -246,7 +246,8 @@ class WhisperModel:
     Args:
         model_path: a CTranslate2 Whisper folder; None = the bundled, hash-pinned tiny.en.
         workers: decodes that may run at once (the engine's worker threads).
-        prompt_words: phrases to bias the decoder with (knowledge-base headings), best first.
+        prompt_words: phrases to bias the decoder with, best first (knowledge-base
+            headings, then ``Asked:`` questions).
         options: decoding settings.
     """
 

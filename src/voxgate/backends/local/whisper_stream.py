@@ -302,7 +302,7 @@ class WhisperRecognizer:
     Args:
         model_path: a CTranslate2 Whisper folder (None: the bundled, hash-pinned tiny.en).
         workers: decodes that may run at once (one CPU thread each).
-        prompt_words: knowledge-base headings for the decoder prompt.
+        prompt_words: knowledge-base headings, then ``Asked:`` questions, for the decoder prompt.
         partial_interval_ms: partial decodes every this much audio (0 = final only).
         options: decoding settings.
     """
